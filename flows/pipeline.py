@@ -1,0 +1,141 @@
+"""The ctxvec pipeline as a Prefect flow: one task per stage, each a thin call of ``run_<stage>``.
+
+ingest -> tokenizer -> train -> evaluate -> register -> embed -> index -> promote -> sample query
+
+Run it with ``ctxvec run --config configs/tiny.yaml``, or with Prefect directly:
+``python flows/pipeline.py configs/tiny.yaml`` or a deployment whose entrypoint is
+``flows/pipeline.py:pipeline``. With no ``PREFECT_API_URL`` set, Prefect runs it against its local
+ephemeral server; with one set, the same code reports to that server.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from prefect import flow, task
+from prefect.cache_policies import NO_CACHE
+
+from ctxvec.artifacts import (
+    Embeddings,
+    EvalReport,
+    IndexArtifact,
+    RegisteredModel,
+    Snapshot,
+    TokenizerArtifact,
+    TrainedModel,
+)
+from ctxvec.config import CtxvecConfig, load_config
+from ctxvec.embed.corpus import run_embed
+from ctxvec.evaluate.run import run_evaluate
+from ctxvec.index.build import run_index
+from ctxvec.ingest.snapshot import run_ingest
+from ctxvec.registry.store import attach_index, promote, register_model
+from ctxvec.serve.search import Searcher
+from ctxvec.tokenizer.trainer import run_tokenizer
+from ctxvec.train.run import run_train
+from ctxvec.workspace import Workspace
+
+# Stages write atomically and are cheap to re-check, so a transient failure (a locked SQLite
+# file, a busy disk) is retried; training is not: its failures are not transient.
+_IO = {"retries": 2, "retry_delay_seconds": 2, "cache_policy": NO_CACHE}
+_COMPUTE = {"retries": 0, "cache_policy": NO_CACHE}
+
+
+@task(name="ingest", **_IO)
+def ingest_task(cfg: CtxvecConfig, ws: Workspace) -> Snapshot:
+    return run_ingest(cfg, ws)
+
+
+@task(name="tokenizer", **_COMPUTE)
+def tokenizer_task(cfg: CtxvecConfig, ws: Workspace, snap: Snapshot) -> TokenizerArtifact:
+    return run_tokenizer(cfg, ws, snap)
+
+
+@task(name="train", **_COMPUTE)
+def train_task(
+    cfg: CtxvecConfig, ws: Workspace, snap: Snapshot, tok: TokenizerArtifact
+) -> TrainedModel:
+    return run_train(cfg, ws, snap, tok)
+
+
+@task(name="evaluate", **_COMPUTE)
+def evaluate_task(cfg: CtxvecConfig, ws: Workspace, trained: TrainedModel) -> EvalReport:
+    return run_evaluate(cfg, ws, trained)
+
+
+@task(name="register", **_IO)
+def register_task(
+    cfg: CtxvecConfig,
+    ws: Workspace,
+    snap: Snapshot,
+    tok: TokenizerArtifact,
+    trained: TrainedModel,
+    report: EvalReport,
+) -> RegisteredModel:
+    return register_model(cfg, ws, snap, tok, trained, report)
+
+
+@task(name="embed", **_COMPUTE)
+def embed_task(
+    cfg: CtxvecConfig, ws: Workspace, snap: Snapshot, trained: TrainedModel, reg: RegisteredModel
+) -> Embeddings:
+    return run_embed(cfg, ws, snap, trained.model_dir, reg.version)
+
+
+@task(name="index", **_COMPUTE)
+def index_task(cfg: CtxvecConfig, ws: Workspace, emb: Embeddings) -> IndexArtifact:
+    return run_index(cfg, ws, emb)
+
+
+@task(name="promote", **_IO)
+def promote_task(
+    cfg: CtxvecConfig, ws: Workspace, reg: RegisteredModel, idx: IndexArtifact
+) -> str | None:
+    attach_index(ws, reg.name, reg.version, idx)
+    if not cfg.registry.promote:
+        return None
+    return promote(ws, reg.name, reg.version, "champion")
+
+
+@task(name="sample-query", **_COMPUTE)
+def sample_query_task(cfg: CtxvecConfig, ws: Workspace) -> list[dict]:
+    if not cfg.query.sample:
+        return []
+    searcher = Searcher(ws, f"models:/{cfg.registry.model_name}@champion")
+    return [h.to_dict() for h in searcher.search(cfg.query.sample, cfg.query.k)]
+
+
+@flow(name="ctxvec-pipeline")
+def pipeline(config: str, overrides: list[str] | None = None, home: str | None = None) -> dict:
+    """Run every stage of a recipe into the workspace ``home`` (default: ``$CTXVEC_HOME``)."""
+    cfg = load_config(config, overrides)
+    ws = (Workspace(Path(home)) if home else Workspace.from_env()).ensure()
+    snap = ingest_task(cfg, ws)
+    tok = tokenizer_task(cfg, ws, snap)
+    trained = train_task(cfg, ws, snap, tok)
+    report = evaluate_task(cfg, ws, trained)
+    reg = register_task(cfg, ws, snap, tok, trained, report)
+    emb = embed_task(cfg, ws, snap, trained, reg)
+    idx = index_task(cfg, ws, emb)
+    previous = promote_task(cfg, ws, reg, idx)
+    hits = sample_query_task(cfg, ws) if cfg.registry.promote else []
+    return {
+        "workspace": str(ws.root),
+        "snapshot": snap.to_dict(),
+        "tokenizer": tok.to_dict(),
+        "train": trained.to_dict(),
+        "evaluate": report.to_dict(),
+        "model": reg.to_dict(),
+        "embeddings": emb.to_dict(),
+        "index": idx.to_dict(),
+        "champion": reg.version if cfg.registry.promote else previous,
+        "previous_champion": previous,
+        "sample_query": {"text": cfg.query.sample, "hits": hits},
+    }
+
+
+if __name__ == "__main__":
+    if len(sys.argv) < 2:
+        sys.exit("usage: python flows/pipeline.py CONFIG.yaml [key=value ...]")
+    print(pipeline(sys.argv[1], sys.argv[2:]))

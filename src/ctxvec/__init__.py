@@ -1,0 +1,10 @@
+"""ctxvec: contextual encoders, context-vector embeddings, FAISS indexes and MLflow versions."""
+
+from __future__ import annotations
+
+from importlib.metadata import PackageNotFoundError, version
+
+try:
+    __version__ = version("ctxvec")
+except PackageNotFoundError:  # running from a source tree that is not installed
+    __version__ = "0.0.0+local"

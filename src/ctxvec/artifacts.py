@@ -1,0 +1,78 @@
+"""Small frozen records that each ``run_<stage>`` returns: paths, hashes and counts.
+
+They are what flows pass between tasks and what the CLI prints, so they stay plain and JSON-able.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class _Record:
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Snapshot(_Record):
+    snapshot_id: str
+    path: str
+    read: int
+    kept: int
+    duplicates: int
+    filtered: int
+    quarantined: int
+
+
+@dataclass(frozen=True)
+class TokenizerArtifact(_Record):
+    path: str  # a transformers fast-tokenizer folder (tokenizer.json inside)
+    sha256: str  # of tokenizer.json
+    vocab_size: int
+    kind: str  # wordpiece | bpe | model
+
+
+@dataclass(frozen=True)
+class TrainedModel(_Record):
+    run_dir: str
+    model_dir: str  # a Hugging Face folder: config.json, model.safetensors, tokenizer files
+    steps: int
+    tokens_seen: int
+    final_loss: float | None
+    eval_loss: float | None
+    parent: str | None  # the model reference training started from, if any
+
+
+@dataclass(frozen=True)
+class EvalReport(_Record):
+    metrics: dict[str, float]
+    skipped: dict[str, str]  # evaluation name -> reason
+
+
+@dataclass(frozen=True)
+class RegisteredModel(_Record):
+    name: str
+    version: str
+    run_id: str
+    uri: str  # models:/<name>/<version>
+
+
+@dataclass(frozen=True)
+class Embeddings(_Record):
+    path: str
+    rows: int
+    docs: int
+    dim: int
+    model_version: str
+
+
+@dataclass(frozen=True)
+class IndexArtifact(_Record):
+    path: str
+    factory: str
+    count: int
+    dim: int
+    recall_at_10: float
+    model_version: str

@@ -1,0 +1,296 @@
+"""The ``ctxvec`` command line (Typer). Each command loads its inputs, calls one library function
+and prints a summary; with ``--json`` it prints exactly one JSON object on stdout.
+
+Exit codes: 0 success, 2 bad arguments, config or input data, 1 any other failure. Logs and
+progress bars go to stderr; so does anything a library prints while a command runs (file
+descriptor 1 is pointed at stderr until the result is printed), so ``--json`` output is clean.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import sys
+from collections.abc import Callable, Iterator
+from functools import wraps
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from ctxvec import __version__
+
+app = typer.Typer(
+    name="ctxvec",
+    help="Train contextual encoders, embed corpora into Parquet + FAISS, track versions in "
+    "MLflow, and query nearest neighbours. Workspace: $CTXVEC_HOME (default ./.ctxvec).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+eval_app = typer.Typer(help="Evaluate a model on a benchmark; --json prints the metrics.",
+                       no_args_is_help=True)
+app.add_typer(eval_app, name="eval")
+
+log = logging.getLogger("ctxvec.cli")
+DEFAULT_MODEL_NAME = "ctxvec-encoder"
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")]
+
+
+class UserError(Exception):
+    """Bad input the user can fix: exit code 2."""
+
+
+def _user_error_types() -> tuple[type[BaseException], ...]:
+    from ctxvec.config import ConfigError
+    from ctxvec.evaluate.sts import DataFormatError
+    from ctxvec.ingest.sources import SourceError
+    from ctxvec.model.refs import ModelRefError
+    from ctxvec.serve.search import SearchError
+
+    return (UserError, ConfigError, DataFormatError, SourceError, ModelRefError, SearchError)
+
+
+@contextlib.contextmanager
+def _stdout_to_stderr() -> Iterator[None]:
+    """Point fd 1 (and sys.stdout) at stderr, so that only our result reaches stdout."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        os.dup2(2, 1)
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
+def command(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Run a command body with clean stdout and exit codes that follow the contract."""
+
+    @wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> None:
+        try:
+            with _stdout_to_stderr():
+                result = fn(*args, **kwargs)
+        except typer.Exit:
+            raise
+        except _user_error_types() as e:
+            typer.echo(f"error: {e}", err=True)
+            raise typer.Exit(2) from None
+        except KeyboardInterrupt:
+            typer.echo("interrupted", err=True)
+            raise typer.Exit(130) from None
+        except Exception as e:  # anything else is our failure, not the user's
+            log.debug("command failed", exc_info=True)
+            typer.echo(f"error: {type(e).__name__}: {e}", err=True)
+            raise typer.Exit(1) from None
+        if result is not None:
+            typer.echo(result)
+
+    return wrapper
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(
+        stream=sys.stderr, level=logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S",
+    )
+    logging.getLogger("ctxvec").setLevel(level.upper())
+
+
+def _version_cb(value: bool) -> None:
+    if value:
+        typer.echo(f"ctxvec {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main_callback(
+    version: Annotated[bool, typer.Option("--version", callback=_version_cb, is_eager=True,
+                                          help="Print the version and exit.")] = False,
+    log_level: Annotated[str, typer.Option("--log-level", help="ctxvec log level on stderr.",
+                                           envvar="CTXVEC_LOG_LEVEL")] = "INFO",
+) -> None:
+    _setup_logging(log_level)
+
+
+def _workspace():
+    from ctxvec.workspace import Workspace
+
+    return Workspace.from_env()
+
+
+def _dump(obj: Any) -> str:
+    return json.dumps(obj, ensure_ascii=False, default=str)
+
+
+# --- run ------------------------------------------------------------------------------------
+
+
+@app.command()
+@command
+def run(
+    config: Annotated[Path, typer.Option("--config", "-c", help="Recipe YAML, e.g. "
+                                         "configs/tiny.yaml or configs/demo.yaml.")],
+    set_: Annotated[list[str] | None, typer.Option("--set", help="Override a key: "
+                    "--set train.steps=50 (repeatable).")] = None,
+    as_json: JsonOpt = False,
+) -> str:
+    """Run the whole pipeline as a Prefect flow: ingest, tokenizer, train, evaluate, register,
+    embed, index, promote, then print the sample query's neighbours."""
+    from ctxvec.config import load_config
+
+    load_config(config, set_)  # fail fast (exit 2) before Prefect starts
+    ws = _workspace().ensure()
+    # Prefect's local state lives in the workspace too, unless the user points elsewhere.
+    os.environ.setdefault("PREFECT_HOME", str(ws.root / "prefect"))
+    # The embedded server's telemetry writes race with the flow's on SQLite; it is off here.
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    from ctxvec_flows.pipeline import pipeline
+
+    summary = pipeline(str(config), list(set_ or []), str(ws.root))
+    if as_json:
+        return _dump(summary)
+    return _format_run(summary)
+
+
+def _format_run(s: dict) -> str:
+    snap, ev, model, idx = s["snapshot"], s["evaluate"], s["model"], s["index"]
+    lines = [
+        f"workspace   {s['workspace']}",
+        f"snapshot    {snap['snapshot_id']}: kept {snap['kept']} of {snap['read']} records "
+        f"({snap['duplicates']} duplicates, {snap['filtered']} filtered, "
+        f"{snap['quarantined']} quarantined)",
+        f"tokenizer   {s['tokenizer']['kind']}, {s['tokenizer']['vocab_size']} tokens",
+        f"train       {s['train']['steps']} steps, {s['train']['tokens_seen']} tokens, "
+        f"final loss {s['train']['final_loss']}",
+        "evaluate    " + (", ".join(f"{k}={v:.4f}" for k, v in ev["metrics"].items()) or "-")
+        + "".join(f"  [skipped {k}: {v}]" for k, v in ev["skipped"].items()),
+        f"model       {model['uri']} (champion: version {s['champion']})",
+        f"index       {idx['factory']}, {idx['count']} vectors, recall@10 "
+        f"{idx['recall_at_10']:.3f}",
+    ]
+    q = s["sample_query"]
+    if q["text"]:
+        lines += ["", f"nearest neighbours of: {q['text']!r}", _format_hits(q["hits"])]
+    return "\n".join(lines)
+
+
+def _format_hits(hits: list[dict]) -> str:
+    out = []
+    for rank, h in enumerate(hits, 1):
+        snippet = " ".join(h["text"].split())[:160]
+        title = f" [{h['title']}]" if h.get("title") else ""
+        out.append(f"{rank:>3}. {h['score']:.4f}  {h['doc_id']}{title}\n       {snippet}")
+    return "\n".join(out)
+
+
+# --- query ----------------------------------------------------------------------------------
+
+
+@app.command()
+@command
+def query(
+    text: Annotated[str, typer.Argument(help="The text whose nearest neighbours you want.")],
+    k: Annotated[int, typer.Option("-k", "--k", help="Number of documents to return.")] = 10,
+    model: Annotated[str | None, typer.Option(
+        "--model", help="Registry reference whose index serves the query "
+        "[default: models:/ctxvec-encoder@champion].")] = None,
+    as_json: JsonOpt = False,
+) -> str:
+    """Nearest documents to TEXT, from the champion model and its own index."""
+    from ctxvec.serve.search import Searcher
+
+    if k < 1:
+        raise UserError(f"-k must be at least 1, got {k}")
+    ref = model or f"models:/{DEFAULT_MODEL_NAME}@champion"
+    if not ref.startswith("models:/"):
+        raise UserError("--model must be a registry reference (models:/<name>@<alias> or "
+                        "models:/<name>/<version>): only registered versions have an index")
+    hits = [h.to_dict() for h in Searcher(_workspace(), ref).search(text, k)]
+    if as_json:
+        return _dump({"hits": hits})
+    return _format_hits(hits) if hits else "no hits"
+
+
+# --- encode ---------------------------------------------------------------------------------
+
+
+@app.command()
+@command
+def encode(
+    model: Annotated[str, typer.Option("--model", "-m", help="Model reference: minilm, a "
+                                       "folder, or models:/<name>@<alias>.")],
+    input: Annotated[Path, typer.Option("--input", "-i", help="UTF-8 text, one input per "
+                                        "line.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Parquet file to write.")],
+    batch_size: Annotated[int, typer.Option(help="Sequences per forward pass.")] = 64,
+    as_json: JsonOpt = False,
+) -> str:
+    """Embed every line of a text file (one row per line, in order) into Parquet: columns
+    line, text, vector (L2-normalised float32)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from ctxvec.model.encoder import Encoder
+    from ctxvec.model.refs import resolve_model_ref
+    from ctxvec.workspace import atomic_write_bytes
+
+    if not input.is_file():
+        raise UserError(f"input file not found: {input}")
+    if batch_size < 1:
+        raise UserError("--batch-size must be at least 1")
+    try:
+        lines = input.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as e:
+        raise UserError(f"{input} is not valid UTF-8 (byte {e.start})") from None
+    encoder = Encoder.load(resolve_model_ref(model, _workspace().root))
+    vecs = encoder.encode(lines, batch_size=batch_size, progress=True)
+    table = pa.table({
+        "line": pa.array(range(1, len(lines) + 1), pa.int64()),
+        "text": lines,
+        "vector": pa.FixedSizeListArray.from_arrays(pa.array(vecs.ravel()), encoder.dim),
+    })
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink)
+    atomic_write_bytes(output, sink.getvalue().to_pybytes())
+    summary = {"output": str(output), "rows": len(lines), "dim": encoder.dim, "model": model}
+    return _dump(summary) if as_json else f"wrote {len(lines)} vectors of {encoder.dim} to {output}"
+
+
+# --- eval -----------------------------------------------------------------------------------
+
+
+@eval_app.command("sts")
+@command
+def eval_sts(
+    data: Annotated[Path, typer.Option("--data", help="STS Benchmark TSV, e.g. "
+                                       "../shared/data/stsbenchmark/sts-dev.csv.")],
+    model: Annotated[str, typer.Option("--model", "-m", help="Model reference.")],
+    batch_size: Annotated[int, typer.Option(help="Sequences per forward pass.")] = 64,
+    as_json: JsonOpt = False,
+) -> str:
+    """Spearman correlation of cosine similarity with the gold scores of an STS file."""
+    from ctxvec.evaluate.sts import evaluate_sts, read_sts
+    from ctxvec.model.encoder import Encoder
+    from ctxvec.model.refs import resolve_model_ref
+
+    pairs = read_sts(data)
+    encoder = Encoder.load(resolve_model_ref(model, _workspace().root))
+    result = {**evaluate_sts(encoder, pairs, batch_size), "model": model, "data": str(data)}
+    if as_json:
+        return _dump(result)
+    return f"STS {data.name}: spearman {result['spearman']:.4f} (n={result['n']})"
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,248 @@
+"""One typed config tree for every stage, loaded from YAML recipes with dotted overrides.
+
+Every section is a frozen pydantic model with ``extra="forbid"``, so a misspelt key in a recipe or
+in ``--set`` fails loudly with the key's full dotted path instead of being ignored.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class ConfigError(ValueError):
+    """A recipe or override the user can fix; the CLI turns it into exit code 2."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class IngestConfig(_Section):
+    sources: list[str] = Field(
+        default_factory=list,
+        description="Files, directories or globs of .txt, .jsonl or wikiextractor <doc> files "
+        "(optionally .gz). Relative paths resolve against the recipe's folder.",
+    )
+    txt_mode: Literal["line", "file"] = "line"
+    text_field: str = "text"
+    id_field: str = "id"
+    title_field: str = "title"
+    min_chars: int = Field(1, ge=0)
+    max_docs: int | None = Field(None, ge=1, description="Stop after this many kept documents.")
+
+
+class TokenizerConfig(_Section):
+    source: Literal["train", "model"] = Field(
+        "train", description="'train' learns a vocabulary; 'model' reuses the checkpoint's own."
+    )
+    kind: Literal["wordpiece", "bpe"] = "wordpiece"
+    vocab_size: int = Field(8000, ge=100)
+    min_frequency: int = Field(2, ge=1)
+    lowercase: bool = True
+    max_docs: int | None = Field(None, ge=1, description="Train on at most this many documents.")
+
+
+class ModelConfig(_Section):
+    init: str = Field(
+        "scratch",
+        description="'scratch' builds a BERT from the size fields below with the trained "
+        "tokenizer; anything else is a model reference (minilm, a folder, models:/...).",
+    )
+    hidden_size: int = Field(256, ge=8)
+    num_layers: int = Field(4, ge=1)
+    num_heads: int = Field(4, ge=1)
+    intermediate_size: int = Field(1024, ge=8)
+    max_position: int = Field(512, ge=16)
+    dropout: float = Field(0.1, ge=0.0, lt=1.0)
+
+    @model_validator(mode="after")
+    def _heads_divide_hidden(self) -> ModelConfig:
+        if self.hidden_size % self.num_heads:
+            raise ValueError(
+                f"model.hidden_size ({self.hidden_size}) must be divisible by "
+                f"model.num_heads ({self.num_heads})"
+            )
+        return self
+
+
+class TrainConfig(_Section):
+    objective: Literal["mlm"] = "mlm"
+    steps: int = Field(100, ge=0, description="Optimizer steps; 0 skips training.")
+    batch_size: int = Field(16, ge=1)
+    grad_accum: int = Field(1, ge=1)
+    seq_len: int = Field(128, ge=8)
+    lr: float = Field(5e-4, gt=0)
+    weight_decay: float = Field(0.01, ge=0)
+    warmup_steps: int = Field(10, ge=0)
+    max_grad_norm: float = Field(1.0, gt=0)
+    mask_prob: float = Field(0.15, gt=0, lt=1)
+    eval_fraction: float = Field(0.05, ge=0, lt=1, description="Held-out share of sequences.")
+    log_every: int = Field(10, ge=1)
+    seed: int = 0
+    device: str = Field("auto", description="'auto', 'cpu', 'cuda' or 'cuda:N'.")
+    threads: int | None = Field(None, ge=1, description="torch CPU threads (default: torch's).")
+
+
+class EvaluateConfig(_Section):
+    sts: str | None = Field(
+        None, description="STS Benchmark TSV; skipped with a logged reason when absent."
+    )
+    batch_size: int = Field(64, ge=1)
+
+
+class EmbedConfig(_Section):
+    batch_size: int = Field(64, ge=1)
+    max_tokens: int | None = Field(
+        None, ge=8, description="Chunk window in tokens (default: the model's own limit)."
+    )
+    stride: int = Field(32, ge=0, description="Tokens shared by consecutive chunks.")
+    dtype: Literal["float32", "float16"] = "float32"
+
+
+class IndexConfig(_Section):
+    factory: str = Field("Flat", description="FAISS index_factory string, e.g. Flat, HNSW32.")
+    recall_sample: int = Field(200, ge=1, description="Queries used to measure recall@10.")
+
+
+class RegistryConfig(_Section):
+    model_name: str = "ctxvec-encoder"
+    experiment: str = "ctxvec"
+    promote: bool = Field(True, description="Move the 'champion' alias to the new version.")
+
+
+class QueryConfig(_Section):
+    sample: str | None = Field(None, description="Query whose neighbours the run prints last.")
+    k: int = Field(5, ge=1)
+
+
+class CtxvecConfig(_Section):
+    name: str = "ctxvec"
+    ingest: IngestConfig = IngestConfig()
+    tokenizer: TokenizerConfig = TokenizerConfig()
+    model: ModelConfig = ModelConfig()
+    train: TrainConfig = TrainConfig()
+    evaluate: EvaluateConfig = EvaluateConfig()
+    embed: EmbedConfig = EmbedConfig()
+    index: IndexConfig = IndexConfig()
+    registry: RegistryConfig = RegistryConfig()
+    query: QueryConfig = QueryConfig()
+
+    @model_validator(mode="after")
+    def _coherent(self) -> CtxvecConfig:
+        if self.model.init == "scratch" and self.tokenizer.source == "model":
+            raise ValueError(
+                "tokenizer.source=model needs a pretrained model.init (minilm, a folder or "
+                "models:/...); with model.init=scratch use tokenizer.source=train"
+            )
+        return self
+
+
+def _parse_value(raw: str) -> Any:
+    """Parse an override value as YAML so that numbers, booleans, null and lists work."""
+    try:
+        return yaml.safe_load(raw)
+    except yaml.YAMLError:
+        return raw
+
+
+def apply_override(tree: dict[str, Any], assignment: str) -> None:
+    """Apply one ``a.b.c=value`` override to a nested dict in place."""
+    if "=" not in assignment:
+        raise ConfigError(f"override {assignment!r} must look like key.path=value")
+    key, raw = assignment.split("=", 1)
+    parts = key.strip().split(".")
+    if not all(parts):
+        raise ConfigError(f"override {assignment!r} has an empty key segment")
+    node = tree
+    for depth, part in enumerate(parts[:-1]):
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            where = ".".join(parts[: depth + 1])
+            raise ConfigError(f"override {assignment!r}: {where} is a value, not a section")
+        node = child
+    node[parts[-1]] = _parse_value(raw)
+
+
+def _format_errors(err: ValidationError) -> str:
+    lines = []
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"]) or "<root>"
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key (check the spelling; see configs/tiny.yaml for every key)"
+        lines.append(f"  {key}: {msg}")
+    return "invalid config:\n" + "\n".join(lines)
+
+
+def _resolve_paths(tree: dict[str, Any], base: Path) -> None:
+    """Make data paths in a recipe relative to the recipe's folder, not the caller's cwd."""
+    ingest = tree.get("ingest")
+    if isinstance(ingest, dict) and isinstance(ingest.get("sources"), list):
+        ingest["sources"] = [_rebase(s, base) for s in ingest["sources"]]
+    evaluate = tree.get("evaluate")
+    if isinstance(evaluate, dict) and isinstance(evaluate.get("sts"), str):
+        evaluate["sts"] = _rebase(evaluate["sts"], base)
+
+
+def _rebase(path: str, base: Path) -> str:
+    if not isinstance(path, str) or "://" in path or Path(path).is_absolute():
+        return path
+    return str((base / path).resolve())
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> CtxvecConfig:
+    """Load a recipe, apply ``--set`` overrides, and validate the whole tree.
+
+    Relative data paths in the recipe are resolved against the recipe's folder (so a recipe works
+    from any cwd); paths given through overrides are resolved against the cwd.
+    """
+    tree: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file not found: {p}")
+        try:
+            loaded = yaml.safe_load(p.read_text(encoding="utf-8"))
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{p}: not valid YAML: {e}") from e
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{p}: a recipe must be a mapping of sections, got {type(loaded)}")
+        tree = loaded
+        _resolve_paths(tree, p.parent.resolve())
+    override_tree: dict[str, Any] = {}
+    for assignment in overrides or []:
+        apply_override(tree, assignment)
+        apply_override(override_tree, assignment)
+    _resolve_paths(override_tree, Path.cwd())
+    for section in ("ingest", "evaluate"):
+        for key, value in override_tree.get(section, {}).items():
+            tree[section][key] = value
+    try:
+        return CtxvecConfig.model_validate(tree)
+    except ValidationError as e:
+        raise ConfigError(_format_errors(e)) from None
+
+
+def config_to_yaml(cfg: CtxvecConfig) -> str:
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+
+
+def flatten(cfg: CtxvecConfig) -> dict[str, Any]:
+    """``{"train.lr": 5e-4, ...}``: the form MLflow params and manifests want."""
+    out: dict[str, Any] = {}
+
+    def walk(prefix: str, node: Any) -> None:
+        if isinstance(node, dict):
+            for k, v in node.items():
+                walk(f"{prefix}.{k}" if prefix else k, v)
+        else:
+            out[prefix] = node
+
+    walk("", cfg.model_dump(mode="json"))
+    return out

@@ -1,0 +1,243 @@
+"""The model registry on MLflow: the only module in ctxvec that imports mlflow.
+
+Embedded default: with no ``MLFLOW_TRACKING_URI`` set, tracking and the registry live in
+``sqlite:///$CTXVEC_HOME/mlflow.db`` with artifacts under ``$CTXVEC_HOME/mlartifacts``. Pointing
+``MLFLOW_TRACKING_URI`` at a server changes nothing else.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import shutil
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from ctxvec import __version__
+from ctxvec.artifacts import (
+    EvalReport,
+    IndexArtifact,
+    RegisteredModel,
+    Snapshot,
+    TokenizerArtifact,
+    TrainedModel,
+)
+from ctxvec.config import CtxvecConfig, config_to_yaml, flatten
+from ctxvec.model.refs import ModelRefError
+from ctxvec.workspace import Workspace, home_from_env
+
+log = logging.getLogger(__name__)
+
+PYFUNC_CODE = Path(__file__).with_name("pyfunc_model.py")
+ENCODER_ARTIFACT = "encoder"
+_REF = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/@]+)|/(?P<version>\d+))$")
+
+
+@dataclass(frozen=True)
+class VersionInfo:
+    name: str
+    version: str
+    tags: dict[str, str]
+    aliases: list[str]
+    run_id: str | None
+
+
+def _mlflow(ws: Workspace):
+    """Import mlflow pointed at the workspace's embedded store (unless the env names a server)."""
+    import mlflow
+
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or ws.ensure().mlflow_uri
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(os.environ.get("MLFLOW_REGISTRY_URI") or uri)
+    return mlflow
+
+
+def client(ws: Workspace):
+    return _mlflow(ws).MlflowClient()
+
+
+def _experiment_id(ws: Workspace, name: str) -> str:
+    mlflow = _mlflow(ws)
+    exp = mlflow.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    location = None
+    if not os.environ.get("MLFLOW_TRACKING_URI"):
+        ws.mlflow_artifacts.mkdir(parents=True, exist_ok=True)
+        location = ws.mlflow_artifacts.as_uri()  # not ./mlruns of whatever cwd we run in
+    return mlflow.create_experiment(name, artifact_location=location)
+
+
+def parse_ref(ref: str) -> tuple[str, str | None, str | None]:
+    """``models:/name@alias`` -> (name, alias, None); ``models:/name/3`` -> (name, None, "3")."""
+    m = _REF.match(ref)
+    if not m:
+        raise ModelRefError(
+            f"bad registry reference {ref!r}: use models:/<name>@<alias> or models:/<name>/<n>"
+        )
+    return m["name"], m["alias"], m["version"]
+
+
+def get_version(ws: Workspace, ref: str) -> VersionInfo:
+    """Resolve a registry reference to one version, with its tags and aliases."""
+    from mlflow.exceptions import MlflowException
+
+    name, alias, version = parse_ref(ref)
+    c = client(ws)
+    try:
+        mv = c.get_model_version_by_alias(name, alias) if alias else c.get_model_version(
+            name, version
+        )
+    except MlflowException as e:
+        raise ModelRefError(f"{ref}: not in the registry at {_mlflow(ws).get_tracking_uri()} "
+                            f"({e.error_code})") from None
+    return VersionInfo(name, str(mv.version), dict(mv.tags), list(mv.aliases), mv.run_id)
+
+
+def materialize(ref: str, workspace_root: Path | None = None) -> Path:
+    """A local model folder for a registry reference, downloaded once per version."""
+    import mlflow
+
+    ws = Workspace(workspace_root) if workspace_root else Workspace(home_from_env())
+    info = get_version(ws, ref)
+    final = ws.model_cache / info.name / info.version
+    if not final.is_dir():
+        final.parent.mkdir(parents=True, exist_ok=True)
+        tmp = final.parent / f".tmp-{info.version}-{uuid.uuid4().hex[:8]}"
+        _mlflow(ws)
+        mlflow.artifacts.download_artifacts(
+            artifact_uri=f"models:/{info.name}/{info.version}", dst_path=str(tmp)
+        )
+        try:
+            tmp.rename(final)
+        except OSError:  # another process got there first: its copy is the same version
+            shutil.rmtree(tmp, ignore_errors=True)
+    model_dir = _encoder_dir(final)
+    if model_dir is None:
+        raise ModelRefError(f"{ref} (version {info.version}) holds no encoder folder")
+    return model_dir
+
+
+def _encoder_dir(model_root: Path) -> Path | None:
+    """The encoder folder inside a downloaded pyfunc model, as its MLmodel file names it."""
+    import yaml
+
+    mlmodel = model_root / "MLmodel"
+    if not mlmodel.is_file():
+        return None
+    meta = yaml.safe_load(mlmodel.read_text())
+    artifacts = meta.get("flavors", {}).get("python_function", {}).get("artifacts", {})
+    rel = artifacts.get(ENCODER_ARTIFACT, {}).get("path")
+    if not rel or not (model_root / rel / "config.json").is_file():
+        return None
+    return model_root / rel
+
+
+def register_model(
+    cfg: CtxvecConfig,
+    ws: Workspace,
+    snapshot: Snapshot,
+    tokenizer_art: TokenizerArtifact,
+    trained: TrainedModel,
+    report: EvalReport,
+) -> RegisteredModel:
+    """Log a run (params, metrics, artifacts), the pyfunc model, and register a new version."""
+    mlflow = _mlflow(ws)
+    from mlflow.entities import Metric, Param
+
+    run_dir = Path(trained.run_dir)
+    exp_id = _experiment_id(ws, cfg.registry.experiment)
+    parent_version = ""
+    if trained.parent and trained.parent.startswith("models:/"):
+        parent_version = get_version(ws, trained.parent).version
+    with mlflow.start_run(experiment_id=exp_id, run_name=cfg.name) as run:
+        c = mlflow.MlflowClient()
+        params = [Param(k, str(v)[:500]) for k, v in flatten(cfg).items()]
+        metrics = []
+        metrics_file = run_dir / "metrics.jsonl"
+        for line in metrics_file.read_text().splitlines() if metrics_file.is_file() else []:
+            row = json.loads(line)
+            step = int(row.pop("step"))
+            metrics += [Metric(f"train/{k}", float(v), 0, step) for k, v in row.items()]
+        metrics += [Metric(f"eval/{k}", float(v), 0, 0) for k, v in report.metrics.items()]
+        # Batched writes: MLflow takes at most 100 params and 1000 metrics per call.
+        for i in range(0, len(params), 100):
+            c.log_batch(run.info.run_id, params=params[i : i + 100])
+        for i in range(0, len(metrics), 1000):
+            c.log_batch(run.info.run_id, metrics=metrics[i : i + 1000])
+        mlflow.set_tags({
+            "ctxvec.version": __version__,
+            "data_snapshot": snapshot.snapshot_id,
+            "tokenizer_hash": tokenizer_art.sha256,
+            **{f"eval_skipped.{k}": v for k, v in report.skipped.items()},
+        })
+        mlflow.log_text(config_to_yaml(cfg), "config.yaml")
+        for name in ("manifest.json", "evaluation.json", "metrics.jsonl"):
+            if (run_dir / name).is_file():
+                mlflow.log_artifact(str(run_dir / name), artifact_path="run")
+        mlflow.log_artifact(str(Path(snapshot.path) / "manifest.json"), artifact_path="snapshot")
+        info = mlflow.pyfunc.log_model(
+            name="encoder",
+            python_model=str(PYFUNC_CODE),
+            artifacts={ENCODER_ARTIFACT: trained.model_dir},
+            input_example=["I saw a saw."],
+            pip_requirements=_requirements(),
+            registered_model_name=cfg.registry.model_name,
+        )
+    version = str(info.registered_model_version)
+    with open(Path(trained.model_dir) / "config.json") as f:
+        dim = json.load(f)["hidden_size"]
+    tags = {
+        "data_snapshot": snapshot.snapshot_id,
+        "parent_version": parent_version,
+        "parent_ref": trained.parent or "",
+        "tokenizer_hash": tokenizer_art.sha256,
+        "dim": str(dim),
+        **{f"eval.{k}": f"{v:.6g}" for k, v in report.metrics.items()},
+    }
+    for k, v in tags.items():
+        c.set_model_version_tag(cfg.registry.model_name, version, k, v)
+    c.set_registered_model_alias(cfg.registry.model_name, "challenger", version)
+    log.info("register: %s version %s (run %s)", cfg.registry.model_name, version,
+             run.info.run_id)
+    return RegisteredModel(
+        cfg.registry.model_name, version, run.info.run_id,
+        f"models:/{cfg.registry.model_name}/{version}",
+    )
+
+
+def _requirements() -> list[str]:
+    from importlib.metadata import version as v
+
+    pkgs = ["torch", "transformers", "tokenizers", "safetensors", "numpy", "mlflow"]
+    return [f"ctxvec=={__version__}"] + [f"{p}=={v(p)}" for p in pkgs]
+
+
+def attach_index(ws: Workspace, name: str, version: str, index: IndexArtifact) -> None:
+    """Link a version to its embeddings and index (tags), so a server can find its pair."""
+    c = client(ws)
+    c.set_model_version_tag(name, version, "index_uri", index.path)
+    c.set_model_version_tag(name, version, "index.recall_at_10", f"{index.recall_at_10:.4f}")
+    c.set_model_version_tag(name, version, "index.count", str(index.count))
+
+
+def promote(ws: Workspace, name: str, version: str, alias: str = "champion") -> str | None:
+    """Point ``alias`` at ``version``; returns the version it pointed at before, if any."""
+    from mlflow.exceptions import MlflowException
+
+    c = client(ws)
+    previous = None
+    try:
+        previous = str(c.get_model_version_by_alias(name, alias).version)
+    except MlflowException:
+        pass
+    if not c.get_model_version(name, version).tags.get("index_uri"):
+        raise ValueError(f"{name} version {version} has no index yet: build it before promoting")
+    c.set_registered_model_alias(name, alias, version)
+    if previous and previous != version:
+        c.set_model_version_tag(name, version, "previous_champion", previous)
+    log.info("promote: %s@%s -> version %s (was %s)", name, alias, version, previous)
+    return previous
