@@ -46,7 +46,9 @@ def read_sts(path: str | Path) -> StsPairs:
             try:
                 score = float(fields[4])
             except ValueError:
-                raise DataFormatError(f"{path}:{lineno}: score {fields[4]!r} is not a number")
+                raise DataFormatError(
+                    f"{path}:{lineno}: score {fields[4]!r} is not a number"
+                ) from None
             s1.append(fields[5])
             s2.append(fields[6])
             scores.append(score)

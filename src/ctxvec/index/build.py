@@ -50,6 +50,7 @@ def run_index(cfg: CtxvecConfig, ws: Workspace, emb: Embeddings) -> IndexArtifac
             dim=index.dim, count=index.count, model_version=emb.model_version,
             build_seconds=round(build_s, 3), recall_at_10=recall,
             embeddings=emb.path, snapshot_path=emb_manifest["snapshot_path"],
+            max_tokens=emb_manifest["max_tokens"],
         )
     log.info(
         "index: %s over %d vectors (dim %d), recall@10 vs exact %.3f",

@@ -202,7 +202,8 @@ def _read_wikiextractor(path: Path, src: str) -> Iterator[Record | Rejected]:
                 continue
             body.append(line.rstrip("\r\n"))
     if doc_id is not None:
-        yield Rejected(src, start, "unterminated <doc> element (file ends inside it)", doc_id=doc_id)
+        yield Rejected(src, start, "unterminated <doc> element (file ends inside it)",
+                       doc_id=doc_id)
 
 
 def _stem(path: Path) -> str:

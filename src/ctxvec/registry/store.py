@@ -49,9 +49,17 @@ def _mlflow(ws: Workspace):
     """Import mlflow pointed at the workspace's embedded store (unless the env names a server)."""
     import mlflow
 
-    uri = os.environ.get("MLFLOW_TRACKING_URI") or ws.ensure().mlflow_uri
+    user_env = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
+    uri = user_env["MLFLOW_TRACKING_URI"] or ws.ensure().mlflow_uri
     mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(os.environ.get("MLFLOW_REGISTRY_URI") or uri)
+    mlflow.set_registry_uri(user_env["MLFLOW_REGISTRY_URI"] or uri)
+    # set_*_uri also export MLFLOW_*_URI; undo that, so the environment keeps telling what the
+    # user configured (and a later call for another workspace is not pinned to this one).
+    for key, value in user_env.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
     return mlflow
 
 

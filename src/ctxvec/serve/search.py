@@ -8,7 +8,7 @@ a mismatched pair. Chunk hits are folded into document hits (best chunk per docu
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -62,6 +62,9 @@ class Searcher:
                 f"not {info.version}: refusing to mix model versions"
             )
         self.encoder = Encoder.load(materialize(ref, ws.root))
+        # Queries are cut to the window the corpus chunks were embedded with, so that a chunk's
+        # own text, used as a query, lands on that chunk's vector.
+        self.encoder.settings = replace(self.encoder.settings, max_length=manifest["max_tokens"])
         self.index = FaissIndex.load(self.index_dir, manifest["factory"])
         ids = pq.read_table(self.index_dir / IDS_FILE)
         order = np.argsort(ids.column("id").to_numpy())

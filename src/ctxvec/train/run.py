@@ -12,8 +12,13 @@ import torch
 
 from ctxvec.artifacts import Snapshot, TokenizerArtifact, TrainedModel
 from ctxvec.config import CtxvecConfig, ModelConfig
-from ctxvec.model.encoder import EncoderSettings, load_tokenizer, pick_device, read_settings
-from ctxvec.model.encoder import save_encoder
+from ctxvec.model.encoder import (
+    EncoderSettings,
+    load_tokenizer,
+    pick_device,
+    read_settings,
+    save_encoder,
+)
 from ctxvec.model.refs import resolve_model_ref
 from ctxvec.tokenizer.trainer import iter_snapshot_texts
 from ctxvec.train.loop import train

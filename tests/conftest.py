@@ -1,0 +1,27 @@
+"""Shared fixtures: paths to the repo, the demo corpus and the shared evaluation data."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("CTXVEC_SHARED_DATA", REPO.parent / "shared" / "data"))
+STS_DEV = SHARED_DATA / "stsbenchmark" / "sts-dev.csv"
+DEMO = REPO / "data" / "demo"
+
+
+@pytest.fixture
+def workspace(tmp_path, monkeypatch):
+    from ctxvec.workspace import Workspace
+
+    home = tmp_path / "home"
+    monkeypatch.setenv("CTXVEC_HOME", str(home))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    return Workspace(home).ensure()
+
+
+def needs_shared_data(path: Path):
+    return pytest.mark.skipif(not path.exists(), reason=f"shared data not found: {path}")

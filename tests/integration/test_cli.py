@@ -1,0 +1,99 @@
+"""The CLI contract from outside: exit codes, JSON on stdout, encode and eval sts with minilm."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from tests.conftest import STS_DEV, needs_shared_data
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def ctxvec(*args: str, home: Path, stdin: str | None = None) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "PREFECT_"))}
+    env["CTXVEC_HOME"] = str(home)
+    return subprocess.run([sys.executable, "-m", "ctxvec.cli", *args], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=600, input=stdin)
+
+
+def test_version_and_help(tmp_path):
+    from ctxvec import __version__
+
+    out = ctxvec("--version", home=tmp_path)
+    assert out.returncode == 0 and out.stdout.strip() == f"ctxvec {__version__}"
+    for cmd in (["--help"], ["run", "--help"], ["query", "--help"], ["encode", "--help"],
+                ["eval", "sts", "--help"]):
+        proc = ctxvec(*cmd, home=tmp_path)
+        assert proc.returncode == 0 and "Usage" in proc.stdout, cmd
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["run", "--config", "configs/nope.yaml"], "config file not found"),
+        (["run", "--config", "configs/tiny.yaml", "--set", "train.stpes=1"], "train.stpes"),
+        (["run", "--config", "configs/tiny.yaml", "--set", "ingest.sources=[/no/such]"],
+         "matches no file"),
+        (["encode", "--model", "minilm", "--input", "nope.txt", "--output", "{tmp}/x.parquet"],
+         "input file not found"),
+        (["encode", "--model", "/no/model", "--input", "configs/tiny.yaml",
+          "--output", "{tmp}/x.parquet"],
+         "unknown model reference"),
+        (["query", "hello", "-k", "0"], "-k must be at least 1"),
+        (["query", "hello"], "not in the registry"),
+        (["eval", "sts", "--data", "configs/tiny.yaml", "--model", "minilm"], "expected 7"),
+        (["run"], "Missing option"),
+        (["frobnicate"], "No such command"),
+    ],
+)
+def test_bad_input_exits_2_with_a_clear_message(tmp_path, args, message):
+    proc = ctxvec(*(a.replace("{tmp}", str(tmp_path)) for a in args), home=tmp_path / "home")
+    assert proc.returncode == 2, proc.stderr
+    assert message in proc.stderr
+    assert proc.stdout == ""
+    assert not (tmp_path / "{tmp}/x.parquet").exists()
+
+
+def test_encode_minilm_matches_sentence_transformers(tmp_path):
+    lines = ["I saw a saw.", "The saw was sharp.", "", "Paris is the capital of France.",
+             "word " * 400]  # the last one is longer than MiniLM's 256-token window
+    src = tmp_path / "in.txt"
+    src.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    out = tmp_path / "out.parquet"
+    proc = ctxvec("encode", "--model", "minilm", "--input", str(src), "--output", str(out),
+                  "--json", home=tmp_path / "home")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["rows"] == len(lines)
+    table = pq.read_table(out)
+    assert table.column("text").to_pylist() == lines
+    vtype = table.schema.field("vector").type
+    assert vtype.list_size == 384 and str(vtype.value_type) == "float"
+    vecs = np.stack(table.column("vector").to_numpy(zero_copy_only=False))
+    assert np.allclose(np.linalg.norm(vecs, axis=1), 1.0, atol=1e-5)
+
+    from sentence_transformers import SentenceTransformer
+
+    from ctxvec.model.refs import minilm_dir
+
+    ref = SentenceTransformer(str(minilm_dir()), device="cpu").encode(
+        lines, normalize_embeddings=True)
+    cos = (vecs * ref).sum(axis=1)
+    assert cos.min() >= 0.999, cos
+
+
+@needs_shared_data(STS_DEV)
+def test_eval_sts_minilm_contract(tmp_path):
+    proc = ctxvec("eval", "sts", "--data", str(STS_DEV), "--model", "minilm", "--json",
+                  home=tmp_path / "home")
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    assert result["n"] == 1500
+    assert abs(result["spearman"] - 0.867) <= 0.003
