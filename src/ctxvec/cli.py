@@ -21,6 +21,7 @@ from typing import Annotated, Any
 import typer
 
 from ctxvec import __version__
+from ctxvec.errors import UserInputError
 
 app = typer.Typer(
     name="ctxvec",
@@ -40,18 +41,8 @@ DEFAULT_MODEL_NAME = "ctxvec-encoder"
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")]
 
 
-class UserError(Exception):
-    """Bad input the user can fix: exit code 2."""
-
-
-def _user_error_types() -> tuple[type[BaseException], ...]:
-    from ctxvec.config import ConfigError
-    from ctxvec.evaluate.sts import DataFormatError
-    from ctxvec.ingest.sources import SourceError
-    from ctxvec.model.refs import ModelRefError
-    from ctxvec.serve.search import SearchError
-
-    return (UserError, ConfigError, DataFormatError, SourceError, ModelRefError, SearchError)
+class UserError(UserInputError):
+    """Bad command-line input: exit code 2."""
 
 
 @contextlib.contextmanager
@@ -79,7 +70,7 @@ def command(fn: Callable[..., Any]) -> Callable[..., Any]:
                 result = fn(*args, **kwargs)
         except typer.Exit:
             raise
-        except _user_error_types() as e:
+        except UserInputError as e:
             typer.echo(f"error: {e}", err=True)
             raise typer.Exit(2) from None
         except KeyboardInterrupt:

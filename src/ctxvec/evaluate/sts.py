@@ -13,10 +13,11 @@ from pathlib import Path
 import numpy as np
 from scipy.stats import spearmanr
 
+from ctxvec.errors import UserInputError
 from ctxvec.model.encoder import Encoder
 
 
-class DataFormatError(ValueError):
+class DataFormatError(UserInputError):
     """An evaluation file that does not have the documented layout."""
 
 

@@ -13,6 +13,8 @@ from typing import Protocol
 import faiss
 import numpy as np
 
+from ctxvec.errors import UserInputError
+
 log = logging.getLogger(__name__)
 
 INDEX_FILE = "index.faiss"
@@ -52,7 +54,9 @@ class FaissIndex:
         try:
             base = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
         except RuntimeError as e:
-            raise ValueError(f"invalid FAISS factory string {factory!r}: {e}") from None
+            raise UserInputError(
+                f"invalid FAISS factory string (index.factory) {factory!r}: {e}"
+            ) from None
         # Flat and HNSW keep no ids of their own; IDMap2 adds them (and reconstruct by id).
         index = base if _supports_ids(base) else faiss.IndexIDMap2(base)
         if not index.is_trained:
@@ -76,7 +80,9 @@ class FaissIndex:
         """queries (Q, D) -> (scores (Q, k), ids (Q, k)); missing slots have id -1."""
         queries = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)
         if queries.shape[1] != self.dim:
-            raise ValueError(f"query dimension {queries.shape[1]} != index dimension {self.dim}")
+            raise UserInputError(
+                f"query dimension {queries.shape[1]} != index dimension {self.dim}"
+            )
         k = max(1, min(k, self.count))
         return self.index.search(queries, k)
 

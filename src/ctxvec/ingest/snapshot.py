@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 
 from ctxvec.artifacts import Snapshot
 from ctxvec.config import CtxvecConfig
-from ctxvec.ingest.sources import Record, Rejected, expand_sources, read_file
+from ctxvec.ingest.sources import Record, Rejected, SourceError, expand_sources, read_file
 from ctxvec.workspace import Workspace, write_manifest
 
 log = logging.getLogger(__name__)
@@ -49,7 +49,7 @@ def run_ingest(cfg: CtxvecConfig, ws: Workspace) -> Snapshot:
     started = time.time()
     icfg = cfg.ingest
     if not icfg.sources:
-        raise ValueError("ingest.sources is empty: give at least one file, folder or glob")
+        raise SourceError("ingest.sources is empty: give at least one file, folder or glob")
     files = expand_sources(icfg.sources)
     now = datetime.now(UTC)
     snapshot_id = now.strftime("%Y%m%dT%H%M%S%fZ")
@@ -132,7 +132,7 @@ def run_ingest(cfg: CtxvecConfig, ws: Workspace) -> Snapshot:
             flush()
         writer.close()
         if counts["kept"] == 0:
-            raise ValueError(
+            raise SourceError(
                 f"ingest kept no documents from {len(files)} file(s); "
                 f"rejections by reason: {reasons or 'none'}"
             )

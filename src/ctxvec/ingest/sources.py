@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import IO
 
 from ctxvec.config import IngestConfig
+from ctxvec.errors import UserInputError
 
 _DOC_OPEN = re.compile(rb'^<doc id="([^"]*)" url="[^"]*" title="([^"]*)">\s*$')
 _DOC_CLOSE = b"</doc>"
@@ -40,7 +41,7 @@ class Rejected:
     doc_id: str | None = None
 
 
-class SourceError(ValueError):
+class SourceError(UserInputError):
     """A source path that names nothing readable."""
 
 

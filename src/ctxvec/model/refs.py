@@ -9,10 +9,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ctxvec.errors import UserInputError
+
 MINILM = "minilm"
 
 
-class ModelRefError(ValueError):
+class ModelRefError(UserInputError):
     """A model reference that names nothing usable; the CLI reports it with exit code 2."""
 
 

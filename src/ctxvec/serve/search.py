@@ -15,6 +15,7 @@ import numpy as np
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from ctxvec.errors import UserInputError
 from ctxvec.index.build import IDS_FILE
 from ctxvec.index.faiss_index import FaissIndex
 from ctxvec.ingest.snapshot import snapshot_docs_path
@@ -28,7 +29,7 @@ SNIPPET_CHARS = 400
 MAX_K = 1000
 
 
-class SearchError(ValueError):
+class SearchError(UserInputError):
     """A query the caller can fix (empty text, bad k)."""
 
 

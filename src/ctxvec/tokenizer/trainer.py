@@ -27,7 +27,7 @@ from tokenizers import (
 from ctxvec.artifacts import Snapshot, TokenizerArtifact
 from ctxvec.config import CtxvecConfig, TokenizerConfig
 from ctxvec.ingest.snapshot import snapshot_docs_path
-from ctxvec.model.refs import resolve_model_ref
+from ctxvec.model.refs import ModelRefError, resolve_model_ref
 from ctxvec.workspace import Workspace, sha256_file, sha256_text, write_manifest
 
 log = logging.getLogger(__name__)
@@ -120,7 +120,7 @@ def run_tokenizer(cfg: CtxvecConfig, ws: Workspace, snapshot: Snapshot) -> Token
         model_dir = resolve_model_ref(cfg.model.init, ws.root)
         tok_file = model_dir / "tokenizer.json"
         if not tok_file.is_file():
-            raise ValueError(f"{model_dir} has no tokenizer.json (a fast tokenizer is required)")
+            raise ModelRefError(f"{model_dir} has no tokenizer.json (a fast tokenizer is required)")
         vocab = Tokenizer.from_file(str(tok_file)).get_vocab_size()
         log.info("tokenizer: using %s's own tokenizer (%d tokens)", cfg.model.init, vocab)
         return TokenizerArtifact(str(model_dir), sha256_file(tok_file), vocab, "model")

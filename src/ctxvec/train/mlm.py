@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import torch
 
+from ctxvec.errors import UserInputError
+
 
 class MaskedLM:
     name = "mlm"
@@ -17,7 +19,7 @@ class MaskedLM:
     def __init__(self, tokenizer, mask_prob: float = 0.15):
         self.mask_id = tokenizer.mask_token_id
         if self.mask_id is None:
-            raise ValueError("the tokenizer has no [MASK] token: it cannot train an MLM")
+            raise UserInputError("the tokenizer has no [MASK] token: it cannot train an MLM")
         self.vocab_size = len(tokenizer)
         self.special_ids = torch.tensor(sorted(set(tokenizer.all_special_ids)), dtype=torch.long)
         self.mask_prob = mask_prob

@@ -11,6 +11,8 @@ from collections.abc import Iterable
 
 import torch
 
+from ctxvec.errors import UserInputError
+
 
 def pack_sequences(
     texts: Iterable[str], tokenizer, seq_len: int, max_sequences: int | None = None
@@ -18,7 +20,7 @@ def pack_sequences(
     """-> LongTensor (N, seq_len) of packed token ids."""
     cls_id, sep_id = tokenizer.cls_token_id, tokenizer.sep_token_id
     if cls_id is None or sep_id is None:
-        raise ValueError("the tokenizer needs [CLS] and [SEP] tokens to frame MLM sequences")
+        raise UserInputError("the tokenizer needs [CLS] and [SEP] tokens to frame MLM sequences")
     body = seq_len - 2
     stream: list[int] = []
     rows: list[list[int]] = []
@@ -46,7 +48,7 @@ def pack_sequences(
     if max_sequences is not None:
         rows = rows[:max_sequences]
     if not rows:
-        raise ValueError(
+        raise UserInputError(
             f"the corpus is too small to fill one training sequence of {seq_len} tokens; "
             "lower train.seq_len or add documents"
         )

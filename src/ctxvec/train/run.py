@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from ctxvec.artifacts import Snapshot, TokenizerArtifact, TrainedModel
-from ctxvec.config import CtxvecConfig, ModelConfig
+from ctxvec.config import ConfigError, CtxvecConfig, ModelConfig
 from ctxvec.model.encoder import (
     EncoderSettings,
     load_tokenizer,
@@ -74,7 +74,7 @@ def run_train(
         model = load_pretrained_mlm(init_dir)
         settings = read_settings(init_dir, model.config.max_position_embeddings)
         if model.config.vocab_size != len(tokenizer):
-            raise ValueError(
+            raise ConfigError(
                 f"model.init={cfg.model.init} has {model.config.vocab_size} tokens but the "
                 f"tokenizer has {len(tokenizer)}: use tokenizer.source=model with a pretrained init"
             )
