@@ -17,13 +17,20 @@ class _Record:
 
 @dataclass(frozen=True)
 class Snapshot(_Record):
+    """An ingest's result: its snapshot and the corpus (every snapshot up to it)."""
+
     snapshot_id: str
     path: str
+    corpus: list[str]  # snapshot folders, oldest first; readers take each doc's newest version
+    corpus_docs: int
+    created: bool  # False when nothing was new: snapshot_id is then the latest existing one
     read: int
     kept: int
     duplicates: int
+    near_duplicates: int
     filtered: int
     quarantined: int
+    skipped_files: int
 
 
 @dataclass(frozen=True)

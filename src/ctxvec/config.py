@@ -23,17 +23,34 @@ class _Section(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
+class NearDupConfig(_Section):
+    enabled: bool = True
+    threshold: float = Field(0.9, gt=0, le=1, description="Jaccard of word shingles.")
+    num_perm: int = Field(128, ge=16, le=1024, description="MinHash permutations.")
+    shingle: int = Field(5, ge=1, description="Words per shingle.")
+
+
 class IngestConfig(_Section):
     sources: list[str] = Field(
         default_factory=list,
-        description="Files, directories or globs of .txt, .jsonl or wikiextractor <doc> files "
-        "(optionally .gz). Relative paths resolve against the recipe's folder.",
+        description="Files, directories or globs of .txt, .md, .jsonl, .json, .csv, .tsv, "
+        ".parquet or wikiextractor <doc> files (optionally .gz or .zst). Relative paths resolve "
+        "against the recipe's folder.",
     )
     txt_mode: Literal["line", "file"] = "line"
     text_field: str = "text"
     id_field: str = "id"
     title_field: str = "title"
+    nfkc: bool = Field(True, description="Unicode NFKC normalisation before hashing.")
     min_chars: int = Field(1, ge=0)
+    max_chars: int | None = Field(None, ge=1)
+    drop_redirects: bool = True
+    near_dup: NearDupConfig = NearDupConfig()
+    incremental: bool = Field(
+        True, description="Skip files already fully ingested with the same content."
+    )
+    workers: int | None = Field(None, ge=1, description="Processes over files (default: cores).")
+    shard_docs: int = Field(50_000, ge=1, description="Documents per Parquet shard.")
     max_docs: int | None = Field(None, ge=1, description="Stop after this many kept documents.")
 
 

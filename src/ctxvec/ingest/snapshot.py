@@ -1,27 +1,39 @@
-"""``run_ingest``: sources -> a corpus snapshot (Parquet) + quarantine file + manifest.
+"""``run_ingest``: sources -> a new corpus snapshot holding only what is new.
 
-The snapshot is written in a staging folder and renamed into place at the end, so an interrupted
-ingest leaves no snapshot a reader could pick up. Every record that is not kept is written to
-``rejected.jsonl`` with its reason: nothing is dropped silently.
+1. Expand the sources; skip files already fully ingested with the same size and SHA-256.
+2. Workers (one process per core) read, clean, filter and MinHash each file into a part file.
+3. One pass in file order drops exact duplicates (content hash, across every earlier snapshot too)
+   and near-duplicates (MinHash-LSH, against earlier snapshots too), and writes the kept
+   documents as Parquet shards with their signatures.
+4. The staging folder is renamed into place: an interrupted ingest leaves no snapshot behind.
+
+Every record not kept is in ``rejected.jsonl`` with its file, line, kind and reason.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
+import os
+import shutil
 import time
+from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
 from datetime import UTC, datetime
+from multiprocessing import get_context
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
 from ctxvec.artifacts import Snapshot
 from ctxvec.config import CtxvecConfig
-from ctxvec.ingest.sources import Record, Rejected, SourceError, expand_sources, read_file
-from ctxvec.workspace import Workspace, write_manifest
+from ctxvec.ingest.corpus import committed_snapshots, count_docs
+from ctxvec.ingest.sources import SourceError, expand_sources
+from ctxvec.ingest.worker import ingest_file
+from ctxvec.workspace import Workspace, read_json, sha256_file, write_manifest
 
 log = logging.getLogger(__name__)
 
@@ -36,129 +48,224 @@ SNAPSHOT_SCHEMA = pa.schema(
         ("snapshot", pa.string()),
     ]
 )
-DOCS_FILE = "docs.parquet"
+MINHASH_FILE = "minhash.parquet"
 REJECTED_FILE = "rejected.jsonl"
-ROW_GROUP = 2000
+COUNT_KEYS = ("read", "kept", "duplicates", "near_duplicates", "filtered", "quarantined")
 
 
-def content_hash(text: str) -> str:
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:32]
+class _ShardWriter:
+    """Kept documents -> docs-00000.parquet, docs-00001.parquet, ... of ``shard_docs`` rows."""
+
+    def __init__(self, folder: Path, shard_docs: int):
+        self.folder, self.shard_docs = folder, shard_docs
+        self.shard, self.rows_in_shard, self.writer = 0, 0, None
+
+    def write(self, table: pa.Table) -> None:
+        while table.num_rows:
+            if self.writer is None:
+                path = self.folder / f"docs-{self.shard:05d}.parquet"
+                self.writer = pq.ParquetWriter(path, SNAPSHOT_SCHEMA)
+            room = self.shard_docs - self.rows_in_shard
+            head, table = table.slice(0, room), table.slice(room)
+            self.writer.write_table(head)
+            self.rows_in_shard += head.num_rows
+            if self.rows_in_shard >= self.shard_docs:
+                self.close()
+                self.shard, self.rows_in_shard = self.shard + 1, 0
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
+
+
+def _previous_state(ws: Workspace, cfg: CtxvecConfig):
+    """What earlier snapshots hold: content hashes, fully-read files, MinHash signatures."""
+    hashes: dict[str, str] = {}
+    files: dict[str, tuple[int, str]] = {}
+    sigs: list[tuple[list[str], np.ndarray]] = []
+    nd = cfg.ingest.near_dup
+    for snap in committed_snapshots(ws):
+        manifest = read_json(snap / "manifest.json")
+        for f in manifest.get("files", []):
+            if f.get("complete"):
+                files[f["path"]] = (f["size"], f["sha256"])
+        for shard in sorted(snap.glob("docs-*.parquet")):
+            t = pq.read_table(shard, columns=["doc_id", "content_hash"])
+            hashes.update(zip(t.column(1).to_pylist(), t.column(0).to_pylist(), strict=True))
+        mh = snap / MINHASH_FILE
+        if nd.enabled and mh.is_file():
+            t = pq.read_table(mh)
+            if manifest.get("near_dup", {}).get("num_perm") == nd.num_perm and t.num_rows:
+                flat = t.column("minhash").combine_chunks().values.to_numpy()
+                sigs.append((t.column("doc_id").to_pylist(), flat.reshape(t.num_rows, -1)))
+    return hashes, files, sigs
+
+
+def _run_workers(paths: list[Path], cfg: CtxvecConfig, tmp: Path) -> Iterator[dict]:
+    """Per-file results in file order, computed in parallel when there are several files."""
+    dump = cfg.ingest.model_dump(mode="json")
+    workers = min(cfg.ingest.workers or os.cpu_count() or 1, len(paths))
+    if workers <= 1:
+        for i, p in enumerate(paths):
+            yield ingest_file(str(p), dump, str(tmp), i)
+        return
+    # spawn, not fork: the caller may hold threads (Prefect, torch) that fork would copy mid-lock
+    with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
+        futures = [pool.submit(ingest_file, str(p), dump, str(tmp), i)
+                   for i, p in enumerate(paths)]
+        for fut in futures:
+            yield fut.result()
 
 
 def run_ingest(cfg: CtxvecConfig, ws: Workspace) -> Snapshot:
     started = time.time()
-    icfg = cfg.ingest
+    icfg, nd = cfg.ingest, cfg.ingest.near_dup
     if not icfg.sources:
         raise SourceError("ingest.sources is empty: give at least one file, folder or glob")
     files = expand_sources(icfg.sources)
+    previous = committed_snapshots(ws)
+    prev_hashes, prev_files, prev_sigs = _previous_state(ws, cfg)
+    sizes = {str(f): f.stat().st_size for f in files}
+    shas = {str(f): sha256_file(f) for f in files}
+    todo = [f for f in files
+            if not (icfg.incremental and prev_files.get(str(f)) == (sizes[str(f)], shas[str(f)]))]
+    skipped = len(files) - len(todo)
+    if skipped:
+        log.info("ingest: %d of %d files unchanged since an earlier snapshot: skipped",
+                 skipped, len(files))
+    if not todo:
+        if not previous:  # pragma: no cover - files exist, so a first ingest always has work
+            raise SourceError("nothing to ingest")
+        last = previous[-1]
+        corpus = [str(p) for p in previous]
+        log.info("ingest: nothing new; the corpus stays at snapshot %s", last.name)
+        return Snapshot(last.name, str(last), corpus, count_docs(corpus), False,
+                        0, 0, 0, 0, 0, 0, skipped)
+
+    near = None
+    if nd.enabled:
+        from ctxvec.ingest.near_dup import NearDupIndex
+
+        near = NearDupIndex(nd.threshold, nd.num_perm)
+        for ids, sig in prev_sigs:
+            for d, s in zip(ids, sig, strict=True):
+                near.add(d, s)
     now = datetime.now(UTC)
     snapshot_id = now.strftime("%Y%m%dT%H%M%S%fZ")
     final = ws.snapshots / snapshot_id
-    counts = {"read": 0, "kept": 0, "duplicates": 0, "filtered": 0, "quarantined": 0}
+    counts = dict.fromkeys(COUNT_KEYS, 0)
     reasons: dict[str, int] = {}
-    seen_hashes: set[str] = set()
-    seen_ids: set[str] = set()
+    file_records = []
+    seen = dict(prev_hashes)  # content hash -> doc id that has it
+    run_ids: set[str] = set()
 
     with ws.stage_dir(final) as tmp:
-        writer = pq.ParquetWriter(tmp / DOCS_FILE, SNAPSHOT_SCHEMA)
-        buf: list[Record] = []
-        hashes: list[str] = []
-
-        def flush() -> None:
-            if not buf:
-                return
-            table = pa.table(
-                {
-                    "doc_id": [r.doc_id for r in buf],
-                    "text": [r.text for r in buf],
-                    "title": [r.title for r in buf],
-                    "source": [r.source for r in buf],
-                    "content_hash": list(hashes),
-                    "ingested_at": [now] * len(buf),
-                    "snapshot": [snapshot_id] * len(buf),
-                },
-                schema=SNAPSHOT_SCHEMA,
-            )
-            writer.write_table(table)
-            buf.clear()
-            hashes.clear()
-
+        parts = tmp / ".parts"
+        parts.mkdir()
+        shards = _ShardWriter(tmp, icfg.shard_docs)
+        mh_writer = (pq.ParquetWriter(tmp / MINHASH_FILE, pa.schema(
+            [("doc_id", pa.string()), ("minhash", pa.list_(pa.uint64()))])) if near else None)
+        full = False
         with open(tmp / REJECTED_FILE, "w", encoding="utf-8") as rej:
 
-            def reject(r: Rejected) -> None:
-                counts[r.kind] += 1
-                reasons[r.reason.split(":")[0]] = reasons.get(r.reason.split(":")[0], 0) + 1
-                rej.write(json.dumps(r.__dict__, ensure_ascii=False) + "\n")
+            def reject(source: str, line: int, doc_id: str, kind: str, reason: str) -> None:
+                counts[kind + "s" if kind.endswith("duplicate") else kind] += 1
+                reasons[kind] = reasons.get(kind, 0) + 1
+                rej.write(json.dumps({"source": source, "line": line, "doc_id": doc_id,
+                                      "kind": kind, "reason": reason}, ensure_ascii=False) + "\n")
 
-            done = False
-            for path in tqdm(files, desc="ingest", unit="file", leave=False):
-                for item in read_file(path, icfg):
-                    counts["read"] += 1
-                    if isinstance(item, Rejected):
-                        reject(item)
-                        continue
-                    if len(item.text) < max(icfg.min_chars, 1):
-                        why = "empty text" if not item.text else f"shorter than {icfg.min_chars}"
-                        reject(Rejected(item.source, 0, why, "filtered", item.doc_id))
-                        continue
-                    h = content_hash(item.text)
-                    if h in seen_hashes:
-                        counts["duplicates"] += 1
-                        rej.write(
-                            json.dumps(
-                                {"source": item.source, "doc_id": item.doc_id,
-                                 "kind": "duplicate", "reason": f"same text as hash {h}"}
-                            )
-                            + "\n"
-                        )
-                        continue
-                    if item.doc_id in seen_ids:
-                        reject(Rejected(item.source, 0, "duplicate doc_id with different text",
-                                        "quarantined", item.doc_id))
-                        continue
-                    seen_hashes.add(h)
-                    seen_ids.add(item.doc_id)
-                    buf.append(item)
-                    hashes.append(h)
-                    counts["kept"] += 1
-                    if len(buf) >= ROW_GROUP:
-                        flush()
-                    if icfg.max_docs and counts["kept"] >= icfg.max_docs:
-                        done = True
+            bar = tqdm(total=sum(sizes[str(f)] for f in todo), desc="ingest", unit="B",
+                       unit_scale=True, leave=False)
+            for path, res in zip(todo, _run_workers(todo, cfg, parts), strict=True):
+                complete = not full
+                for key in ("read", "filtered", "quarantined"):
+                    counts[key] += res[key]
+                for k, v in res["reasons"].items():
+                    reasons[k] = reasons.get(k, 0) + v
+                with open(res["rejected"], encoding="utf-8") as f:
+                    shutil.copyfileobj(f, rej)
+                pf = pq.ParquetFile(res["part"])
+                for batch in pf.iter_batches(batch_size=1000):
+                    rows = batch.to_pylist()
+                    keep: list[dict] = []
+                    for row in rows:
+                        if full:
+                            complete = False
+                            break
+                        d, h = row["doc_id"], row["content_hash"]
+                        if h in seen:
+                            reject(row["source"], row["line"], d, "duplicate",
+                                   f"same text as {seen[h]}")
+                            continue
+                        if d in run_ids:
+                            reject(row["source"], row["line"], d, "quarantined",
+                                   "duplicate doc_id with different text")
+                            continue
+                        if near is not None:
+                            sig = np.asarray(row["minhash"], dtype=np.uint64)
+                            match = near.find(sig, exclude=d)
+                            if match is not None:
+                                reject(row["source"], row["line"], d, "near_duplicate",
+                                       f"near-duplicate of {match[0]} (jaccard {match[1]:.2f})")
+                                continue
+                            near.add(d, sig)
+                        seen[h] = d
+                        run_ids.add(d)
+                        keep.append(row)
+                        counts["kept"] += 1
+                        if icfg.max_docs and counts["kept"] >= icfg.max_docs:
+                            full = True
+                    if keep:
+                        shards.write(pa.table({
+                            "doc_id": [r["doc_id"] for r in keep],
+                            "text": [r["text"] for r in keep],
+                            "title": [r["title"] for r in keep],
+                            "source": [r["source"] for r in keep],
+                            "content_hash": [r["content_hash"] for r in keep],
+                            "ingested_at": [now] * len(keep),
+                            "snapshot": [snapshot_id] * len(keep),
+                        }, schema=SNAPSHOT_SCHEMA))
+                        if mh_writer is not None:
+                            mh_writer.write_table(pa.table({
+                                "doc_id": [r["doc_id"] for r in keep],
+                                "minhash": [r["minhash"] for r in keep],
+                            }, schema=mh_writer.schema))
+                    if full and not complete:
                         break
-                if done:
-                    log.info("ingest: stopped at ingest.max_docs=%d", icfg.max_docs)
-                    break
-            flush()
-        writer.close()
-        if counts["kept"] == 0:
-            raise SourceError(
-                f"ingest kept no documents from {len(files)} file(s); "
-                f"rejections by reason: {reasons or 'none'}"
-            )
+                file_records.append({
+                    "path": str(path), "size": sizes[str(path)], "sha256": shas[str(path)],
+                    "complete": complete, "read": res["read"], "candidates": res["candidates"],
+                })
+                bar.update(sizes[str(path)])
+            bar.close()
+        shards.close()
+        if mh_writer is not None:
+            mh_writer.close()
+        if counts["kept"] == 0:  # an empty shard keeps the layout uniform for readers
+            pq.write_table(SNAPSHOT_SCHEMA.empty_table(), tmp / "docs-00000.parquet")
+        shutil.rmtree(parts)
+        if full:
+            log.info("ingest: stopped at ingest.max_docs=%d", icfg.max_docs)
+        corpus = [str(p) for p in previous] + [str(final)]
         write_manifest(
-            tmp,
-            "ingest",
-            started,
-            snapshot=snapshot_id,
-            sources=[str(f) for f in files],
-            counts=counts,
-            rejected_by_reason=reasons,
-            config=cfg.ingest.model_dump(mode="json"),
+            tmp, "ingest", started,
+            snapshot=snapshot_id, previous=[p.name for p in previous],
+            counts=counts, by_reason=reasons, skipped_files=skipped,
+            files=file_records, near_dup=nd.model_dump(mode="json") if near else None,
+            config=icfg.model_dump(mode="json"),
         )
+    corpus_docs = count_docs(corpus)
     log.info(
-        "ingest: snapshot %s: read %d, kept %d, duplicates %d, filtered %d, quarantined %d",
-        snapshot_id, counts["read"], counts["kept"], counts["duplicates"],
-        counts["filtered"], counts["quarantined"],
+        "ingest: snapshot %s: read %d, kept %d, duplicates %d, near-duplicates %d, filtered %d, "
+        "quarantined %d; corpus now %d documents",
+        snapshot_id, *(counts[k] for k in COUNT_KEYS), corpus_docs,
     )
-    return Snapshot(snapshot_id=snapshot_id, path=str(final), **counts)
+    if corpus_docs == 0:
+        raise SourceError(
+            f"ingest kept no documents from {len(todo)} file(s) (by reason: {reasons or 'none'}); "
+            f"see {final / REJECTED_FILE}"
+        )
+    return Snapshot(snapshot_id, str(final), corpus, corpus_docs, True,
+                    *(counts[k] for k in COUNT_KEYS), skipped)
 
-
-def snapshot_docs_path(snapshot_path: str | Path) -> Path:
-    return Path(snapshot_path) / DOCS_FILE
-
-
-def read_texts(snapshot_path: str | Path) -> tuple[list[str], list[str]]:
-    """(doc_ids, texts) of a snapshot, in snapshot order."""
-    t = pq.read_table(snapshot_docs_path(snapshot_path), columns=["doc_id", "text"])
-    return t.column("doc_id").to_pylist(), t.column("text").to_pylist()
