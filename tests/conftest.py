@@ -7,6 +7,9 @@ from pathlib import Path
 
 import pytest
 
+# Prefect's server telemetry writes race with the flow's on SQLite; off, as `ctxvec run` does.
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("CTXVEC_SHARED_DATA", REPO.parent / "shared" / "data"))
 STS_DEV = SHARED_DATA / "stsbenchmark" / "sts-dev.csv"
@@ -14,10 +17,11 @@ DEMO = REPO / "data" / "demo"
 
 
 @pytest.fixture
-def workspace(tmp_path, monkeypatch):
+def workspace(tmp_path_factory, monkeypatch):
+    """An empty workspace outside tmp_path, so tests can ingest tmp_path as a whole."""
     from ctxvec.workspace import Workspace
 
-    home = tmp_path / "home"
+    home = tmp_path_factory.mktemp("ctxvec-home")
     monkeypatch.setenv("CTXVEC_HOME", str(home))
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     return Workspace(home).ensure()

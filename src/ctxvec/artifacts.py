@@ -30,7 +30,8 @@ class Snapshot(_Record):
     near_duplicates: int
     filtered: int
     quarantined: int
-    skipped_files: int
+    skipped_files: int  # unchanged since an earlier snapshot: not read again
+    deferred: int  # left unread at ingest.max_docs; a later ingest picks them up
 
 
 @dataclass(frozen=True)
@@ -38,7 +39,8 @@ class TokenizerArtifact(_Record):
     path: str  # a transformers fast-tokenizer folder (tokenizer.json inside)
     sha256: str  # of tokenizer.json
     vocab_size: int
-    kind: str  # wordpiece | bpe | model
+    kind: str  # wordpiece | bpe | unigram | model
+    stats: dict[str, float]  # held-out fertility, unk_rate, word_coverage (empty for 'model')
 
 
 @dataclass(frozen=True)

@@ -58,11 +58,17 @@ class TokenizerConfig(_Section):
     source: Literal["train", "model"] = Field(
         "train", description="'train' learns a vocabulary; 'model' reuses the checkpoint's own."
     )
-    kind: Literal["wordpiece", "bpe"] = "wordpiece"
+    kind: Literal["wordpiece", "bpe", "unigram"] = "wordpiece"
     vocab_size: int = Field(8000, ge=100)
     min_frequency: int = Field(2, ge=1)
+    normalization: Literal["nfkc", "nfc", "nfd", "none"] = "nfkc"
     lowercase: bool = True
+    strip_accents: bool = False
+    extra_special_tokens: list[str] = Field(default_factory=list)
     max_docs: int | None = Field(None, ge=1, description="Train on at most this many documents.")
+    heldout_every: int = Field(
+        50, ge=2, description="Every Nth document is held out to measure the vocabulary."
+    )
 
 
 class ModelConfig(_Section):

@@ -14,8 +14,11 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+
+from ctxvec.ingest.corpus import doc_files, iter_corpus
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = REPO / "configs" / "tiny.yaml"
@@ -46,14 +49,16 @@ def first_run(tmp_path_factory):
 def test_snapshot(first_run):
     home, s = first_run
     snap = s["snapshot"]
-    docs = pq.read_table(Path(snap["path"]) / "docs.parquet")
+    docs = pa.concat_tables(pq.read_table(f) for f in doc_files([snap["path"]]))
     assert docs.column_names == ["doc_id", "text", "title", "source", "content_hash",
                                  "ingested_at", "snapshot"]
     assert docs.num_rows == snap["kept"] == 150  # ingest.max_docs in tiny.yaml
     assert len(set(docs.column("doc_id").to_pylist())) == 150
     assert snap["filtered"] > 0  # wikiextractor stubs are filtered, and recorded:
     rejected = (Path(snap["path"]) / "rejected.jsonl").read_text().splitlines()
-    assert len(rejected) == snap["filtered"] + snap["quarantined"] + snap["duplicates"]
+    assert len(rejected) == (snap["filtered"] + snap["quarantined"] + snap["duplicates"]
+                             + snap["near_duplicates"])
+    assert snap["read"] == len(rejected) + snap["kept"] + snap["deferred"]
     manifest = json.loads((Path(snap["path"]) / "manifest.json").read_text())
     assert manifest["counts"]["kept"] == 150 and manifest["snapshot"] == snap["snapshot_id"]
     assert Path(snap["path"]).parent == home / "snapshots"
@@ -103,8 +108,8 @@ def test_embeddings_and_index(first_run):
     assert vtype.list_size == 32 and str(vtype.value_type) == "float"
     assert emb.num_rows == s["embeddings"]["rows"] == s["index"]["count"]
     assert set(emb.column("model_version").to_pylist()) == {"1"}
-    assert set(emb.column("doc_id").to_pylist()) == set(
-        pq.read_table(Path(s["snapshot"]["path"]) / "docs.parquet").column("doc_id").to_pylist())
+    corpus_ids = {r["doc_id"] for b in iter_corpus(s["snapshot"]["corpus"]) for r in b.to_pylist()}
+    assert set(emb.column("doc_id").to_pylist()) == corpus_ids
     vecs = np.stack(emb.column("vector").to_numpy(zero_copy_only=False))
     assert np.allclose(np.linalg.norm(vecs, axis=1), 1.0, atol=1e-4)
     idx = Path(s["index"]["path"])
@@ -117,7 +122,7 @@ def test_embeddings_and_index(first_run):
 def test_query_contract_and_own_text_comes_first(first_run):
     home, s = first_run
     assert len(s["sample_query"]["hits"]) == 5
-    docs = pq.read_table(Path(s["snapshot"]["path"]) / "docs.parquet").to_pylist()
+    docs = [r for b in iter_corpus(s["snapshot"]["corpus"]) for r in b.to_pylist()]
     doc = max(docs[:40], key=lambda d: len(d["text"]))  # a long, distinctive document
     out = json.loads(ctxvec(home, "query", doc["text"][:300], "-k", "5", "--json").stdout)
     hits = out["hits"]
@@ -156,6 +161,12 @@ def test_second_run_in_process_moves_champion(first_run):
 
     with prefect_test_harness():
         s2 = pipeline(str(TINY), ["train.steps=4", "evaluate.sts=null"], str(home))
+    # The first run stopped at ingest.max_docs=150, so the source file was not complete: the
+    # second ingest reads it again, skips the 150 it has, and adds the next 150.
+    snap2 = s2["snapshot"]
+    assert snap2["created"] and snap2["kept"] == 150 and snap2["duplicates"] >= 150
+    assert snap2["corpus_docs"] == 300 and snap2["corpus"][0] == s["snapshot"]["path"]
+    assert s2["embeddings"]["docs"] == 300
     assert s2["model"]["version"] == "2" and s2["champion"] == "2"
     assert s2["previous_champion"] == "1"
     assert s2["index"]["path"] != s["index"]["path"]  # one index per model version

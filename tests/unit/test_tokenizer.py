@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from tokenizers import Tokenizer
@@ -9,29 +10,23 @@ from ctxvec.config import load_config
 from ctxvec.ingest.snapshot import run_ingest
 from ctxvec.tokenizer.trainer import run_tokenizer
 
-TEXTS = [
-    "The quick brown fox jumps over the lazy dog.",
-    "A saw is a tool; I saw a saw at the hardware store.",
-    "Tokenizers split unseen words such as antidisestablishmentarianism into subwords.",
-    "Café, naïve and Zürich carry accents.",
-] * 25
+DEMO = Path(__file__).resolve().parents[2] / "data" / "demo" / "wiki_00.gz"
 
 
 @pytest.fixture
-def snapshot(workspace, tmp_path):
-    src = tmp_path / "corpus.jsonl"
-    src.write_text("".join(json.dumps({"id": i, "text": t}) + "\n" for i, t in enumerate(TEXTS)))
-    # identical texts are de-duplicated: 4 distinct documents remain
-    cfg = load_config(None, [f"ingest.sources=[{src}]"])
+def snapshot(workspace):
+    cfg = load_config(None, [f"ingest.sources=[{DEMO}]", "ingest.max_docs=300"])
     return run_ingest(cfg, workspace)
 
 
-@pytest.mark.parametrize("kind", ["wordpiece", "bpe"])
+@pytest.mark.parametrize("kind", ["wordpiece", "bpe", "unigram"])
 def test_train_save_and_reload(kind, snapshot, workspace):
-    cfg = load_config(None, [f"tokenizer.kind={kind}", "tokenizer.vocab_size=300",
-                             "tokenizer.min_frequency=1"])
+    cfg = load_config(None, [f"tokenizer.kind={kind}", "tokenizer.vocab_size=800",
+                             "tokenizer.heldout_every=10"])
     art = run_tokenizer(cfg, workspace, snapshot)
-    assert art.kind == kind and 100 < art.vocab_size <= 300
+    assert art.kind == kind and 500 < art.vocab_size <= 800
+    assert art.stats["heldout_docs"] == 30 and 1.0 <= art.stats["fertility"] < 4
+    assert 0.2 < art.stats["word_coverage"] <= 1 and art.stats["unk_rate"] < 0.01
     tok = Tokenizer.from_file(f"{art.path}/tokenizer.json")
     enc = tok.encode("I saw a saw")
     assert enc.tokens[0] == "[CLS]" and enc.tokens[-1] == "[SEP]"

@@ -18,7 +18,7 @@ import pyarrow.parquet as pq
 
 from ctxvec.artifacts import Embeddings, Snapshot
 from ctxvec.config import CtxvecConfig
-from ctxvec.ingest.snapshot import snapshot_docs_path
+from ctxvec.ingest.corpus import iter_corpus
 from ctxvec.model.encoder import Encoder
 from ctxvec.workspace import Workspace, write_manifest
 
@@ -68,9 +68,8 @@ def chunk_documents(
     return enc["input_ids"], list(doc_of), chunk_no, spans
 
 
-def iter_doc_batches(snapshot_path: str | Path) -> Iterator[tuple[list[str], list[str]]]:
-    pf = pq.ParquetFile(snapshot_docs_path(snapshot_path))
-    for batch in pf.iter_batches(columns=["doc_id", "text"], batch_size=DOC_BATCH):
+def iter_doc_batches(corpus: list[str]) -> Iterator[tuple[list[str], list[str]]]:
+    for batch in iter_corpus(corpus, ("doc_id", "text"), batch_size=DOC_BATCH):
         yield batch.column(0).to_pylist(), batch.column(1).to_pylist()
 
 
@@ -88,7 +87,7 @@ def run_embed(
     rows, docs = 0, 0
     with ws.stage_dir(final) as tmp:
         with pq.ParquetWriter(tmp / EMBEDDINGS_FILE, schema) as writer:
-            for doc_ids, texts in iter_doc_batches(snapshot.path):
+            for doc_ids, texts in iter_doc_batches(snapshot.corpus):
                 ids, doc_of, chunk_no, spans = chunk_documents(encoder, texts, max_tokens, stride)
                 vecs = encoder.encode_ids(ids, batch_size=ecfg.batch_size, progress=True)
                 flat = pa.array(vecs.astype(np_dtype).ravel())
@@ -108,7 +107,7 @@ def run_embed(
                 docs += len(doc_ids)
                 log.info("embed: %d documents, %d chunks so far", docs, rows)
         write_manifest(
-            tmp, "embed", started, snapshot=snapshot.snapshot_id, snapshot_path=snapshot.path,
+            tmp, "embed", started, snapshot=snapshot.snapshot_id, corpus=snapshot.corpus,
             model_dir=model_dir, model_version=model_version, rows=rows, docs=docs,
             dim=encoder.dim, dtype=ecfg.dtype, max_tokens=max_tokens, stride=stride,
             pooling=encoder.settings.pooling, normalized=encoder.settings.normalize,

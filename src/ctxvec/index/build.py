@@ -49,7 +49,7 @@ def run_index(cfg: CtxvecConfig, ws: Workspace, emb: Embeddings) -> IndexArtifac
             tmp, "index", started, factory=cfg.index.factory, metric="inner_product",
             dim=index.dim, count=index.count, model_version=emb.model_version,
             build_seconds=round(build_s, 3), recall_at_10=recall,
-            embeddings=emb.path, snapshot_path=emb_manifest["snapshot_path"],
+            embeddings=emb.path, corpus=emb_manifest["corpus"],
             max_tokens=emb_manifest["max_tokens"],
         )
     log.info(

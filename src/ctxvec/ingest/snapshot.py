@@ -141,7 +141,7 @@ def run_ingest(cfg: CtxvecConfig, ws: Workspace) -> Snapshot:
         corpus = [str(p) for p in previous]
         log.info("ingest: nothing new; the corpus stays at snapshot %s", last.name)
         return Snapshot(last.name, str(last), corpus, count_docs(corpus), False,
-                        0, 0, 0, 0, 0, 0, skipped)
+                        0, 0, 0, 0, 0, 0, skipped, 0)
 
     near = None
     if nd.enabled:
@@ -154,7 +154,7 @@ def run_ingest(cfg: CtxvecConfig, ws: Workspace) -> Snapshot:
     now = datetime.now(UTC)
     snapshot_id = now.strftime("%Y%m%dT%H%M%S%fZ")
     final = ws.snapshots / snapshot_id
-    counts = dict.fromkeys(COUNT_KEYS, 0)
+    counts = dict.fromkeys((*COUNT_KEYS, "deferred"), 0)
     reasons: dict[str, int] = {}
     file_records = []
     seen = dict(prev_hashes)  # content hash -> doc id that has it
@@ -179,6 +179,7 @@ def run_ingest(cfg: CtxvecConfig, ws: Workspace) -> Snapshot:
                        unit_scale=True, leave=False)
             for path, res in zip(todo, _run_workers(todo, cfg, parts), strict=True):
                 complete = not full
+                examined = 0
                 for key in ("read", "filtered", "quarantined"):
                     counts[key] += res[key]
                 for k, v in res["reasons"].items():
@@ -193,6 +194,7 @@ def run_ingest(cfg: CtxvecConfig, ws: Workspace) -> Snapshot:
                         if full:
                             complete = False
                             break
+                        examined += 1
                         d, h = row["doc_id"], row["content_hash"]
                         if h in seen:
                             reject(row["source"], row["line"], d, "duplicate",
@@ -233,6 +235,9 @@ def run_ingest(cfg: CtxvecConfig, ws: Workspace) -> Snapshot:
                             }, schema=mh_writer.schema))
                     if full and not complete:
                         break
+                # Documents left unexamined at max_docs are not rejected: the file stays
+                # incomplete, so the next ingest reads it again and picks them up.
+                counts["deferred"] += res["candidates"] - examined
                 file_records.append({
                     "path": str(path), "size": sizes[str(path)], "sha256": shas[str(path)],
                     "complete": complete, "read": res["read"], "candidates": res["candidates"],
@@ -258,8 +263,8 @@ def run_ingest(cfg: CtxvecConfig, ws: Workspace) -> Snapshot:
     corpus_docs = count_docs(corpus)
     log.info(
         "ingest: snapshot %s: read %d, kept %d, duplicates %d, near-duplicates %d, filtered %d, "
-        "quarantined %d; corpus now %d documents",
-        snapshot_id, *(counts[k] for k in COUNT_KEYS), corpus_docs,
+        "quarantined %d, deferred %d; corpus now %d documents",
+        snapshot_id, *(counts[k] for k in COUNT_KEYS), counts["deferred"], corpus_docs,
     )
     if corpus_docs == 0:
         raise SourceError(
@@ -267,5 +272,5 @@ def run_ingest(cfg: CtxvecConfig, ws: Workspace) -> Snapshot:
             f"see {final / REJECTED_FILE}"
         )
     return Snapshot(snapshot_id, str(final), corpus, corpus_docs, True,
-                    *(counts[k] for k in COUNT_KEYS), skipped)
+                    *(counts[k] for k in COUNT_KEYS), skipped, counts["deferred"])
 

@@ -35,6 +35,21 @@ TEXT_SUFFIXES = {".txt", ".md", ".text", ".markdown"}
 FORMATS = ("txt", "jsonl", "csv", "tsv", "parquet", "wikiextractor")
 
 
+def _read_errors() -> tuple[type[BaseException], ...]:
+    """What a damaged file raises while it is read: truncated archives, corrupt Parquet."""
+    errors: list[type[BaseException]] = [OSError, EOFError, ValueError]
+    try:
+        import zstandard
+
+        errors.append(zstandard.ZstdError)
+    except ImportError:  # pragma: no cover
+        pass
+    return tuple(errors)
+
+
+READ_ERRORS = _read_errors()
+
+
 @dataclass(frozen=True)
 class Record:
     doc_id: str | None  # None: derived from the cleaned content (stable across re-ingests)
@@ -129,7 +144,7 @@ def read_file(path: Path, cfg: IngestConfig) -> Iterator[Record | Rejected]:
     try:
         with open_bytes(path) as f:
             head = f.read(_SNIFF)
-    except OSError as e:
+    except READ_ERRORS as e:
         yield Rejected(src, 0, f"unreadable file: {e}")
         return
     if not head:
@@ -152,7 +167,7 @@ def read_file(path: Path, cfg: IngestConfig) -> Iterator[Record | Rejected]:
         for item in reader(path, src, cfg):
             line = item.line
             yield item
-    except (OSError, EOFError, ValueError) as e:  # truncated archive, corrupt Parquet, ...
+    except READ_ERRORS as e:
         yield Rejected(src, line, f"unreadable after line {line}: {type(e).__name__}: {e}")
 
 

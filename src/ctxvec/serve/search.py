@@ -12,13 +12,12 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from ctxvec.errors import UserInputError
 from ctxvec.index.build import IDS_FILE
 from ctxvec.index.faiss_index import FaissIndex
-from ctxvec.ingest.snapshot import snapshot_docs_path
+from ctxvec.ingest.corpus import read_docs
 from ctxvec.model.encoder import Encoder
 from ctxvec.registry.store import get_version, materialize
 from ctxvec.workspace import Workspace, read_json
@@ -73,7 +72,7 @@ class Searcher:
         self.chunks = ids.column("chunk").to_numpy()[order]
         self.starts = ids.column("start").to_numpy()[order]
         self.ends = ids.column("end").to_numpy()[order]
-        self.snapshot_docs = snapshot_docs_path(manifest["snapshot_path"])
+        self.corpus = manifest["corpus"]
         log.info("search: %s -> version %s, %d vectors", ref, self.version, self.index.count)
 
     def search(self, text: str, k: int = 10) -> list[Hit]:
@@ -109,16 +108,5 @@ class Searcher:
         return hits
 
     def _texts(self, doc_ids: list[str]) -> dict[str, tuple[str, str]]:
-        if not doc_ids:
-            return {}
-        t = pq.read_table(
-            self.snapshot_docs, columns=["doc_id", "text", "title"],
-            filters=pc.field("doc_id").isin(doc_ids),
-        )
-        return {
-            d: (x, ti)
-            for d, x, ti in zip(
-                t.column("doc_id").to_pylist(), t.column("text").to_pylist(),
-                t.column("title").to_pylist(), strict=True,
-            )
-        }
+        docs = read_docs(self.corpus, doc_ids, ("text", "title"))
+        return {d: (r["text"], r["title"]) for d, r in docs.items()}

@@ -1,9 +1,12 @@
-"""``run_tokenizer``: learn a WordPiece or byte-level BPE vocabulary with HF ``tokenizers``.
+"""``run_tokenizer``: learn a WordPiece, byte-level BPE or Unigram vocabulary with HF
+``tokenizers`` from the corpus stream.
 
-Both kinds use BERT's special tokens ([PAD] [UNK] [CLS] [SEP] [MASK]) and its ``[CLS] A [SEP]``
-template, so either vocabulary plugs into the same BERT-family encoders. The result is saved as a
-``transformers`` fast-tokenizer folder (``tokenizer.json`` inside). With ``tokenizer.source=model``
-the stage trains nothing and records the pretrained checkpoint's own tokenizer instead.
+Every kind uses BERT's special tokens ([PAD] [UNK] [CLS] [SEP] [MASK], plus any extra ones) and
+BERT's ``[CLS] A [SEP] B [SEP]`` template, so any vocabulary plugs into the same BERT-family
+encoders. The result is a ``transformers`` fast-tokenizer folder (``tokenizer.json`` inside).
+One document in ``heldout_every`` is kept out of training and measures the vocabulary: fertility
+(tokens per word), unknown-token rate and word coverage (words that are one token).
+With ``tokenizer.source=model`` nothing is trained: the checkpoint's own tokenizer is recorded.
 """
 
 from __future__ import annotations
@@ -11,9 +14,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
-import pyarrow.parquet as pq
 from tokenizers import (
     Tokenizer,
     decoders,
@@ -26,56 +27,55 @@ from tokenizers import (
 
 from ctxvec.artifacts import Snapshot, TokenizerArtifact
 from ctxvec.config import CtxvecConfig, TokenizerConfig
-from ctxvec.ingest.snapshot import snapshot_docs_path
+from ctxvec.ingest.corpus import iter_corpus
 from ctxvec.model.refs import ModelRefError, resolve_model_ref
 from ctxvec.workspace import Workspace, sha256_file, sha256_text, write_manifest
 
 log = logging.getLogger(__name__)
 
 SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+MAX_HELDOUT = 2000
 
 
-def iter_snapshot_texts(snapshot_path: str | Path, limit: int | None = None) -> Iterator[str]:
-    """Stream texts from a snapshot one row group at a time."""
-    pf = pq.ParquetFile(snapshot_docs_path(snapshot_path))
-    n = 0
-    for batch in pf.iter_batches(columns=["text"], batch_size=1024):
-        for text in batch.column(0).to_pylist():
-            yield text
-            n += 1
-            if limit is not None and n >= limit:
-                return
+def _normalizer(tcfg: TokenizerConfig) -> normalizers.Normalizer | None:
+    steps: list[normalizers.Normalizer] = []
+    if tcfg.normalization != "none":
+        steps.append(getattr(normalizers, tcfg.normalization.upper())())
+    if tcfg.strip_accents:
+        steps += [normalizers.NFD(), normalizers.StripAccents()]
+    if tcfg.lowercase:
+        steps.append(normalizers.Lowercase())
+    return normalizers.Sequence(steps) if steps else None
 
 
 def build_tokenizer(tcfg: TokenizerConfig) -> tuple[Tokenizer, trainers.Trainer]:
+    specials = SPECIALS + [t for t in tcfg.extra_special_tokens if t not in SPECIALS]
+    common = {"vocab_size": tcfg.vocab_size, "special_tokens": specials, "show_progress": False}
     if tcfg.kind == "wordpiece":
         tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
-        tok.normalizer = normalizers.BertNormalizer(lowercase=tcfg.lowercase, clean_text=True)
         tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
         tok.decoder = decoders.WordPiece(prefix="##")
-        trainer = trainers.WordPieceTrainer(
-            vocab_size=tcfg.vocab_size,
-            min_frequency=tcfg.min_frequency,
-            special_tokens=SPECIALS,
-            show_progress=False,
-        )
-    else:  # byte-level BPE: every byte is in the alphabet, so nothing is ever unknown
+        trainer = trainers.WordPieceTrainer(min_frequency=tcfg.min_frequency, **common)
+    elif tcfg.kind == "bpe":  # byte-level: every byte is in the alphabet, nothing is unknown
         tok = Tokenizer(models.BPE(unk_token=None))
-        norm = [normalizers.NFKC()] + ([normalizers.Lowercase()] if tcfg.lowercase else [])
-        tok.normalizer = normalizers.Sequence(norm)
         tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=True)
         tok.decoder = decoders.ByteLevel()
         trainer = trainers.BpeTrainer(
-            vocab_size=tcfg.vocab_size,
             min_frequency=tcfg.min_frequency,
-            special_tokens=SPECIALS,
-            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-            show_progress=False,
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), **common,
         )
+    else:  # unigram (Kudo 2018), SentencePiece-style word boundaries
+        tok = Tokenizer(models.Unigram())
+        tok.pre_tokenizer = pre_tokenizers.Metaspace()
+        tok.decoder = decoders.Metaspace()
+        trainer = trainers.UnigramTrainer(unk_token="[UNK]", **common)
+    norm = _normalizer(tcfg)
+    if norm is not None:
+        tok.normalizer = norm
     return tok, trainer
 
 
-def _add_template(tok: Tokenizer) -> None:
+def add_bert_template(tok: Tokenizer) -> None:
     cls_id, sep_id = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
     tok.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]",
@@ -99,18 +99,62 @@ def to_fast_tokenizer(tok: Tokenizer, max_length: int):
 
 
 def tokenizer_stats(tok: Tokenizer, texts: list[str]) -> dict[str, float]:
-    """Fertility (tokens per whitespace word) and unknown-token rate on a sample."""
+    """Fertility (tokens per whitespace word), unknown-token rate, words kept whole."""
     if not texts:
-        return {"fertility": 0.0, "unk_rate": 0.0}
+        return {"fertility": 0.0, "unk_rate": 0.0, "word_coverage": 0.0, "heldout_docs": 0}
     encs = tok.encode_batch(texts, add_special_tokens=False)
     n_tokens = sum(len(e.ids) for e in encs)
-    n_words = sum(len(t.split()) for t in texts)
     unk = tok.token_to_id("[UNK]")
     n_unk = sum(e.ids.count(unk) for e in encs) if unk is not None else 0
+    words = [w for t in texts for w in t.split()][:50_000]
+    whole = sum(
+        len(e.ids) == 1 and e.ids[0] != unk
+        for e in tok.encode_batch(words, add_special_tokens=False)
+    )
     return {
-        "fertility": n_tokens / max(n_words, 1),
+        "fertility": n_tokens / max(sum(len(t.split()) for t in texts), 1),
         "unk_rate": n_unk / max(n_tokens, 1),
+        "word_coverage": whole / max(len(words), 1),
+        "heldout_docs": len(texts),
     }
+
+
+class _Split:
+    """Streams training batches and keeps every ``every``-th document aside as held-out."""
+
+    def __init__(self, corpus: list[str], every: int, limit: int | None):
+        self.corpus, self.every, self.limit = corpus, every, limit
+        self.heldout: list[str] = []
+        self.trained = 0
+
+    def batches(self) -> Iterator[list[str]]:
+        n = 0
+        for batch in iter_corpus(self.corpus, ("text",), batch_size=1000):
+            texts = batch.column(0).to_pylist()
+            train = []
+            for t in texts:
+                n += 1
+                if n % self.every == 0:
+                    if len(self.heldout) < MAX_HELDOUT:
+                        self.heldout.append(t)
+                else:
+                    train.append(t)
+            if self.limit is not None:
+                train = train[: max(self.limit - self.trained, 0)]
+            self.trained += len(train)
+            if train:
+                yield train
+            if self.limit is not None and self.trained >= self.limit:
+                return
+
+
+def train_tokenizer(tcfg: TokenizerConfig, corpus: list[str], total: int | None = None):
+    """-> (trained tokenizer with the BERT template, held-out stats, documents trained on)."""
+    tok, trainer = build_tokenizer(tcfg)
+    split = _Split(corpus, tcfg.heldout_every, tcfg.max_docs)
+    tok.train_from_iterator(split.batches(), trainer=trainer, length=total)
+    add_bert_template(tok)
+    return tok, tokenizer_stats(tok, split.heldout), split.trained
 
 
 def run_tokenizer(cfg: CtxvecConfig, ws: Workspace, snapshot: Snapshot) -> TokenizerArtifact:
@@ -120,31 +164,29 @@ def run_tokenizer(cfg: CtxvecConfig, ws: Workspace, snapshot: Snapshot) -> Token
         model_dir = resolve_model_ref(cfg.model.init, ws.root)
         tok_file = model_dir / "tokenizer.json"
         if not tok_file.is_file():
-            raise ModelRefError(f"{model_dir} has no tokenizer.json (a fast tokenizer is required)")
+            raise ModelRefError(f"{model_dir} has no tokenizer.json (a fast tokenizer is needed)")
         vocab = Tokenizer.from_file(str(tok_file)).get_vocab_size()
         log.info("tokenizer: using %s's own tokenizer (%d tokens)", cfg.model.init, vocab)
-        return TokenizerArtifact(str(model_dir), sha256_file(tok_file), vocab, "model")
+        return TokenizerArtifact(str(model_dir), sha256_file(tok_file), vocab, "model", {})
 
-    tok, trainer = build_tokenizer(tcfg)
-    tok.train_from_iterator(
-        iter_snapshot_texts(snapshot.path, tcfg.max_docs), trainer=trainer, length=snapshot.kept
-    )
-    _add_template(tok)
-    # A held-out-ish sample for stats: the tail of the snapshot (the head was trained on first).
-    sample = list(iter_snapshot_texts(snapshot.path))[-200:]
-    stats = tokenizer_stats(tok, sample)
-    # Folder named by the learned vocabulary, so the same tokenizer is stored once.
-    key = sha256_text(tok.to_str())[:16]
-    final = ws.tokenizers / key
+    tok, stats, trained = train_tokenizer(tcfg, snapshot.corpus, snapshot.corpus_docs)
+    if trained == 0:
+        from ctxvec.errors import UserInputError
+
+        raise UserInputError("the corpus has no documents to train a tokenizer on")
+    # Folder named by the learned vocabulary, so one vocabulary is stored once.
+    final = ws.tokenizers / sha256_text(tok.to_str())[:16]
     with ws.stage_dir(final) as tmp:
         to_fast_tokenizer(tok, cfg.model.max_position).save_pretrained(str(tmp))
         sha = sha256_file(tmp / "tokenizer.json")
         write_manifest(
             tmp, "tokenizer", started, sha256=sha, snapshot=snapshot.snapshot_id,
-            vocab_size=tok.get_vocab_size(), stats=stats, config=tcfg.model_dump(mode="json"),
+            corpus=snapshot.corpus, trained_docs=trained, vocab_size=tok.get_vocab_size(),
+            stats=stats, config=tcfg.model_dump(mode="json"),
         )
     log.info(
-        "tokenizer: %s, %d tokens, fertility %.2f, unk rate %.4f",
-        tcfg.kind, tok.get_vocab_size(), stats["fertility"], stats["unk_rate"],
+        "tokenizer: %s, %d tokens from %d documents; held-out fertility %.2f, unk rate %.4f, "
+        "word coverage %.3f", tcfg.kind, tok.get_vocab_size(), trained, stats["fertility"],
+        stats["unk_rate"], stats["word_coverage"],
     )
-    return TokenizerArtifact(str(final), sha, tok.get_vocab_size(), tcfg.kind)
+    return TokenizerArtifact(str(final), sha, tok.get_vocab_size(), tcfg.kind, stats)

@@ -12,6 +12,7 @@ import torch
 
 from ctxvec.artifacts import Snapshot, TokenizerArtifact, TrainedModel
 from ctxvec.config import ConfigError, CtxvecConfig, ModelConfig
+from ctxvec.ingest.corpus import iter_texts
 from ctxvec.model.encoder import (
     EncoderSettings,
     load_tokenizer,
@@ -20,7 +21,6 @@ from ctxvec.model.encoder import (
     save_encoder,
 )
 from ctxvec.model.refs import resolve_model_ref
-from ctxvec.tokenizer.trainer import iter_snapshot_texts
 from ctxvec.train.loop import train
 from ctxvec.train.mlm import MaskedLM
 from ctxvec.train.packing import pack_sequences
@@ -90,7 +90,7 @@ def run_train(
     if tcfg.steps > 0:
         need = tcfg.steps * tcfg.batch_size * tcfg.grad_accum
         data = pack_sequences(
-            iter_snapshot_texts(snapshot.path), tokenizer, seq_len,
+            iter_texts(snapshot.corpus), tokenizer, seq_len,
             max_sequences=int(need / max(1 - tcfg.eval_fraction, 0.5)) + 64,
         )
         n_eval = int(len(data) * tcfg.eval_fraction)
