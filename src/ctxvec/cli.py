@@ -181,6 +181,104 @@ def _format_hits(hits: list[dict]) -> str:
     return "\n".join(out)
 
 
+# --- ingest and tokenizer -------------------------------------------------------------------
+
+ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="Recipe YAML (its "
+                      "ingest/tokenizer sections are used).")]
+SetOpt = Annotated[list[str] | None, typer.Option("--set", help="Override a key: "
+                   "--set ingest.near_dup.threshold=0.8 (repeatable).")]
+
+
+@app.command()
+@command
+def ingest(
+    sources: Annotated[list[str] | None, typer.Argument(help="Files, folders or globs; "
+                       "default: the recipe's ingest.sources.")] = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    as_json: JsonOpt = False,
+) -> str:
+    """Read sources into a new corpus snapshot: clean, drop exact and near duplicates (also
+    against earlier snapshots), quarantine bad records with their reasons."""
+    from ctxvec.config import load_config
+    from ctxvec.ingest.snapshot import run_ingest
+
+    overrides = list(set_ or [])
+    if sources:
+        overrides.append("ingest.sources=" + json.dumps([str(Path(s).resolve()) if Path(s).exists()
+                                                         else s for s in sources]))
+    cfg = load_config(config, overrides)
+    snap = run_ingest(cfg, _workspace().ensure())
+    if as_json:
+        by_reason = {}
+        if snap.created:
+            from ctxvec.workspace import read_json
+
+            by_reason = read_json(Path(snap.path) / "manifest.json")["by_reason"]
+        return _dump({"snapshot": snap.snapshot_id, **snap.to_dict(), "by_reason": by_reason})
+    verb = "snapshot" if snap.created else "nothing new; corpus at snapshot"
+    return (f"{verb} {snap.snapshot_id}: read {snap.read}, kept {snap.kept}, "
+            f"duplicates {snap.duplicates}, near-duplicates {snap.near_duplicates}, "
+            f"filtered {snap.filtered}, quarantined {snap.quarantined}"
+            + (f", deferred {snap.deferred}" if snap.deferred else "")
+            + (f", {snap.skipped_files} unchanged file(s) skipped" if snap.skipped_files else "")
+            + f"\ncorpus: {snap.corpus_docs} documents in {len(snap.corpus)} snapshot(s)"
+            + (f"\nrejected records: {snap.path}/rejected.jsonl" if snap.created else ""))
+
+
+def _corpus_snapshot(snapshot_id: str | None):
+    """The Snapshot record of an existing snapshot (default: the newest)."""
+    from ctxvec.artifacts import Snapshot
+    from ctxvec.ingest.corpus import committed_snapshots, corpus_upto, count_docs
+    from ctxvec.workspace import read_json
+
+    ws = _workspace()
+    snaps = committed_snapshots(ws)
+    if not snaps:
+        raise UserError(f"no snapshot in {ws.root}: run `ctxvec ingest SOURCE...` first")
+    sid = snapshot_id or snaps[-1].name
+    try:
+        corpus = corpus_upto(ws, sid)
+    except FileNotFoundError as e:
+        raise UserError(str(e)) from None
+    counts = read_json(Path(corpus[-1]) / "manifest.json")["counts"]
+    return Snapshot(sid, corpus[-1], corpus, count_docs(corpus), False,
+                    **{k: counts.get(k, 0) for k in ("read", "kept", "duplicates",
+                                                     "near_duplicates", "filtered",
+                                                     "quarantined")},
+                    skipped_files=0, deferred=counts.get("deferred", 0))
+
+
+tokenizer_app = typer.Typer(help="Train tokenizers on the workspace corpus.",
+                            no_args_is_help=True)
+app.add_typer(tokenizer_app, name="tokenizer")
+
+
+@tokenizer_app.command("train")
+@command
+def tokenizer_train(
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    snapshot: Annotated[str | None, typer.Option(help="Corpus as of this snapshot id "
+                        "[default: the newest].")] = None,
+    as_json: JsonOpt = False,
+) -> str:
+    """Train a WordPiece, byte-level BPE or Unigram tokenizer on the corpus and report
+    held-out fertility, unknown rate and word coverage."""
+    from ctxvec.config import load_config
+    from ctxvec.tokenizer.trainer import run_tokenizer
+
+    overrides = ["tokenizer.source=train", *(set_ or [])]
+    cfg = load_config(config, overrides)
+    art = run_tokenizer(cfg, _workspace(), _corpus_snapshot(snapshot))
+    if as_json:
+        return _dump(art.to_dict())
+    st = art.stats
+    return (f"{art.kind} tokenizer, {art.vocab_size} tokens: {art.path}\n"
+            f"held-out ({st['heldout_docs']} docs): fertility {st['fertility']:.3f} tokens/word, "
+            f"unk rate {st['unk_rate']:.4%}, word coverage {st['word_coverage']:.1%}")
+
+
 # --- query ----------------------------------------------------------------------------------
 
 
