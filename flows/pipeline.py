@@ -1,6 +1,7 @@
 """The ctxvec pipeline as a Prefect flow: one task per stage, each a thin call of ``run_<stage>``.
 
-ingest -> tokenizer -> train -> evaluate -> register -> embed -> index -> promote -> sample query
+ingest -> tokenizer -> pack -> train -> evaluate -> register -> embed -> index -> promote
+-> sample query
 
 Run it with ``ctxvec run --config configs/tiny.yaml``, or with Prefect directly:
 ``python flows/pipeline.py configs/tiny.yaml`` or a deployment whose entrypoint is
@@ -20,6 +21,7 @@ from ctxvec.artifacts import (
     Embeddings,
     EvalReport,
     IndexArtifact,
+    PackedData,
     RegisteredModel,
     Snapshot,
     TokenizerArtifact,
@@ -32,6 +34,7 @@ from ctxvec.index.build import run_index
 from ctxvec.ingest.snapshot import run_ingest
 from ctxvec.registry.store import attach_index, promote, register_model
 from ctxvec.serve.search import Searcher
+from ctxvec.tokenizer.packing import run_pack
 from ctxvec.tokenizer.trainer import run_tokenizer
 from ctxvec.train.run import run_train
 from ctxvec.workspace import Workspace
@@ -52,11 +55,18 @@ def tokenizer_task(cfg: CtxvecConfig, ws: Workspace, snap: Snapshot) -> Tokenize
     return run_tokenizer(cfg, ws, snap)
 
 
+@task(name="pack", **_COMPUTE)
+def pack_task(
+    cfg: CtxvecConfig, ws: Workspace, snap: Snapshot, tok: TokenizerArtifact
+) -> PackedData:
+    return run_pack(cfg, ws, snap, tok)
+
+
 @task(name="train", **_COMPUTE)
 def train_task(
-    cfg: CtxvecConfig, ws: Workspace, snap: Snapshot, tok: TokenizerArtifact
+    cfg: CtxvecConfig, ws: Workspace, snap: Snapshot, tok: TokenizerArtifact, packed: PackedData
 ) -> TrainedModel:
-    return run_train(cfg, ws, snap, tok)
+    return run_train(cfg, ws, snap, tok, packed)
 
 
 @task(name="evaluate", **_COMPUTE)
@@ -113,7 +123,8 @@ def pipeline(config: str, overrides: list[str] | None = None, home: str | None =
     ws = (Workspace(Path(home)) if home else Workspace.from_env()).ensure()
     snap = ingest_task(cfg, ws)
     tok = tokenizer_task(cfg, ws, snap)
-    trained = train_task(cfg, ws, snap, tok)
+    packed = pack_task(cfg, ws, snap, tok) if cfg.train.steps > 0 else None
+    trained = train_task(cfg, ws, snap, tok, packed)
     report = evaluate_task(cfg, ws, trained)
     reg = register_task(cfg, ws, snap, tok, trained, report)
     emb = embed_task(cfg, ws, snap, trained, reg)
@@ -124,6 +135,7 @@ def pipeline(config: str, overrides: list[str] | None = None, home: str | None =
         "workspace": str(ws.root),
         "snapshot": snap.to_dict(),
         "tokenizer": tok.to_dict(),
+        "pack": packed.to_dict() if packed else None,
         "train": trained.to_dict(),
         "evaluate": report.to_dict(),
         "model": reg.to_dict(),

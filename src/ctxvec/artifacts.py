@@ -44,6 +44,16 @@ class TokenizerArtifact(_Record):
 
 
 @dataclass(frozen=True)
+class PackedData(_Record):
+    path: str  # a folder of Parquet shards (input_ids, length[, a_len]) + manifest.json
+    shards: int
+    sequences: int
+    tokens: int  # real (non-padding) tokens
+    seq_len: int
+    mode: str  # concat | doc | pair
+
+
+@dataclass(frozen=True)
 class TrainedModel(_Record):
     run_dir: str
     model_dir: str  # a Hugging Face folder: config.json, model.safetensors, tokenizer files

@@ -71,6 +71,16 @@ class TokenizerConfig(_Section):
     )
 
 
+class PackConfig(_Section):
+    mode: Literal["concat", "doc", "pair"] = Field(
+        "concat", description="concat: documents joined by [SEP], no padding; doc: one document "
+        "per sequence; pair: [CLS] A [SEP] B [SEP] from consecutive sentences.",
+    )
+    workers: int | None = Field(None, ge=1, description="Processes (default: cores).")
+    docs_per_shard: int = Field(5000, ge=1, description="Documents per output shard (rounded "
+                                "to whole Parquet row groups).")
+
+
 class ModelConfig(_Section):
     init: str = Field(
         "scratch",
@@ -148,6 +158,7 @@ class CtxvecConfig(_Section):
     name: str = "ctxvec"
     ingest: IngestConfig = IngestConfig()
     tokenizer: TokenizerConfig = TokenizerConfig()
+    pack: PackConfig = PackConfig()
     model: ModelConfig = ModelConfig()
     train: TrainConfig = TrainConfig()
     evaluate: EvaluateConfig = EvaluateConfig()

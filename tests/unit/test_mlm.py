@@ -8,7 +8,6 @@ from ctxvec.config import TrainConfig
 from ctxvec.tokenizer.trainer import SPECIALS, to_fast_tokenizer
 from ctxvec.train.loop import lr_at
 from ctxvec.train.mlm import MaskedLM
-from ctxvec.train.packing import pack_sequences
 
 
 @pytest.fixture(scope="module")
@@ -42,18 +41,6 @@ def test_an_all_unmasked_draw_still_has_a_target(tokenizer):
     ids = torch.randint(5, 1000, (1, 8))
     _, labels = obj.mask(ids, torch.Generator().manual_seed(0))
     assert (labels != -100).sum() == 1
-
-
-def test_packing_frames_full_windows(tokenizer):
-    texts = [" ".join(f"w{i}" for i in range(n)) for n in (10, 30, 7, 50)]
-    seqs = pack_sequences(texts, tokenizer, seq_len=16)
-    assert seqs.shape[1] == 16
-    assert (seqs[:, 0] == tokenizer.cls_token_id).all()
-    assert (seqs[:, -1] == tokenizer.sep_token_id).all()
-    # 97 body tokens + 4 separators = 101 -> 7 full windows of 14
-    assert len(seqs) == 101 // 14
-    with pytest.raises(ValueError, match="too small"):
-        pack_sequences(["w1"], tokenizer, seq_len=64)
 
 
 def test_schedule_warms_up_then_decays_to_zero():

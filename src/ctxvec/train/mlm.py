@@ -23,6 +23,7 @@ class MaskedLM:
         self.vocab_size = len(tokenizer)
         self.special_ids = torch.tensor(sorted(set(tokenizer.all_special_ids)), dtype=torch.long)
         self.mask_prob = mask_prob
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else -1
 
     def mask(
         self, input_ids: torch.Tensor, generator: torch.Generator
@@ -52,7 +53,8 @@ class MaskedLM:
         return inputs, labels
 
     def loss(self, model, input_ids: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        attention = (input_ids != self.pad_id).long()  # packed rows may end in padding
         inputs, labels = self.mask(input_ids, generator)
         inputs, labels = inputs.to(model.device), labels.to(model.device)
-        out = model(input_ids=inputs, attention_mask=torch.ones_like(inputs), labels=labels)
+        out = model(input_ids=inputs, attention_mask=attention.to(model.device), labels=labels)
         return out.loss

@@ -8,11 +8,11 @@ import time
 import uuid
 from pathlib import Path
 
+import numpy as np
 import torch
 
-from ctxvec.artifacts import Snapshot, TokenizerArtifact, TrainedModel
+from ctxvec.artifacts import PackedData, Snapshot, TokenizerArtifact, TrainedModel
 from ctxvec.config import ConfigError, CtxvecConfig, ModelConfig
-from ctxvec.ingest.corpus import iter_texts
 from ctxvec.model.encoder import (
     EncoderSettings,
     load_tokenizer,
@@ -21,9 +21,9 @@ from ctxvec.model.encoder import (
     save_encoder,
 )
 from ctxvec.model.refs import resolve_model_ref
+from ctxvec.tokenizer.packing import read_packed
 from ctxvec.train.loop import train
 from ctxvec.train.mlm import MaskedLM
-from ctxvec.train.packing import pack_sequences
 from ctxvec.workspace import Workspace, write_manifest
 
 log = logging.getLogger(__name__)
@@ -56,7 +56,11 @@ def load_pretrained_mlm(path: Path):
 
 
 def run_train(
-    cfg: CtxvecConfig, ws: Workspace, snapshot: Snapshot, tokenizer_art: TokenizerArtifact
+    cfg: CtxvecConfig,
+    ws: Workspace,
+    snapshot: Snapshot,
+    tokenizer_art: TokenizerArtifact,
+    packed: PackedData | None,
 ) -> TrainedModel:
     started = time.time()
     tcfg = cfg.train
@@ -83,16 +87,22 @@ def run_train(
     n_params = sum(p.numel() for p in model.parameters())
     log.info("train: %s, %.1fM parameters, on %s", cfg.model.init, n_params / 1e6, device)
 
-    # data: pack, then hold out a slice for the evaluation loss
-    seq_len = min(tcfg.seq_len, model.config.max_position_embeddings)
+    # data: the packed sequences, with a held-out slice for the evaluation loss
     result = None
     objective = MaskedLM(tokenizer, tcfg.mask_prob)
+    if tcfg.steps > 0 and packed is None:
+        raise ValueError("run_train needs packed data when train.steps > 0")
+    if packed is not None and packed.mode == "pair":
+        raise ConfigError("pack.mode=pair makes sentence pairs; MLM trains on concat or doc")
     if tcfg.steps > 0:
         need = tcfg.steps * tcfg.batch_size * tcfg.grad_accum
-        data = pack_sequences(
-            iter_texts(snapshot.corpus), tokenizer, seq_len,
-            max_sequences=int(need / max(1 - tcfg.eval_fraction, 0.5)) + 64,
-        )
+        limit = int(need / max(1 - tcfg.eval_fraction, 0.5)) + 64
+        data = torch.from_numpy(read_packed(packed.path, limit).astype(np.int64))
+        if packed.seq_len > model.config.max_position_embeddings:
+            raise ConfigError(
+                f"train.seq_len={packed.seq_len} exceeds the model's "
+                f"{model.config.max_position_embeddings} positions"
+            )
         n_eval = int(len(data) * tcfg.eval_fraction)
         if tcfg.eval_fraction > 0 and len(data) >= 2:
             n_eval = max(n_eval, 1)
@@ -100,7 +110,7 @@ def run_train(
         perm = torch.randperm(len(data), generator=gen)
         eval_data, train_data = data[perm[:n_eval]], data[perm[n_eval:]]
         log.info("train: %d train / %d held-out sequences of %d tokens",
-                 len(train_data), len(eval_data), seq_len)
+                 len(train_data), len(eval_data), packed.seq_len)
         result = train(model, objective, train_data, eval_data if n_eval else None, tcfg)
     else:
         log.info("train: train.steps=0, keeping %s's weights as they are", cfg.model.init)
@@ -115,6 +125,7 @@ def run_train(
         write_manifest(
             tmp, "train", started,
             snapshot=snapshot.snapshot_id, tokenizer_sha256=tokenizer_art.sha256,
+            packed=packed.path if packed else None,
             parent=parent, parameters=n_params, device=str(device),
             steps=result.steps if result else 0,
             tokens_seen=result.tokens_seen if result else 0,
