@@ -79,6 +79,58 @@ class _ShardWriter:
             self.writer = None
 
 
+class _Merger:
+    """The de-duplication pass: decides, document by document in file order, what is kept."""
+
+    def __init__(self, prev_hashes, near, max_docs, counts, reasons, rejected_file):
+        self.seen: dict[str, str] = dict(prev_hashes)  # content hash -> doc id that has it
+        self.run_ids: set[str] = set()
+        self.near, self.max_docs = near, max_docs
+        self.counts, self.reasons, self.rej = counts, reasons, rejected_file
+        self.full = False
+
+    def _reject(self, source: str, line: int, doc_id: str, kind: str, reason: str) -> None:
+        self.counts[kind + "s" if kind.endswith("duplicate") else kind] += 1
+        self.reasons[kind] = self.reasons.get(kind, 0) + 1
+        self.rej.write(json.dumps({"source": source, "line": line, "doc_id": doc_id,
+                                   "kind": kind, "reason": reason}, ensure_ascii=False) + "\n")
+
+    def decide(self, batch: pa.RecordBatch) -> tuple[list[bool], int]:
+        """-> (keep mask, rows examined); fewer examined than rows once max_docs is reached."""
+        ids = batch.column("doc_id").to_pylist()
+        hashes = batch.column("content_hash").to_pylist()
+        sources = batch.column("source").to_pylist()
+        lines = batch.column("line").to_pylist()
+        sigs = None
+        if self.near is not None:
+            col = batch.column("minhash")
+            sigs = col.values.to_numpy().reshape(len(col), -1)
+        keep = [False] * len(ids)
+        for i, (d, h) in enumerate(zip(ids, hashes, strict=True)):
+            if self.full:
+                return keep, i
+            if h in self.seen:
+                self._reject(sources[i], lines[i], d, "duplicate", f"same text as {self.seen[h]}")
+                continue
+            if d in self.run_ids:
+                self._reject(sources[i], lines[i], d, "quarantined",
+                             "duplicate doc_id with different text")
+                continue
+            if sigs is not None:
+                match = self.near.find_or_add(d, sigs[i])
+                if match is not None:
+                    self._reject(sources[i], lines[i], d, "near_duplicate",
+                                 f"near-duplicate of {match[0]} (jaccard {match[1]:.2f})")
+                    continue
+            self.seen[h] = d
+            self.run_ids.add(d)
+            keep[i] = True
+            self.counts["kept"] += 1
+            if self.max_docs and self.counts["kept"] >= self.max_docs:
+                self.full = True
+        return keep, len(ids)
+
+
 def _previous_state(ws: Workspace, cfg: CtxvecConfig):
     """What earlier snapshots hold: content hashes, fully-read files, MinHash signatures."""
     hashes: dict[str, str] = {}
@@ -97,7 +149,7 @@ def _previous_state(ws: Workspace, cfg: CtxvecConfig):
         if nd.enabled and mh.is_file():
             t = pq.read_table(mh)
             if manifest.get("near_dup", {}).get("num_perm") == nd.num_perm and t.num_rows:
-                flat = t.column("minhash").combine_chunks().values.to_numpy()
+                flat = t.column("minhash").combine_chunks().values.to_numpy()  # (N * P,)
                 sigs.append((t.column("doc_id").to_pylist(), flat.reshape(t.num_rows, -1)))
     return hashes, files, sigs
 
@@ -157,83 +209,43 @@ def run_ingest(cfg: CtxvecConfig, ws: Workspace) -> Snapshot:
     counts = dict.fromkeys((*COUNT_KEYS, "deferred"), 0)
     reasons: dict[str, int] = {}
     file_records = []
-    seen = dict(prev_hashes)  # content hash -> doc id that has it
-    run_ids: set[str] = set()
-
     with ws.stage_dir(final) as tmp:
         parts = tmp / ".parts"
         parts.mkdir()
         shards = _ShardWriter(tmp, icfg.shard_docs)
         mh_writer = (pq.ParquetWriter(tmp / MINHASH_FILE, pa.schema(
-            [("doc_id", pa.string()), ("minhash", pa.list_(pa.uint64()))])) if near else None)
-        full = False
+            [("doc_id", pa.string()), ("minhash", pa.list_(pa.uint64(), nd.num_perm))]))
+            if near else None)
         with open(tmp / REJECTED_FILE, "w", encoding="utf-8") as rej:
-
-            def reject(source: str, line: int, doc_id: str, kind: str, reason: str) -> None:
-                counts[kind + "s" if kind.endswith("duplicate") else kind] += 1
-                reasons[kind] = reasons.get(kind, 0) + 1
-                rej.write(json.dumps({"source": source, "line": line, "doc_id": doc_id,
-                                      "kind": kind, "reason": reason}, ensure_ascii=False) + "\n")
-
+            merger = _Merger(prev_hashes, near, icfg.max_docs, counts, reasons, rej)
             bar = tqdm(total=sum(sizes[str(f)] for f in todo), desc="ingest", unit="B",
                        unit_scale=True, leave=False)
             for path, res in zip(todo, _run_workers(todo, cfg, parts), strict=True):
-                complete = not full
-                examined = 0
                 for key in ("read", "filtered", "quarantined"):
                     counts[key] += res[key]
                 for k, v in res["reasons"].items():
                     reasons[k] = reasons.get(k, 0) + v
                 with open(res["rejected"], encoding="utf-8") as f:
                     shutil.copyfileobj(f, rej)
-                pf = pq.ParquetFile(res["part"])
-                for batch in pf.iter_batches(batch_size=1000):
-                    rows = batch.to_pylist()
-                    keep: list[dict] = []
-                    for row in rows:
-                        if full:
-                            complete = False
-                            break
-                        examined += 1
-                        d, h = row["doc_id"], row["content_hash"]
-                        if h in seen:
-                            reject(row["source"], row["line"], d, "duplicate",
-                                   f"same text as {seen[h]}")
-                            continue
-                        if d in run_ids:
-                            reject(row["source"], row["line"], d, "quarantined",
-                                   "duplicate doc_id with different text")
-                            continue
-                        if near is not None:
-                            sig = np.asarray(row["minhash"], dtype=np.uint64)
-                            match = near.find(sig, exclude=d)
-                            if match is not None:
-                                reject(row["source"], row["line"], d, "near_duplicate",
-                                       f"near-duplicate of {match[0]} (jaccard {match[1]:.2f})")
-                                continue
-                            near.add(d, sig)
-                        seen[h] = d
-                        run_ids.add(d)
-                        keep.append(row)
-                        counts["kept"] += 1
-                        if icfg.max_docs and counts["kept"] >= icfg.max_docs:
-                            full = True
-                    if keep:
+                complete, examined = True, 0
+                for batch in pq.ParquetFile(res["part"]).iter_batches(batch_size=1000):
+                    keep, n = merger.decide(batch)
+                    examined += n
+                    complete &= n == batch.num_rows
+                    if any(keep):
+                        kept = batch.filter(pa.array(keep))
                         shards.write(pa.table({
-                            "doc_id": [r["doc_id"] for r in keep],
-                            "text": [r["text"] for r in keep],
-                            "title": [r["title"] for r in keep],
-                            "source": [r["source"] for r in keep],
-                            "content_hash": [r["content_hash"] for r in keep],
-                            "ingested_at": [now] * len(keep),
-                            "snapshot": [snapshot_id] * len(keep),
+                            **{c: kept.column(c) for c in ("doc_id", "text", "title", "source",
+                                                           "content_hash")},
+                            "ingested_at": pa.repeat(pa.scalar(now, SNAPSHOT_SCHEMA.field(
+                                "ingested_at").type), kept.num_rows),
+                            "snapshot": pa.repeat(pa.scalar(snapshot_id), kept.num_rows),
                         }, schema=SNAPSHOT_SCHEMA))
                         if mh_writer is not None:
-                            mh_writer.write_table(pa.table({
-                                "doc_id": [r["doc_id"] for r in keep],
-                                "minhash": [r["minhash"] for r in keep],
-                            }, schema=mh_writer.schema))
-                    if full and not complete:
+                            mh_writer.write_table(pa.table(
+                                {"doc_id": kept.column("doc_id"),
+                                 "minhash": kept.column("minhash")}, schema=mh_writer.schema))
+                    if not complete:
                         break
                 # Documents left unexamined at max_docs are not rejected: the file stays
                 # incomplete, so the next ingest reads it again and picks them up.
@@ -244,6 +256,7 @@ def run_ingest(cfg: CtxvecConfig, ws: Workspace) -> Snapshot:
                 })
                 bar.update(sizes[str(path)])
             bar.close()
+            full = merger.full
         shards.close()
         if mh_writer is not None:
             mh_writer.close()

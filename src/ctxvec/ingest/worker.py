@@ -17,13 +17,25 @@ import pyarrow.parquet as pq
 
 from ctxvec.config import IngestConfig
 from ctxvec.ingest.cleaning import clean_text, filter_reason
+from ctxvec.ingest.minhash import Signer
 from ctxvec.ingest.sources import Record, Rejected, base_name, read_file
 from ctxvec.workspace import sha256_text
 
 ROW_GROUP = 1000
 
 
-def part_schema(with_minhash: bool) -> pa.Schema:
+_SIGNERS: dict[tuple[int, int], Signer] = {}
+
+
+def _signer(num_perm: int, shingle: int) -> Signer:
+    """One per worker process, so its cache of word hashes serves every file it reads."""
+    key = (num_perm, shingle)
+    if key not in _SIGNERS:
+        _SIGNERS[key] = Signer(num_perm, shingle)
+    return _SIGNERS[key]
+
+
+def part_schema(with_minhash: bool, num_perm: int = 0) -> pa.Schema:
     fields = [
         ("doc_id", pa.string()),
         ("text", pa.string()),
@@ -33,7 +45,7 @@ def part_schema(with_minhash: bool) -> pa.Schema:
         ("line", pa.int64()),
     ]
     if with_minhash:
-        fields.append(("minhash", pa.list_(pa.uint64())))
+        fields.append(("minhash", pa.list_(pa.uint64(), num_perm)))
     return pa.schema(fields)
 
 
@@ -69,7 +81,7 @@ def ingest_file(path: str, cfg_dump: dict, out_dir: str, file_no: int) -> dict:
     nd = cfg.near_dup
     res = FileResult(path, str(out / f"part-{file_no:05d}.parquet"),
                      str(out / f"rejected-{file_no:05d}.jsonl"))
-    schema = part_schema(nd.enabled)
+    schema = part_schema(nd.enabled, nd.num_perm)
     stem = Path(base_name(src)).stem
     buf: list[tuple[Record, str, str]] = []
 
@@ -96,10 +108,9 @@ def ingest_file(path: str, cfg_dump: dict, out_dir: str, file_no: int) -> dict:
                 "line": [r.line for r, _, _ in buf],
             }
             if nd.enabled:
-                from ctxvec.ingest.near_dup import signatures
-
-                sigs = signatures(cols["text"], nd.num_perm, nd.shingle)
-                cols["minhash"] = pa.array(list(sigs), pa.list_(pa.uint64()))
+                sigs = _signer(nd.num_perm, nd.shingle).signatures(cols["text"])
+                cols["minhash"] = pa.FixedSizeListArray.from_arrays(
+                    pa.array(sigs.ravel()), nd.num_perm)
             writer.write_table(pa.table(cols, schema=schema))
             buf.clear()
 
