@@ -77,7 +77,7 @@ class PackConfig(_Section):
         "per sequence; pair: [CLS] A [SEP] B [SEP] from consecutive sentences.",
     )
     workers: int | None = Field(None, ge=1, description="Processes (default: cores).")
-    docs_per_shard: int = Field(5000, ge=1, description="Documents per output shard (rounded "
+    docs_per_shard: int = Field(2000, ge=1, description="Documents per output shard (rounded "
                                 "to whole Parquet row groups).")
 
 

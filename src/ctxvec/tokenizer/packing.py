@@ -64,7 +64,7 @@ def pack_texts(texts: list[str], tok, seq_len: int, mode: str) -> dict[str, np.n
             if not sents:
                 continue
             sent_ids = [np.asarray(e.ids, np.int32)
-                        for e in tok.encode_batch(sents, add_special_tokens=False)]
+                        for e in tok.encode_batch_fast(sents, add_special_tokens=False)]
             segs, cur = [], []
             for s in sent_ids:  # runs of whole sentences, each at most `half` tokens
                 for piece in _windows(s, half):
@@ -78,7 +78,8 @@ def pack_texts(texts: list[str], tok, seq_len: int, mode: str) -> dict[str, np.n
                 rows.append(np.concatenate([[cls_id], a, [sep_id], b, [sep_id]]))
                 a_lens.append(len(a) + 2)
     else:
-        encs = tok.encode_batch(texts, add_special_tokens=False)
+        # encode_batch_fast: no character offsets, which packing never reads
+        encs = tok.encode_batch_fast(texts, add_special_tokens=False)
         body = seq_len - 2
         if mode == "concat":
             parts = []
@@ -127,6 +128,11 @@ def pack_shard(
     os.replace(tmp, out_path)
     return {"docs": len(texts), "sequences": n, "tokens": int(packed["length"].sum()),
             "slots": n * seq_len}
+
+
+def _limit_threads(n: int) -> None:
+    """Each worker's share of the cores for HF tokenizers' thread pool (read at first use)."""
+    os.environ["RAYON_NUM_THREADS"] = str(n)
 
 
 def _plan(corpus: list[str], docs_per_shard: int) -> list[tuple[str, str, list[int], list[str]]]:
@@ -182,7 +188,9 @@ def run_pack(
             pack_shard(*a)
             bar.update(1)
     else:
-        with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
+        threads = max(1, (os.cpu_count() or 1) // workers)
+        with ProcessPoolExecutor(workers, mp_context=get_context("spawn"),
+                                 initializer=_limit_threads, initargs=(threads,)) as pool:
             for fut in [pool.submit(pack_shard, *a) for a in args]:
                 fut.result()
                 bar.update(1)

@@ -34,7 +34,7 @@ from ctxvec.workspace import Workspace, sha256_file, sha256_text, write_manifest
 log = logging.getLogger(__name__)
 
 SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-MAX_HELDOUT = 2000
+MAX_HELDOUT = 500
 
 
 def _normalizer(tcfg: TokenizerConfig) -> normalizers.Normalizer | None:
@@ -99,22 +99,27 @@ def to_fast_tokenizer(tok: Tokenizer, max_length: int):
 
 
 def tokenizer_stats(tok: Tokenizer, texts: list[str]) -> dict[str, float]:
-    """Fertility (tokens per whitespace word), unknown-token rate, words kept whole."""
+    """On held-out texts: fertility (tokens per whitespace word), unknown-token rate, and word
+    coverage (share of the pre-tokenizer's words that are one known token)."""
     if not texts:
         return {"fertility": 0.0, "unk_rate": 0.0, "word_coverage": 0.0, "heldout_docs": 0}
     encs = tok.encode_batch(texts, add_special_tokens=False)
-    n_tokens = sum(len(e.ids) for e in encs)
     unk = tok.token_to_id("[UNK]")
-    n_unk = sum(e.ids.count(unk) for e in encs) if unk is not None else 0
-    words = [w for t in texts for w in t.split()][:50_000]
-    whole = sum(
-        len(e.ids) == 1 and e.ids[0] != unk
-        for e in tok.encode_batch(words, add_special_tokens=False)
-    )
+    n_tokens = n_unk = n_words = n_whole = 0
+    for e in encs:
+        n_tokens += len(e.ids)
+        if unk is not None:
+            n_unk += e.ids.count(unk)
+        per_word: dict[int, list[int]] = {}  # word -> [token count, a token id]
+        for w, i in zip(e.word_ids, e.ids, strict=True):
+            if w is not None:
+                per_word.setdefault(w, [0, i])[0] += 1
+        n_words += len(per_word)
+        n_whole += sum(1 for c, i in per_word.values() if c == 1 and i != unk)
     return {
         "fertility": n_tokens / max(sum(len(t.split()) for t in texts), 1),
         "unk_rate": n_unk / max(n_tokens, 1),
-        "word_coverage": whole / max(len(words), 1),
+        "word_coverage": n_whole / max(n_words, 1),
         "heldout_docs": len(texts),
     }
 
