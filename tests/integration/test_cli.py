@@ -97,3 +97,33 @@ def test_eval_sts_minilm_contract(tmp_path):
     result = json.loads(proc.stdout)
     assert result["n"] == 1500
     assert abs(result["spearman"] - 0.867) <= 0.003
+
+
+def test_ingest_and_tokenizer_train_commands(tmp_path):
+    home = tmp_path / "home"
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a.jsonl").write_text(
+        "".join(json.dumps({"id": i, "text": f"document {i} about rivers and towns {i * 7}"})
+                + "\n" for i in range(60)) + "{broken\n")
+    proc = ctxvec("ingest", str(src), "--json", home=home)
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    for key in ("snapshot", "read", "kept", "duplicates", "near_duplicates", "filtered",
+                "quarantined"):
+        assert key in out, key
+    assert (out["read"], out["kept"], out["quarantined"]) == (61, 60, 1)
+    assert out["by_reason"] == {"malformed JSON": 1}
+    again = json.loads(ctxvec("ingest", str(src), "--json", home=home).stdout)
+    assert again["kept"] == 0 and again["snapshot"] == out["snapshot"]  # nothing new
+
+    proc = ctxvec("tokenizer", "train", "--set", "tokenizer.kind=bpe", "--set",
+                  "tokenizer.vocab_size=300", "--set", "tokenizer.heldout_every=10", "--json",
+                  home=home)
+    assert proc.returncode == 0, proc.stderr
+    tok = json.loads(proc.stdout)
+    assert tok["kind"] == "bpe" and (Path(tok["path"]) / "tokenizer.json").is_file()
+    assert tok["stats"]["heldout_docs"] == 6 and tok["stats"]["unk_rate"] == 0.0
+
+    empty = ctxvec("tokenizer", "train", home=tmp_path / "empty")
+    assert empty.returncode == 2 and "run `ctxvec ingest" in empty.stderr
