@@ -123,7 +123,9 @@ def pipeline(config: str, overrides: list[str] | None = None, home: str | None =
     ws = (Workspace(Path(home)) if home else Workspace.from_env()).ensure()
     snap = ingest_task(cfg, ws)
     tok = tokenizer_task(cfg, ws, snap)
-    packed = pack_task(cfg, ws, snap, tok) if cfg.train.steps > 0 else None
+    needs_pack = any(o.name == "mlm" for o in cfg.train.objectives) and (
+        cfg.train.steps > 0 or cfg.train.epochs)
+    packed = pack_task(cfg, ws, snap, tok) if needs_pack else None
     trained = train_task(cfg, ws, snap, tok, packed)
     report = evaluate_task(cfg, ws, trained)
     reg = register_task(cfg, ws, snap, tok, trained, report)

@@ -5,7 +5,7 @@ They are what flows pass between tasks and what the CLI prints, so they stay pla
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 
@@ -62,6 +62,7 @@ class TrainedModel(_Record):
     final_loss: float | None
     eval_loss: float | None
     parent: str | None  # the model reference training started from, if any
+    metrics: dict[str, float] = field(default_factory=dict)  # the last evaluation in training
 
 
 @dataclass(frozen=True)

@@ -81,11 +81,23 @@ class PackConfig(_Section):
                                 "to whole Parquet row groups).")
 
 
+MODEL_SIZES: dict[str, dict[str, int]] = {
+    # BERT sizes of Turc et al. (2019), "Well-Read Students Learn Better"
+    "tiny": {"hidden_size": 128, "num_layers": 2, "num_heads": 2, "intermediate_size": 512},
+    "mini": {"hidden_size": 256, "num_layers": 4, "num_heads": 4, "intermediate_size": 1024},
+    "small": {"hidden_size": 512, "num_layers": 4, "num_heads": 8, "intermediate_size": 2048},
+    "base": {"hidden_size": 768, "num_layers": 12, "num_heads": 12, "intermediate_size": 3072},
+}
+
+
 class ModelConfig(_Section):
     init: str = Field(
         "scratch",
-        description="'scratch' builds a BERT from the size fields below with the trained "
+        description="'scratch' builds a BERT of `size` (or the fields below) with the trained "
         "tokenizer; anything else is a model reference (minilm, a folder, models:/...).",
+    )
+    size: Literal["tiny", "mini", "small", "base", "custom"] = Field(
+        "custom", description="A named BERT size; 'custom' uses the four fields below."
     )
     hidden_size: int = Field(256, ge=8)
     num_layers: int = Field(4, ge=1)
@@ -103,23 +115,105 @@ class ModelConfig(_Section):
             )
         return self
 
+    def dims(self) -> dict[str, int]:
+        if self.size != "custom":
+            return dict(MODEL_SIZES[self.size])
+        return {"hidden_size": self.hidden_size, "num_layers": self.num_layers,
+                "num_heads": self.num_heads, "intermediate_size": self.intermediate_size}
+
+
+class DataConfig(_Section):
+    """Where an objective's examples come from."""
+
+    source: Literal["corpus", "sts", "pairs", "labels"] = Field(
+        "corpus", description="corpus: the workspace corpus (packed for mlm, sentences "
+        "otherwise); sts: an STS Benchmark TSV; pairs: JSONL/TSV of two texts; labels: "
+        "JSONL/TSV of text and label.",
+    )
+    path: str | None = Field(None, description="The file, for every source but corpus.")
+    text_fields: list[str] = Field(
+        default_factory=lambda: ["text"], description="JSONL fields: one (labels) or two (pairs)."
+    )
+    label_field: str = "label"
+    min_score: float | None = Field(
+        None, description="sts as positive pairs (mnrl): keep pairs scoring at least this."
+    )
+    max_examples: int | None = Field(None, ge=1)
+
+    @model_validator(mode="after")
+    def _path_needed(self) -> DataConfig:
+        if self.source != "corpus" and not self.path:
+            raise ValueError(f"data.path is required when data.source={self.source}")
+        return self
+
+
+class ObjectiveConfig(_Section):
+    name: Literal["mlm", "mnrl", "simcse", "cosent", "classification"]
+    weight: float = Field(1.0, gt=0)
+    data: DataConfig = DataConfig()
+    batch_size: int | None = Field(None, ge=2, description="Default: train.batch_size.")
+    mask_prob: float = Field(0.15, gt=0, lt=1, description="mlm")
+    whole_word: bool = Field(False, description="mlm: mask every subword of a chosen word.")
+    scale: float = Field(20.0, gt=0, description="mnrl/simcse/cosent: 1 / temperature.")
+    symmetric: bool = Field(False, description="mnrl: also rank anchors given positives.")
+    num_labels: int = Field(2, ge=2, description="classification")
+
+
+class EarlyStoppingConfig(_Section):
+    metric: str = Field("eval_loss", description="A key of the evaluation, e.g. sts_spearman.")
+    mode: Literal["min", "max"] = "min"
+    patience: int = Field(3, ge=1, description="Evaluations without improvement before stopping.")
+
+
+class FreezeConfig(_Section):
+    embeddings: bool = False
+    layers: int = Field(0, ge=0, description="Freeze the first N transformer layers.")
+    unfreeze_every: int | None = Field(
+        None, ge=1, description="Gradual unfreezing: every N steps one more frozen layer "
+        "(from the top) becomes trainable.",
+    )
+
 
 class TrainConfig(_Section):
-    objective: Literal["mlm"] = "mlm"
+    objectives: list[ObjectiveConfig] = Field(
+        default_factory=lambda: [ObjectiveConfig(name="mlm")],
+        description="One or more; several make a multi-task weighted sum over interleaved data.",
+    )
     steps: int = Field(100, ge=0, description="Optimizer steps; 0 skips training.")
+    epochs: float | None = Field(
+        None, gt=0, description="Instead of steps: passes over the first objective's data."
+    )
     batch_size: int = Field(16, ge=1)
     grad_accum: int = Field(1, ge=1)
     seq_len: int = Field(128, ge=8)
     lr: float = Field(5e-4, gt=0)
+    llrd: float = Field(1.0, gt=0, le=1, description="Layer-wise lr decay (1.0: off).")
     weight_decay: float = Field(0.01, ge=0)
+    schedule: Literal["linear", "cosine", "constant"] = "linear"
     warmup_steps: int = Field(10, ge=0)
     max_grad_norm: float = Field(1.0, gt=0)
-    mask_prob: float = Field(0.15, gt=0, lt=1)
-    eval_fraction: float = Field(0.05, ge=0, lt=1, description="Held-out share of sequences.")
+    freeze: FreezeConfig = FreezeConfig()
+    eval_fraction: float = Field(0.05, ge=0, lt=1, description="mlm: held-out share of data.")
+    eval_every: int | None = Field(None, ge=1, description="Evaluate every N steps.")
+    early_stopping: EarlyStoppingConfig | None = None
+    checkpoint_every: int | None = Field(None, ge=1, description="Checkpoint every N steps.")
+    keep_checkpoints: int = Field(2, ge=1)
+    resume: bool = Field(True, description="Continue an interrupted run of the same recipe.")
     log_every: int = Field(10, ge=1)
     seed: int = 0
     device: str = Field("auto", description="'auto', 'cpu', 'cuda' or 'cuda:N'.")
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        "auto", description="auto: bf16 autocast on GPU, fp32 on CPU."
+    )
+    compile: bool = Field(False, description="torch.compile the model.")
+    peak_tflops: float = Field(989.0, gt=0, description="For MFU: the device's dense peak.")
     threads: int | None = Field(None, ge=1, description="torch CPU threads (default: torch's).")
+
+    @model_validator(mode="after")
+    def _objectives(self) -> TrainConfig:
+        if not self.objectives:
+            raise ValueError("train.objectives needs at least one objective")
+        return self
 
 
 class EvaluateConfig(_Section):

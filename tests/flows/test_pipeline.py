@@ -74,9 +74,14 @@ def test_tokenizer_and_training_outputs(first_run):
     assert not list(model_dir.glob("*.bin")) and not list(model_dir.glob("*.pt"))
     manifest = json.loads((run_dir / "manifest.json").read_text())
     assert manifest["steps"] == 12 and manifest["tokenizer_sha256"] == s["tokenizer"]["sha256"]
-    history = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    history = [r for r in rows if "loss" in r]
     assert [h["step"] for h in history] == [4, 8, 12]
     assert all(np.isfinite(h["loss"]) for h in history)
+    evals = [r for r in rows if "eval/eval_loss" in r]  # the held-out MLM loss at the end
+    assert [e["step"] for e in evals] == [12] and np.isfinite(evals[0]["eval/eval_loss"])
+    ckpts = sorted(p.name for p in (run_dir / "checkpoints").iterdir())
+    assert ckpts == ["step-00000006", "step-00000012"]  # checkpoint_every: 6
     evaluation = json.loads((run_dir / "evaluation.json").read_text())
     assert "mlm_perplexity" in evaluation["metrics"]
     assert "sts_spearman" in evaluation["metrics"] or "sts" in evaluation["skipped"]

@@ -169,7 +169,8 @@ def register_model(
         for line in metrics_file.read_text().splitlines() if metrics_file.is_file() else []:
             row = json.loads(line)
             step = int(row.pop("step"))
-            metrics += [Metric(f"train/{k}", float(v), 0, step) for k, v in row.items()]
+            metrics += [Metric(k if k.startswith("eval/") else f"train/{k}", float(v), 0, step)
+                        for k, v in row.items() if v is not None]
         metrics += [Metric(f"eval/{k}", float(v), 0, 0) for k, v in report.metrics.items()]
         # Batched writes: MLflow takes at most 100 params and 1000 metrics per call.
         for i in range(0, len(params), 100):

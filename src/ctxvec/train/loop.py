@@ -1,24 +1,33 @@
 """The training loop: one plain function, read top to bottom.
 
-Phases per step: schedule (warmup then linear decay) -> forward/backward over ``grad_accum``
-micro-batches -> clip -> optimizer step -> log -> evaluate. Objectives are small objects with a
-``loss(model, batch, generator)`` method; the loop knows nothing about what they compute.
+Per step: freeze schedule -> learning rate -> forward/backward over ``grad_accum`` micro-batches
+(bf16 autocast on GPU) -> clip -> optimizer step -> log -> evaluate (early stopping) ->
+checkpoint. Objectives and their data live in a ``MultiTask``; evaluation is a callable that
+returns metrics; the loop knows nothing about what either computes.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
+from safetensors.torch import load_model, save_model
 from tqdm.auto import tqdm
 
 from ctxvec.config import TrainConfig
+from ctxvec.train.checkpoint import checkpoints, load_checkpoint, save_checkpoint
+from ctxvec.train.multitask import MultiTask
+from ctxvec.train.optim import apply_freeze, encoder_layers, lr_at, param_groups
 
 log = logging.getLogger(__name__)
+
+Evaluate = Callable[[torch.nn.Module], dict[str, float]]
 
 
 @dataclass
@@ -26,106 +35,162 @@ class TrainResult:
     steps: int = 0
     tokens_seen: int = 0
     final_loss: float | None = None
-    eval_loss: float | None = None
+    metrics: dict[str, float] = field(default_factory=dict)  # the last evaluation
+    best: float | None = None  # the early-stopping metric's best value
+    stopped_early: bool = False
+    resumed_from: int | None = None
     history: list[dict[str, float]] = field(default_factory=list)
 
 
-def lr_at(step: int, tcfg: TrainConfig) -> float:
-    """Linear warmup to ``lr``, then linear decay to 0 at ``steps``."""
-    if step < tcfg.warmup_steps:
-        return tcfg.lr * (step + 1) / tcfg.warmup_steps
-    remaining = max(tcfg.steps - tcfg.warmup_steps, 1)
-    return tcfg.lr * max(0.0, 1.0 - (step - tcfg.warmup_steps) / remaining)
+def total_steps(tcfg: TrainConfig, tasks: MultiTask) -> int:
+    if tcfg.epochs is None:
+        return tcfg.steps
+    first = tasks.tasks[0]
+    per_epoch = math.ceil(len(first.examples) / (first.batch_size * tcfg.grad_accum))
+    return max(1, math.ceil(tcfg.epochs * per_epoch))
 
 
-@torch.no_grad()
-def evaluate_loss(model, objective, data: torch.Tensor, batch_size: int, seed: int) -> float:
-    """Mean objective loss over held-out sequences with a fixed masking seed (comparable runs)."""
-    model.eval()
-    gen = torch.Generator().manual_seed(seed + 1_000_003)
-    losses = [
-        objective.loss(model, data[i : i + batch_size], gen).item()
-        for i in range(0, len(data), batch_size)
-    ]
-    model.train()
-    return float(sum(losses) / len(losses))
+def flops_per_token(model, seq_len: int) -> float:
+    """Training FLOPs a token: 6 x non-embedding parameters + attention (Kaplan et al. 2020)."""
+    _, layers = encoder_layers(model)
+    n = sum(p.numel() for layer in layers for p in layer.parameters())
+    d = model.config.hidden_size
+    return 6 * n + 12 * len(layers) * d * seq_len
+
+
+def _improved(value: float, best: float | None, mode: str) -> bool:
+    return best is None or (value > best if mode == "max" else value < best)
 
 
 def train(
     model,
-    objective,
-    train_data: torch.Tensor,
-    eval_data: torch.Tensor | None,
+    tasks: MultiTask,
     tcfg: TrainConfig,
+    *,
+    evaluate: Evaluate | None = None,
+    run_dir: Path | None = None,
     on_log: Callable[[dict[str, float]], None] | None = None,
 ) -> TrainResult:
-    """Train ``model`` in place for ``tcfg.steps`` optimizer steps over ``train_data`` (N, T)."""
+    """Train ``model`` in place; with ``run_dir``, checkpoint there and resume from it."""
     result = TrainResult()
+    device = next(model.parameters()).device
+    heads = tasks.heads()
+    for head in heads.values():
+        head.to(device)
+    trainable = list(model.parameters()) + [p for h in heads.values() for p in h.parameters()]
+    opt = torch.optim.AdamW(param_groups(model, list(heads.values()), tcfg), lr=tcfg.lr)
     gen = torch.Generator().manual_seed(tcfg.seed)
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        if p.requires_grad:
-            (no_decay if p.ndim < 2 or "LayerNorm" in name else decay).append(p)
-    opt = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": tcfg.weight_decay},
-         {"params": no_decay, "weight_decay": 0.0}],
-        lr=tcfg.lr,
-    )
+    total = total_steps(tcfg, tasks)
+    bf16 = tcfg.precision == "bf16" or (tcfg.precision == "auto" and device.type == "cuda")
+    fpt = flops_per_token(model, tcfg.seq_len)
+    es = tcfg.early_stopping
+    state = {"tokens_seen": 0, "best": None, "bad_evals": 0, "last_loss": None}
+    start = 0
+
+    # resume: everything a checkpoint holds, so the run continues as if never stopped
+    if run_dir is not None and tcfg.resume and (ckpts := checkpoints(run_dir)):
+        saved = load_checkpoint(ckpts[-1], model, heads, opt, gen)
+        start = result.resumed_from = int(saved["step"])
+        tasks.load_state(saved["data"])
+        state.update({k: saved[k] for k in state if k in saved})
+        log.info("train: resumed from %s (step %d of %d)", ckpts[-1].name, start, total)
+    fwd = torch.compile(model) if tcfg.compile else model
     model.train()
-    n = len(train_data)
-    order = torch.randperm(n, generator=gen)
-    cursor = 0
-    window_loss, window_tokens, window_start = 0.0, 0, time.perf_counter()
-    bar = tqdm(total=tcfg.steps, desc="train", unit="step", leave=False)
-    for step in range(tcfg.steps):
-        # schedule
-        lr = lr_at(step, tcfg)
+
+    def run_eval(step: int) -> bool:
+        """Evaluate; track the best; returns True when early stopping says stop."""
+        model.eval()
+        with torch.no_grad(), torch.autocast(device.type, torch.bfloat16, enabled=bf16):
+            metrics = evaluate(model)
+        model.train()
+        result.metrics = metrics
+        result.history.append({"step": step, **{f"eval/{k}": v for k, v in metrics.items()}})
+        if on_log:
+            on_log(result.history[-1])
+        log.info("train: step %d eval %s", step,
+                 ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
+        if es is None:
+            return False
+        if es.metric not in metrics:
+            raise KeyError(f"train.early_stopping.metric={es.metric} is not among the "
+                           f"evaluation's metrics {sorted(metrics)}")
+        if _improved(metrics[es.metric], state["best"], es.mode):
+            state["best"], state["bad_evals"] = metrics[es.metric], 0
+            if run_dir is not None:
+                save_model(model, str(run_dir / "best.safetensors"))
+            return False
+        state["bad_evals"] += 1
+        return state["bad_evals"] >= es.patience
+
+    window = {"loss": 0.0, "tokens": 0, "steps": 0, "t0": time.perf_counter()}
+    bar = tqdm(total=total, initial=start, desc="train", unit="step", leave=False)
+    step = start
+    stop = False
+    evaluated_at = -1
+    for step in range(start, total):
+        # schedule: which layers train, and at what learning rate
+        frozen = apply_freeze(model, tcfg.freeze, step)
+        lr = lr_at(step, total, tcfg)
         for group in opt.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group["lr_scale"]
         # forward + backward, accumulated over micro-batches
-        step_loss = 0.0
+        step_loss, parts = 0.0, {}
         for _ in range(tcfg.grad_accum):
-            if cursor + tcfg.batch_size > n:  # new epoch: reshuffle
-                order, cursor = torch.randperm(n, generator=gen), 0
-            batch = train_data[order[cursor : cursor + tcfg.batch_size]]  # (B, T)
-            cursor += tcfg.batch_size
-            loss = objective.loss(model, batch, gen) / tcfg.grad_accum
-            loss.backward()
-            step_loss += loss.item()
-            result.tokens_seen += batch.numel()
-            window_tokens += batch.numel()
-        # clip + step
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), tcfg.max_grad_norm)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
+            ctx = torch.autocast(device.type, torch.bfloat16) if bf16 else contextlib.nullcontext()
+            with ctx:
+                loss, parts, tokens = tasks.step_loss(fwd, gen)
+            (loss / tcfg.grad_accum).backward()
+            step_loss += float(loss.detach()) / tcfg.grad_accum
+            state["tokens_seen"] += tokens
+            window["tokens"] += tokens
         if not math.isfinite(step_loss):
             raise FloatingPointError(f"loss became {step_loss} at step {step}; lower train.lr")
-        result.steps, result.final_loss = step + 1, step_loss
-        window_loss += step_loss
+        # clip + step
+        grad_norm = torch.nn.utils.clip_grad_norm_(
+            [p for p in trainable if p.grad is not None], tcfg.max_grad_norm)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        state["last_loss"] = step_loss
+        window["loss"] += step_loss
+        window["steps"] += 1
         bar.update(1)
         bar.set_postfix(loss=f"{step_loss:.3f}")
+        done = step + 1
         # log
-        if (step + 1) % tcfg.log_every == 0 or step + 1 == tcfg.steps:
-            k = (step % tcfg.log_every) + 1
-            elapsed = time.perf_counter() - window_start
-            row = {
-                "step": step + 1,
-                "loss": window_loss / k,
-                "lr": lr,
-                "grad_norm": float(grad_norm),
-                "tokens_per_s": window_tokens / max(elapsed, 1e-9),
-                "tokens_seen": result.tokens_seen,
-            }
+        if done % tcfg.log_every == 0 or done == total:
+            elapsed = max(time.perf_counter() - window["t0"], 1e-9)
+            row = {"step": done, "loss": window["loss"] / window["steps"], "lr": lr,
+                   "grad_norm": float(grad_norm), "tokens_per_s": window["tokens"] / elapsed,
+                   "tokens_seen": state["tokens_seen"], "frozen_layers": frozen,
+                   **{f"loss/{k}": v for k, v in parts.items()}}
+            if device.type == "cuda":
+                row["mfu"] = row["tokens_per_s"] * fpt / (tcfg.peak_tflops * 1e12)
             result.history.append(row)
             if on_log:
                 on_log(row)
-            window_loss, window_tokens, window_start = 0.0, 0, time.perf_counter()
+            window = {"loss": 0.0, "tokens": 0, "steps": 0, "t0": time.perf_counter()}
+        # evaluate
+        if evaluate is not None and tcfg.eval_every and done % tcfg.eval_every == 0:
+            stop = run_eval(done)
+            evaluated_at = done
+        # checkpoint (after the evaluation, so the best and the patience are saved too)
+        if run_dir is not None and tcfg.checkpoint_every and (
+                done % tcfg.checkpoint_every == 0 or stop):
+            save_checkpoint(run_dir, done, model, heads, opt, gen,
+                            {**state, "data": tasks.state()}, tcfg.keep_checkpoints)
+        if stop:
+            result.stopped_early = True
+            log.info("train: early stop at step %d: %s did not improve for %d evaluations",
+                     done, es.metric, es.patience)
+            break
     bar.close()
-    # evaluate on held-out sequences
-    if eval_data is not None and len(eval_data):
-        result.eval_loss = evaluate_loss(model, objective, eval_data, tcfg.batch_size, tcfg.seed)
-        log.info(
-            "train: held-out MLM loss %.4f (perplexity %.1f)",
-            result.eval_loss, math.exp(min(result.eval_loss, 50)),
-        )
+    result.steps = step + 1 if total > start else start
+    result.tokens_seen, result.final_loss = state["tokens_seen"], state["last_loss"]
+    if evaluate is not None and evaluated_at != result.steps:
+        run_eval(result.steps)
+    # keep the best weights, not the last ones, when early stopping watched a metric
+    if es is not None and run_dir is not None and (run_dir / "best.safetensors").is_file():
+        load_model(model, str(run_dir / "best.safetensors"), device=str(device))
+        result.metrics[f"best_{es.metric}"] = state["best"]
+    result.best = state["best"]
     return result

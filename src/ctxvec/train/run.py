@@ -1,65 +1,85 @@
-"""``run_train``: build or load an encoder, pack the snapshot, run the loop, save safetensors."""
+"""``run_train``: build or load an encoder, gather each objective's data, run the loop, save.
+
+The run folder is named after the recipe and its inputs (config, snapshot, tokenizer), so running
+the same recipe on the same data again resumes an interrupted run from its last checkpoint, or
+reuses a finished one, instead of starting over; ``train.resume=false`` always starts afresh.
+"""
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import time
-import uuid
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from ctxvec.artifacts import PackedData, Snapshot, TokenizerArtifact, TrainedModel
-from ctxvec.config import ConfigError, CtxvecConfig, ModelConfig
-from ctxvec.model.encoder import (
-    EncoderSettings,
-    load_tokenizer,
-    pick_device,
-    read_settings,
-    save_encoder,
-)
-from ctxvec.model.refs import resolve_model_ref
-from ctxvec.tokenizer.packing import read_packed
-from ctxvec.train.loop import train
-from ctxvec.train.mlm import MaskedLM
-from ctxvec.workspace import Workspace, write_manifest
+from ctxvec.config import ConfigError, CtxvecConfig
+from ctxvec.model.bert import build_model
+from ctxvec.model.encoder import Encoder, pick_device, save_encoder
+from ctxvec.train.datasets import Sampler, load_examples, split_heldout
+from ctxvec.train.loop import Evaluate, train
+from ctxvec.train.multitask import MultiTask, Task
+from ctxvec.train.objectives import build_objective
+from ctxvec.train.objectives.mlm import MaskedLM
+from ctxvec.workspace import Workspace, read_json, sha256_text, write_manifest
 
 log = logging.getLogger(__name__)
 
 
-def build_scratch_model(mcfg: ModelConfig, tokenizer):
-    from transformers import BertConfig, BertForMaskedLM
-
-    config = BertConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=mcfg.hidden_size,
-        num_hidden_layers=mcfg.num_layers,
-        num_attention_heads=mcfg.num_heads,
-        intermediate_size=mcfg.intermediate_size,
-        max_position_embeddings=mcfg.max_position,
-        hidden_dropout_prob=mcfg.dropout,
-        attention_probs_dropout_prob=mcfg.dropout,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    config._attn_implementation = "sdpa"
-    return BertForMaskedLM(config)
+def run_key(cfg: CtxvecConfig, snapshot: Snapshot | None, tok: TokenizerArtifact | None) -> str:
+    what = {
+        "model": cfg.model.model_dump(mode="json"),
+        "train": cfg.train.model_dump(mode="json", exclude={"resume", "device", "threads"}),
+        "snapshot": snapshot.snapshot_id if snapshot else None,
+        "tokenizer": tok.sha256 if tok else None,
+    }
+    return sha256_text(json.dumps(what, sort_keys=True))[:10]
 
 
-def load_pretrained_mlm(path: Path):
-    from transformers import AutoModelForMaskedLM
-    from transformers.utils import logging as hf_logging
+def _mlm_eval(objective: MaskedLM, rows, batch_size: int, seed: int) -> Evaluate:
+    def evaluate(model) -> dict[str, float]:
+        gen = torch.Generator().manual_seed(seed + 1_000_003)  # the same masks every time
+        losses = [float(objective.loss(model, objective.collate(rows[i : i + batch_size]), gen))
+                  for i in range(0, len(rows), batch_size)]
+        loss = sum(losses) / len(losses)
+        return {"eval_loss": loss, "eval_perplexity": math.exp(min(loss, 50.0))}
 
-    hf_logging.set_verbosity_error()  # a sentence encoder has no MLM head yet: it starts fresh
-    return AutoModelForMaskedLM.from_pretrained(str(path), attn_implementation="sdpa")
+    return evaluate
+
+
+def _sts_eval(path: str, tokenizer, settings, batch_size: int) -> Evaluate:
+    from ctxvec.evaluate.sts import evaluate_sts, read_sts
+
+    pairs = read_sts(path)
+
+    def evaluate(model) -> dict[str, float]:
+        enc = Encoder(model.base_model, tokenizer, settings, next(model.parameters()).device)
+        return {"sts_spearman": evaluate_sts(enc, pairs, batch_size)["spearman"]}
+
+    return evaluate
+
+
+def _combine(evals: list[Evaluate]) -> Evaluate | None:
+    if not evals:
+        return None
+
+    def evaluate(model) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for e in evals:
+            out.update(e(model))
+        return out
+
+    return evaluate
 
 
 def run_train(
     cfg: CtxvecConfig,
     ws: Workspace,
-    snapshot: Snapshot,
-    tokenizer_art: TokenizerArtifact,
+    snapshot: Snapshot | None,
+    tokenizer_art: TokenizerArtifact | None,
     packed: PackedData | None,
 ) -> TrainedModel:
     started = time.time()
@@ -67,79 +87,89 @@ def run_train(
     torch.manual_seed(tcfg.seed)
     if tcfg.threads:
         torch.set_num_threads(tcfg.threads)
-    tokenizer = load_tokenizer(Path(tokenizer_art.path))
-    parent: str | None = None
-    if cfg.model.init == "scratch":
-        model = build_scratch_model(cfg.model, tokenizer)
-        settings = EncoderSettings(max_length=min(cfg.model.max_position, 512))
-    else:
-        parent = cfg.model.init
-        init_dir = resolve_model_ref(cfg.model.init, ws.root)
-        model = load_pretrained_mlm(init_dir)
-        settings = read_settings(init_dir, model.config.max_position_embeddings)
-        if model.config.vocab_size != len(tokenizer):
-            raise ConfigError(
-                f"model.init={cfg.model.init} has {model.config.vocab_size} tokens but the "
-                f"tokenizer has {len(tokenizer)}: use tokenizer.source=model with a pretrained init"
-            )
+    key = run_key(cfg, snapshot, tokenizer_art)
+    run_dir = ws.runs / (f"{cfg.name}-{key}" if tcfg.resume
+                         else f"{cfg.name}-{key}-{time.strftime('%Y%m%dT%H%M%S')}")
+    if tcfg.resume and (run_dir / "manifest.json").is_file():
+        m = read_json(run_dir / "manifest.json")
+        log.info("train: %s already trained this recipe on this data; reusing it "
+                 "(train.resume=false trains again)", run_dir.name)
+        return TrainedModel(str(run_dir), str(run_dir / "model"), m["steps"], m["tokens_seen"],
+                            m["final_loss"], m["eval_loss"], m["parent"], m.get("metrics", {}))
+    has_mlm = any(o.name == "mlm" for o in tcfg.objectives)
+    tokenizer, model, settings, parent = build_model(cfg, ws.root, tokenizer_art, mlm=has_mlm)
     device = pick_device(tcfg.device)
     model.to(device)
+    if tcfg.seq_len > model.config.max_position_embeddings:
+        raise ConfigError(f"train.seq_len={tcfg.seq_len} exceeds the model's "
+                          f"{model.config.max_position_embeddings} positions")
     n_params = sum(p.numel() for p in model.parameters())
     log.info("train: %s, %.1fM parameters, on %s", cfg.model.init, n_params / 1e6, device)
 
-    # data: the packed sequences, with a held-out slice for the evaluation loss
+    # data: one task per objective; MLM reads the packed sequences and holds some out
+    tasks, evals = [], []
+    for i, ocfg in enumerate(tcfg.objectives):
+        objective = build_objective(ocfg, tokenizer, settings, tcfg.seq_len)
+        if ocfg.name == "mlm":
+            if packed is None:
+                raise ConfigError("an mlm objective needs packed corpus data (run the pack "
+                                  "stage: `ctxvec pretrain` or `ctxvec run` do)")
+            if packed.mode == "pair":
+                raise ConfigError("pack.mode=pair makes sentence pairs; mlm trains on concat "
+                                  "or doc")
+            from ctxvec.tokenizer.packing import read_packed
+
+            rows, heldout = split_heldout(read_packed(packed.path), tcfg.eval_fraction, tcfg.seed)
+            examples = rows
+            if len(heldout):
+                evals.append(_mlm_eval(objective, heldout, tcfg.batch_size, tcfg.seed))
+        else:
+            examples = load_examples(ocfg, snapshot.corpus if snapshot else None)
+        if getattr(objective, "attach", None):
+            objective.attach(model.config.hidden_size, device)
+        bs = ocfg.batch_size or tcfg.batch_size
+        tasks.append(Task(objective, examples, ocfg.weight, bs, Sampler(len(examples),
+                                                                         tcfg.seed + i)))
+        log.info("train: objective %s, %d examples, batch %d, weight %g",
+                 ocfg.name, len(examples), bs, ocfg.weight)
+    if cfg.evaluate.sts and Path(cfg.evaluate.sts).is_file() and (
+            tcfg.eval_every or tcfg.early_stopping):
+        evals.append(_sts_eval(cfg.evaluate.sts, tokenizer, settings, cfg.evaluate.batch_size))
+    run_dir.mkdir(parents=True, exist_ok=True)
+    metrics_file = run_dir / "metrics.jsonl"
+
+    def on_log(row: dict) -> None:
+        with open(metrics_file, "a") as f:
+            f.write(json.dumps(row) + "\n")
+
     result = None
-    objective = MaskedLM(tokenizer, tcfg.mask_prob)
-    if tcfg.steps > 0 and packed is None:
-        raise ValueError("run_train needs packed data when train.steps > 0")
-    if packed is not None and packed.mode == "pair":
-        raise ConfigError("pack.mode=pair makes sentence pairs; MLM trains on concat or doc")
-    if tcfg.steps > 0:
-        need = tcfg.steps * tcfg.batch_size * tcfg.grad_accum
-        limit = int(need / max(1 - tcfg.eval_fraction, 0.5)) + 64
-        data = torch.from_numpy(read_packed(packed.path, limit).astype(np.int64))
-        if packed.seq_len > model.config.max_position_embeddings:
-            raise ConfigError(
-                f"train.seq_len={packed.seq_len} exceeds the model's "
-                f"{model.config.max_position_embeddings} positions"
-            )
-        n_eval = int(len(data) * tcfg.eval_fraction)
-        if tcfg.eval_fraction > 0 and len(data) >= 2:
-            n_eval = max(n_eval, 1)
-        gen = torch.Generator().manual_seed(tcfg.seed)
-        perm = torch.randperm(len(data), generator=gen)
-        eval_data, train_data = data[perm[:n_eval]], data[perm[n_eval:]]
-        log.info("train: %d train / %d held-out sequences of %d tokens",
-                 len(train_data), len(eval_data), packed.seq_len)
-        result = train(model, objective, train_data, eval_data if n_eval else None, tcfg)
+    if tcfg.steps > 0 or tcfg.epochs:
+        result = train(model, MultiTask(tasks), tcfg, evaluate=_combine(evals), run_dir=run_dir,
+                       on_log=on_log)
     else:
         log.info("train: train.steps=0, keeping %s's weights as they are", cfg.model.init)
+        metrics_file.touch()
 
-    run_id = time.strftime("%Y%m%dT%H%M%S", time.gmtime()) + "-" + uuid.uuid4().hex[:6]
-    final = ws.runs / run_id
-    with ws.stage_dir(final) as tmp:
+    with ws.stage_dir(run_dir / "model") as tmp:
         model.to("cpu")
-        save_encoder(model, tokenizer, settings, tmp / "model")
-        history = result.history if result else []
-        (tmp / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in history))
-        write_manifest(
-            tmp, "train", started,
-            snapshot=snapshot.snapshot_id, tokenizer_sha256=tokenizer_art.sha256,
-            packed=packed.path if packed else None,
-            parent=parent, parameters=n_params, device=str(device),
-            steps=result.steps if result else 0,
-            tokens_seen=result.tokens_seen if result else 0,
-            final_loss=result.final_loss if result else None,
-            eval_loss=result.eval_loss if result else None,
-            config={"model": cfg.model.model_dump(mode="json"),
-                    "train": tcfg.model_dump(mode="json")},
-        )
-    return TrainedModel(
-        run_dir=str(final),
-        model_dir=str(final / "model"),
-        steps=result.steps if result else 0,
-        tokens_seen=result.tokens_seen if result else 0,
-        final_loss=result.final_loss if result else None,
-        eval_loss=result.eval_loss if result else None,
-        parent=parent,
+        save_encoder(model, tokenizer, settings, tmp)
+    metrics = result.metrics if result else {}
+    summary = {
+        "steps": result.steps if result else 0,
+        "tokens_seen": result.tokens_seen if result else 0,
+        "final_loss": result.final_loss if result else None,
+        "eval_loss": metrics.get("eval_loss"),
+        "parent": parent,
+        "metrics": metrics,
+    }
+    write_manifest(
+        run_dir, "train", started, **summary,
+        snapshot=snapshot.snapshot_id if snapshot else None,
+        tokenizer_sha256=tokenizer_art.sha256 if tokenizer_art else None,
+        packed=packed.path if packed else None, parameters=n_params, device=str(device),
+        stopped_early=result.stopped_early if result else False,
+        resumed_from=result.resumed_from if result else None,
+        config={"model": cfg.model.model_dump(mode="json"),
+                "train": tcfg.model_dump(mode="json")},
     )
+    return TrainedModel(str(run_dir), str(run_dir / "model"), **summary)

@@ -2,8 +2,9 @@
 
 Each time a batch is drawn, ``mask_prob`` of its non-special tokens are chosen; of those, 80% are
 replaced by ``[MASK]``, 10% by a random token and 10% left as they are. The loss is cross-entropy
-on the chosen positions only. Input: packed sequences (B, T) of token ids. Model: any
-``*ForMaskedLM``.
+on the chosen positions only. With ``whole_word``, words are chosen instead of tokens and every
+subword of a chosen word is masked (the whole-word masking of the BERT authors' 2019 release).
+Input: packed sequences (B, T) of token ids. Model: any ``*ForMaskedLM``.
 """
 
 from __future__ import annotations
@@ -13,10 +14,26 @@ import torch
 from ctxvec.errors import UserInputError
 
 
+def continuation_ids(tokenizer) -> torch.Tensor:
+    """Bool (V,): tokens that continue a word (WordPiece '##x'; BPE/Unigram tokens without the
+    word-start marker 'Ġ' or '▁')."""
+    vocab = tokenizer.get_vocab()
+    tokens = sorted(vocab, key=vocab.get)
+    wordpiece = any(t.startswith("##") for t in tokens)
+    out = torch.zeros(len(tokenizer), dtype=torch.bool)
+    specials = set(tokenizer.all_special_tokens)
+    for t, i in vocab.items():
+        if t in specials or i >= len(out):
+            continue
+        out[i] = t.startswith("##") if wordpiece else not t.startswith(("Ġ", "▁"))
+    return out
+
+
 class MaskedLM:
     name = "mlm"
+    head = None
 
-    def __init__(self, tokenizer, mask_prob: float = 0.15):
+    def __init__(self, tokenizer, mask_prob: float = 0.15, whole_word: bool = False):
         self.mask_id = tokenizer.mask_token_id
         if self.mask_id is None:
             raise UserInputError("the tokenizer has no [MASK] token: it cannot train an MLM")
@@ -24,16 +41,37 @@ class MaskedLM:
         self.special_ids = torch.tensor(sorted(set(tokenizer.all_special_ids)), dtype=torch.long)
         self.mask_prob = mask_prob
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else -1
+        self.continuation = continuation_ids(tokenizer) if whole_word else None
 
+    def collate(self, examples) -> torch.Tensor:
+        """Packed rows (numpy int32 (T,) each) -> LongTensor (B, T)."""
+        import numpy as np
+
+        return torch.from_numpy(np.stack(examples).astype(np.int64))
+
+    def _choose(self, input_ids: torch.Tensor, special: torch.Tensor,
+                generator: torch.Generator) -> torch.Tensor:
+        """Bool (B, T): the positions whose tokens become prediction targets."""
+        if self.continuation is None:
+            probs = torch.full(input_ids.shape, self.mask_prob)
+            probs.masked_fill_(special, 0.0)
+            return torch.bernoulli(probs, generator=generator).bool()
+        cont = self.continuation[input_ids.clamp(max=len(self.continuation) - 1)] & ~special
+        start = ~cont & ~special  # (B, T) first token of a word
+        word = torch.cumsum(start.long(), dim=1)  # (B, T) word number, 0 before the first word
+        pick = torch.bernoulli(torch.full(input_ids.shape, self.mask_prob), generator=generator)
+        picked_start = pick.bool() & start
+        per_word = torch.zeros(input_ids.shape[0], input_ids.shape[1] + 1, dtype=torch.bool)
+        per_word.scatter_(1, word * start, picked_start)  # word w chosen <=> its start picked
+        per_word[:, 0] = False
+        return per_word.gather(1, word) & ~special
     def mask(
         self, input_ids: torch.Tensor, generator: torch.Generator
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """input_ids (B, T) -> (masked inputs (B, T), labels (B, T) with -100 where unmasked)."""
         labels = input_ids.clone()
         special = torch.isin(input_ids, self.special_ids)  # (B, T)
-        probs = torch.full(input_ids.shape, self.mask_prob)
-        probs.masked_fill_(special, 0.0)
-        chosen = torch.bernoulli(probs, generator=generator).bool()
+        chosen = self._choose(input_ids, special, generator)
         if not chosen.any():  # an all-unmasked batch has no loss; mask one token instead
             candidates = (~special).nonzero()
             if len(candidates):

@@ -1,0 +1,149 @@
+"""Examples for each objective, and a sampler that can stop and resume at any example.
+
+Sources: the workspace corpus (packed sequences for MLM, sentences for sentence objectives), an
+STS Benchmark TSV (scored pairs for CoSENT, or positive pairs above a score for MNRL), a file of
+text pairs, or a file of labelled texts (JSONL with configurable fields, or TSV with columns in
+that order). Files are small enough to hold in memory; the corpus is streamed and capped.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ctxvec.config import DataConfig, ObjectiveConfig
+from ctxvec.errors import UserInputError
+
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
+MAX_CORPUS_SENTENCES = 200_000
+
+
+class Sampler:
+    """Deterministic epochs: epoch e visits the examples in ``randperm(n, seed + e)``.
+
+    ``consumed`` (examples handed out so far) is the whole state, so a checkpoint that stores it
+    resumes on exactly the next example.
+    """
+
+    def __init__(self, n: int, seed: int, consumed: int = 0):
+        if n == 0:
+            raise UserInputError("an objective has no training examples")
+        self.n, self.seed, self.consumed = n, seed, consumed
+        self._epoch, self._order = -1, None
+
+    def _perm(self, epoch: int) -> torch.Tensor:
+        if epoch != self._epoch:
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+            self._order, self._epoch = torch.randperm(self.n, generator=g), epoch
+        return self._order
+
+    def take(self, k: int) -> list[int]:
+        out = []
+        while len(out) < k:
+            epoch, offset = divmod(self.consumed, self.n)
+            step = min(k - len(out), self.n - offset)
+            out += self._perm(epoch)[offset : offset + step].tolist()
+            self.consumed += step
+        return out
+
+
+def corpus_sentences(corpus: list[str], limit: int | None) -> list[str]:
+    from ctxvec.ingest.corpus import iter_texts
+
+    out: list[str] = []
+    cap = limit or MAX_CORPUS_SENTENCES
+    for text in iter_texts(corpus):
+        for s in _SENTENCE_END.split(text.replace("\n", " ")):
+            if 5 <= len(s.split()) <= 64:
+                out.append(s)
+                if len(out) >= cap:
+                    return out
+    return out
+
+
+def _rows(path: Path) -> list[list[str] | dict]:
+    if not path.is_file():
+        raise UserInputError(f"data file not found: {path}")
+    rows = []
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            line = line.rstrip("\r\n")
+            if not line.strip():
+                continue
+            if path.suffix in (".jsonl", ".json"):
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as e:
+                    raise UserInputError(f"{path}:{lineno}: malformed JSON: {e.msg}") from None
+            else:
+                rows.append(line.split("\t"))
+    return rows
+
+
+def _fields(row, names: list[str], path: Path) -> list[Any]:
+    if isinstance(row, dict):
+        missing = [n for n in names if n not in row]
+        if missing:
+            raise UserInputError(f"{path}: a row lacks field(s) {missing}; set data.text_fields")
+        return [row[n] for n in names]
+    if len(row) < len(names):
+        raise UserInputError(f"{path}: a row has {len(row)} columns, {len(names)} needed")
+    return row[: len(names)]
+
+
+def load_examples(ocfg: ObjectiveConfig, corpus: list[str] | None) -> list[Any]:
+    """The examples of one non-MLM objective (MLM reads packed sequences; see run.py)."""
+    d: DataConfig = ocfg.data
+    if d.source == "corpus":
+        if ocfg.name != "simcse":
+            raise UserInputError(f"objective {ocfg.name} needs data.source sts, pairs or labels")
+        if not corpus:
+            raise UserInputError("data.source=corpus needs an ingested corpus")
+        examples: list[Any] = corpus_sentences(corpus, d.max_examples)
+    elif d.source == "sts":
+        from ctxvec.evaluate.sts import read_sts
+
+        pairs = read_sts(d.path)
+        if ocfg.name == "cosent":
+            examples = list(zip(pairs.s1, pairs.s2, pairs.scores.tolist(), strict=True))
+        elif ocfg.name == "mnrl":
+            floor = 4.0 if d.min_score is None else d.min_score
+            examples = [(a, b) for a, b, s in zip(pairs.s1, pairs.s2, pairs.scores, strict=True)
+                        if s >= floor]
+        else:
+            raise UserInputError(f"data.source=sts does not fit objective {ocfg.name}")
+    elif d.source == "pairs":
+        names = d.text_fields if len(d.text_fields) == 2 else ["text1", "text2"]
+        examples = [tuple(_fields(r, names, Path(d.path))) for r in _rows(Path(d.path))]
+        if ocfg.name == "cosent":
+            raise UserInputError("cosent needs scored pairs: use data.source=sts")
+    else:  # labels
+        path = Path(d.path)
+        raw = [_fields(r, [d.text_fields[0], d.label_field], path) for r in _rows(path)]
+        labels = sorted({str(y) for _, y in raw}, key=lambda v: (not v.isdigit(), v))
+        index = {y: (int(y) if all(v.isdigit() for v in labels) else i)
+                 for i, y in enumerate(labels)}
+        examples = [(t, index[str(y)]) for t, y in raw]
+        bad = [y for _, y in examples if not 0 <= y < ocfg.num_labels]
+        if bad:
+            raise UserInputError(f"{path}: label {bad[0]} outside [0, {ocfg.num_labels}); "
+                                 "set num_labels")
+    if d.max_examples:
+        examples = examples[: d.max_examples]
+    if not examples:
+        raise UserInputError(f"objective {ocfg.name}: no examples from data.source={d.source}")
+    return examples
+
+
+def split_heldout(rows: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(train, held-out) rows: a seeded random ``fraction`` held out, at least one if any."""
+    if fraction <= 0 or len(rows) < 2:
+        return rows, rows[:0]
+    n_eval = max(1, int(len(rows) * fraction))
+    perm = np.random.default_rng(seed).permutation(len(rows))
+    return rows[perm[n_eval:]], rows[perm[:n_eval]]

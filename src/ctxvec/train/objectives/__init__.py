@@ -1,0 +1,52 @@
+"""Training objectives, one per file. Each turns a batch of examples into a loss:
+
+- ``mlm``: masked-language modelling on packed sequences (dynamic 80/10/10 masking);
+- ``mnrl``: multiple-negatives ranking (contrastive, in-batch negatives) on text pairs;
+- ``simcse``: unsupervised SimCSE, two dropout views of one sentence as a positive pair;
+- ``cosent``: CoSENT on pairs with a similarity score;
+- ``classification``: a linear head over the pooled sentence vector, cross-entropy.
+
+An objective has ``name``, ``collate(examples) -> batch``, ``loss(model, batch, generator)`` and
+``head`` (an ``nn.Module`` with its own parameters, or None). ``model`` is the whole trainable
+model (an ``*ForMaskedLM`` when an MLM objective is present, the bare encoder otherwise); sentence
+objectives use its ``base_model``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+import torch
+
+from ctxvec.config import ObjectiveConfig
+from ctxvec.model.encoder import EncoderSettings
+
+
+class Objective(Protocol):
+    name: str
+    head: torch.nn.Module | None
+
+    def collate(self, examples: list[Any]) -> Any: ...
+
+    def loss(self, model, batch: Any, generator: torch.Generator) -> torch.Tensor: ...
+
+
+def build_objective(ocfg: ObjectiveConfig, tokenizer, settings: EncoderSettings,
+                    max_length: int) -> Objective:
+    from ctxvec.train.objectives.classification import Classification
+    from ctxvec.train.objectives.cosent import CoSENT
+    from ctxvec.train.objectives.mlm import MaskedLM
+    from ctxvec.train.objectives.mnrl import MultipleNegativesRanking
+    from ctxvec.train.objectives.sentences import SentenceView
+    from ctxvec.train.objectives.simcse import SimCSE
+
+    if ocfg.name == "mlm":
+        return MaskedLM(tokenizer, ocfg.mask_prob, whole_word=ocfg.whole_word)
+    view = SentenceView(tokenizer, max_length, settings.pooling)
+    if ocfg.name == "mnrl":
+        return MultipleNegativesRanking(view, ocfg.scale, ocfg.symmetric)
+    if ocfg.name == "simcse":
+        return SimCSE(view, ocfg.scale)
+    if ocfg.name == "cosent":
+        return CoSENT(view, ocfg.scale)
+    return Classification(view, ocfg.num_labels)
