@@ -6,6 +6,7 @@ in ``--set`` fails loudly with the key's full dotted path instead of being ignor
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any, Literal
 
@@ -280,21 +281,33 @@ def _parse_value(raw: str) -> Any:
 
 
 def apply_override(tree: dict[str, Any], assignment: str) -> None:
-    """Apply one ``a.b.c=value`` override to a nested dict in place."""
+    """Apply one ``a.b.c=value`` override to a nested dict in place; a numeric segment indexes a
+    list (``train.objectives.0.weight=0.5``)."""
     if "=" not in assignment:
         raise ConfigError(f"override {assignment!r} must look like key.path=value")
     key, raw = assignment.split("=", 1)
     parts = key.strip().split(".")
     if not all(parts):
         raise ConfigError(f"override {assignment!r} has an empty key segment")
-    node = tree
+    node: Any = tree
     for depth, part in enumerate(parts[:-1]):
+        where = ".".join(parts[: depth + 1])
+        if isinstance(node, list):
+            if not part.isdigit() or int(part) >= len(node):
+                raise ConfigError(f"override {assignment!r}: {where} is not an item of the list")
+            node = node[int(part)]
+            continue
         child = node.setdefault(part, {})
-        if not isinstance(child, dict):
-            where = ".".join(parts[: depth + 1])
+        if not isinstance(child, dict | list):
             raise ConfigError(f"override {assignment!r}: {where} is a value, not a section")
         node = child
-    node[parts[-1]] = _parse_value(raw)
+    last = parts[-1]
+    if isinstance(node, list):
+        if not last.isdigit() or int(last) >= len(node):
+            raise ConfigError(f"override {assignment!r}: {key} is not an item of the list")
+        node[int(last)] = _parse_value(raw)
+    else:
+        node[last] = _parse_value(raw)
 
 
 def _format_errors(err: ValidationError) -> str:
@@ -316,6 +329,25 @@ def _resolve_paths(tree: dict[str, Any], base: Path) -> None:
     evaluate = tree.get("evaluate")
     if isinstance(evaluate, dict) and isinstance(evaluate.get("sts"), str):
         evaluate["sts"] = _rebase(evaluate["sts"], base)
+    train = tree.get("train")
+    if isinstance(train, dict) and isinstance(train.get("objectives"), list):
+        for obj in train["objectives"]:
+            data = obj.get("data") if isinstance(obj, dict) else None
+            if isinstance(data, dict) and isinstance(data.get("path"), str):
+                data["path"] = _rebase(data["path"], base)
+
+
+def _is_path_key(key: str) -> bool:
+    return (key in ("ingest.sources", "evaluate.sts")
+            or (key.startswith("train.objectives.") and key.endswith(".data.path")))
+
+
+def _rebase_value(raw: str, base: Path) -> str:
+    """Rebase the path(s) in an override's raw YAML value (a path or a list of paths)."""
+    value = _parse_value(raw)
+    if isinstance(value, list):
+        return json.dumps([_rebase(v, base) if isinstance(v, str) else v for v in value])
+    return _rebase(value, base) if isinstance(value, str) else raw
 
 
 def _rebase(path: str, base: Path) -> str:
@@ -345,14 +377,13 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             raise ConfigError(f"{p}: a recipe must be a mapping of sections, got {type(loaded)}")
         tree = loaded
         _resolve_paths(tree, p.parent.resolve())
-    override_tree: dict[str, Any] = {}
     for assignment in overrides or []:
+        # a path given on the command line is relative to the cwd, not to the recipe
+        key, _, value = assignment.partition("=")
+        if _is_path_key(key.strip()) and value and "://" not in value:
+            value = _rebase_value(value, Path.cwd())
+            assignment = f"{key}={value}"
         apply_override(tree, assignment)
-        apply_override(override_tree, assignment)
-    _resolve_paths(override_tree, Path.cwd())
-    for section in ("ingest", "evaluate"):
-        for key, value in override_tree.get(section, {}).items():
-            tree[section][key] = value
     try:
         return CtxvecConfig.model_validate(tree)
     except ValidationError as e:

@@ -97,3 +97,18 @@ def test_config_is_frozen():
     cfg = CtxvecConfig()
     with pytest.raises(ValidationError):
         cfg.train.steps = 5  # type: ignore[misc]
+
+
+def test_overrides_index_lists_and_rebase_paths_on_the_cwd(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    cfg = load_config(REPO / "configs" / "finetune-stsb.yaml",
+                      ["train.objectives.0.scale=10", "train.objectives.0.data.path=train.tsv"])
+    assert cfg.train.objectives[0].scale == 10.0
+    assert cfg.train.objectives[0].data.path == str(tmp_path / "train.tsv")
+    recipe = load_config(REPO / "configs" / "finetune-stsb.yaml")  # recipe-relative otherwise
+    assert recipe.train.objectives[0].data.path == str(
+        (REPO / "../shared/data/stsbenchmark/sts-train.csv").resolve())
+    with pytest.raises(ConfigError, match="not an item of the list"):
+        load_config(REPO / "configs" / "finetune-stsb.yaml", ["train.objectives.3.scale=1"])
+    with pytest.raises(ConfigError, match=r"train\.objectives\.0\.name"):
+        load_config(None, ["train.objectives=[{name: nope}]"])
