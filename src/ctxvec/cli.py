@@ -377,6 +377,96 @@ def eval_sts(
     return f"STS {data.name}: spearman {result['spearman']:.4f} (n={result['n']})"
 
 
+@eval_app.command("retrieval")
+@command
+def eval_retrieval(
+    data: Annotated[Path, typer.Option("--data", help="BEIR folder (corpus.jsonl, "
+                                       "queries.jsonl, qrels/<split>.tsv), e.g. "
+                                       "../shared/data/beir-arguana.")],
+    model: Annotated[str, typer.Option("--model", "-m", help="Model reference.")],
+    split: Annotated[str, typer.Option(help="Qrels split: qrels/<split>.tsv.")] = "test",
+    batch_size: Annotated[int, typer.Option(help="Sequences per forward pass.")] = 64,
+    as_json: JsonOpt = False,
+) -> str:
+    """nDCG@10, Recall@100 and MRR@10 of exact dense retrieval on a BEIR-format set."""
+    from ctxvec.evaluate.retrieval import evaluate_retrieval, read_beir
+    from ctxvec.model.encoder import Encoder
+    from ctxvec.model.refs import resolve_model_ref
+
+    if batch_size < 1:
+        raise UserError("--batch-size must be at least 1")
+    beir = read_beir(data, split)
+    encoder = Encoder.load(resolve_model_ref(model, _workspace().root))
+    result = {**evaluate_retrieval(encoder, beir, batch_size), "model": model,
+              "data": str(data), "split": split}
+    if as_json:
+        return _dump(result)
+    return (f"retrieval {data.name}/{split}: ndcg@10 {result['ndcg@10']:.4f}, recall@100 "
+            f"{result['recall@100']:.4f}, mrr@10 {result['mrr@10']:.4f} "
+            f"(n={result['n_queries']})")
+
+
+@eval_app.command("wic")
+@command
+def eval_wic(
+    data: Annotated[Path, typer.Option("--data", help="WiC folder (<split>/<split>.data.txt "
+                                       "and .gold.txt; train/ sets the threshold), e.g. "
+                                       "../shared/data/wic.")],
+    model: Annotated[str, typer.Option("--model", "-m", help="Model reference.")],
+    split: Annotated[str, typer.Option(help="Split to report accuracy on.")] = "dev",
+    layer: Annotated[int, typer.Option(help="Hidden layer whose token vectors are compared: "
+                                       "-1 the last, 0 the embeddings.")] = -1,
+    batch_size: Annotated[int, typer.Option(help="Sequences per forward pass.")] = 64,
+    as_json: JsonOpt = False,
+) -> str:
+    """WiC accuracy: cosine of the target word's context vectors in two sentences, with the
+    threshold chosen on train."""
+    from ctxvec.evaluate.wic import evaluate_wic, read_wic
+    from ctxvec.model.encoder import Encoder
+    from ctxvec.model.refs import resolve_model_ref
+
+    if batch_size < 1:
+        raise UserError("--batch-size must be at least 1")
+    if not data.is_dir():
+        raise UserError(f"WiC folder not found: {data}")
+    for part in {"train", split}:  # fail fast (exit 2) on bad data, before loading the model
+        read_wic(data, part)
+    encoder = Encoder.load(resolve_model_ref(model, _workspace().root))
+    result = {**evaluate_wic(encoder, data, split, layer, batch_size), "model": model,
+              "data": str(data), "split": split, "layer": layer}
+    if as_json:
+        return _dump(result)
+    return (f"WiC {split}: accuracy {result['accuracy']:.4f} (n={result['n']}), threshold "
+            f"{result['threshold']:.4f} (train accuracy {result['train_accuracy']:.4f})")
+
+
+@eval_app.command("perplexity")
+@command
+def eval_perplexity(
+    data: Annotated[Path, typer.Option("--data", help="Text file, one passage per line, e.g. "
+                                       "../shared/data/wikitext-2/test.txt.")],
+    model: Annotated[str, typer.Option("--model", "-m", help="Model reference (needs a "
+                                       "masked-LM head to be meaningful).")],
+    max_tokens: Annotated[int, typer.Option(help="Score at most this many tokens (each costs "
+                                            "one forward pass).")] = 20000,
+    max_length: Annotated[int, typer.Option(help="Window length in tokens, [CLS] and [SEP] "
+                                            "included.")] = 128,
+    batch_size: Annotated[int, typer.Option(help="Masked copies per forward pass.")] = 64,
+    as_json: JsonOpt = False,
+) -> str:
+    """MLM pseudo-perplexity (Salazar et al. 2020): mask each token in turn and score it."""
+    from ctxvec.evaluate.perplexity import evaluate_perplexity
+    from ctxvec.model.refs import resolve_model_ref
+
+    folder = resolve_model_ref(model, _workspace().root)
+    result = {**evaluate_perplexity(folder, data, max_tokens, max_length, batch_size),
+              "model": model, "data": str(data)}
+    if as_json:
+        return _dump(result)
+    return (f"pseudo-perplexity {result['pseudo_perplexity']:.3f} over {result['tokens']} "
+            f"tokens in {result['passages']} passages of {data.name}")
+
+
 def main() -> None:
     app()
 

@@ -127,3 +127,55 @@ def test_ingest_and_tokenizer_train_commands(tmp_path):
 
     empty = ctxvec("tokenizer", "train", home=tmp_path / "empty")
     assert empty.returncode == 2 and "run `ctxvec ingest" in empty.stderr
+
+
+# --- eval retrieval, wic, perplexity --------------------------------------------------------
+
+DATA = STS_DEV.parents[1]  # the shared data folder (conftest.SHARED_DATA)
+ARGUANA = DATA / "beir-arguana"
+WIC = DATA / "wic"
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["eval", "wic", "--data", "{tmp}/no-wic", "--model", "minilm"], "WiC folder not found"),
+        (["eval", "wic", "--data", "{tmp}", "--model", "minilm"], "WiC file not found"),
+        (["eval", "retrieval", "--data", "{tmp}/no-beir", "--model", "minilm"],
+         "BEIR folder not found"),
+        (["eval", "perplexity", "--data", "{tmp}/none.txt", "--model", "minilm"],
+         "text file not found"),
+    ],
+)
+def test_eval_commands_exit_2_on_missing_data(tmp_path, args, message):
+    proc = ctxvec(*(a.replace("{tmp}", str(tmp_path)) for a in args), "--json",
+                  home=tmp_path / "home")
+    assert proc.returncode == 2, proc.stderr
+    assert message in proc.stderr
+    assert proc.stdout == ""
+
+
+@pytest.mark.slow
+@needs_shared_data(ARGUANA)
+def test_eval_retrieval_minilm_arguana_contract(tmp_path):
+    """Published all-MiniLM-L6-v2 ArguAna nDCG@10 is 0.502 (about 6 minutes on 2 CPU cores)."""
+    proc = ctxvec("eval", "retrieval", "--data", str(ARGUANA), "--model", "minilm", "--json",
+                  home=tmp_path / "home")
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    assert result["n_queries"] == 1406
+    assert abs(result["ndcg@10"] - 0.50) <= 0.02
+    assert 0.9 < result["recall@100"] <= 1.0 and 0.3 < result["mrr@10"] < result["ndcg@10"]
+    assert "5 qrels point at doc ids absent" in proc.stderr
+
+
+@pytest.mark.slow
+@needs_shared_data(WIC)
+def test_eval_wic_minilm_contract(tmp_path):
+    proc = ctxvec("eval", "wic", "--data", str(WIC), "--model", "minilm", "--json",
+                  home=tmp_path / "home")
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    assert result["n"] == 638
+    assert result["accuracy"] > 0.55 and result["train_accuracy"] > 0.55
+    assert -1.0 <= result["threshold"] <= 1.0

@@ -1,0 +1,224 @@
+"""Dense retrieval on a BEIR-format set: nDCG@10, Recall@100 and MRR@10 from exact search.
+
+Input: the BEIR layout (Thakur et al. 2021, "BEIR: A Heterogeneous Benchmark for Zero-shot
+Evaluation of Information Retrieval Models"): ``corpus.jsonl`` (``_id``, ``title``, ``text``),
+``queries.jsonl`` (``_id``, ``text``) and ``qrels/<split>.tsv`` (header ``query-id corpus-id
+score``, tab-separated; CRLF line endings are tolerated). Only queries that have qrels are
+evaluated, as in BEIR.
+
+Choices that keep the figures comparable with published BEIR / MTEB numbers:
+
+- documents are embedded as ``title + " " + text`` (just ``text`` when the title is empty), which
+  is what BEIR's sentence-transformers wrapper does; queries as their text;
+- search is exact (inner product on L2-normalised vectors, i.e. cosine), so the figure measures
+  the encoder and nothing else;
+- a hit whose doc id equals the query id is dropped before cutting at k. BEIR does this for
+  ArguAna, whose queries are themselves corpus arguments; elsewhere ids never collide, so it is
+  always on;
+- nDCG uses the graded qrels score as the gain with a ``log2(rank + 1)`` discount and the ideal
+  DCG of that query's qrels, as trec_eval / pytrec_eval do. Qrels that point at doc ids absent
+  from the corpus still count in the ideal DCG and in the recall denominator (relevant documents
+  that can never be found), again as pytrec_eval does; a warning says how many there are.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ctxvec.errors import UserInputError
+from ctxvec.evaluate.sts import DataFormatError
+from ctxvec.model.encoder import Encoder
+
+log = logging.getLogger(__name__)
+
+NDCG_K = 10
+RECALL_K = 100
+MRR_K = 10
+QUERY_BLOCK = 1024  # queries scored per matmul: (1024, N) float32 stays small for any corpus
+
+
+@dataclass(frozen=True)
+class BeirData:
+    doc_ids: list[str]
+    doc_texts: list[str]  # title + " " + text, as embedded
+    query_ids: list[str]  # only queries with qrels, in queries.jsonl order
+    query_texts: list[str]
+    qrels: dict[str, dict[str, int]]  # query id -> {doc id: graded relevance}
+
+
+def _read_jsonl(path: Path, fields: Sequence[str]) -> list[dict]:
+    if not path.is_file():
+        raise DataFormatError(f"BEIR file not found: {path}")
+    rows = []
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataFormatError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
+            if not isinstance(row, dict):
+                raise DataFormatError(f"{path}:{lineno}: expected a JSON object")
+            for key in fields:
+                if key not in row:
+                    raise DataFormatError(f"{path}:{lineno}: missing field {key!r}")
+            rows.append(row)
+    return rows
+
+
+def read_qrels(path: Path) -> dict[str, dict[str, int]]:
+    """``query-id \\t corpus-id \\t score`` with a header line -> {qid: {docid: score}}."""
+    if not path.is_file():
+        raise DataFormatError(f"BEIR qrels file not found: {path}")
+    qrels: dict[str, dict[str, int]] = {}
+    with open(path, encoding="utf-8", newline="") as f:
+        for lineno, line in enumerate(f, start=1):
+            line = line.rstrip("\r\n")
+            if not line.strip():
+                continue
+            fields = line.split("\t")
+            if lineno == 1 and fields[0].strip().lower() in ("query-id", "query_id", "qid"):
+                continue  # the header
+            if len(fields) != 3:
+                raise DataFormatError(
+                    f"{path}:{lineno}: expected 3 tab-separated fields "
+                    f"(query-id, corpus-id, score), got {len(fields)}"
+                )
+            qid, did, score = (x.strip() for x in fields)
+            try:
+                rel = int(float(score))
+            except ValueError:
+                raise DataFormatError(
+                    f"{path}:{lineno}: score {score!r} is not a number"
+                ) from None
+            qrels.setdefault(qid, {})[did] = rel
+    if not qrels:
+        raise DataFormatError(f"{path}: no judgments")
+    return qrels
+
+
+def read_beir(folder: str | Path, split: str = "test") -> BeirData:
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DataFormatError(
+            f"BEIR folder not found: {folder} (expected corpus.jsonl, queries.jsonl, qrels/)"
+        )
+    qrels = read_qrels(folder / "qrels" / f"{split}.tsv")
+    corpus = _read_jsonl(folder / "corpus.jsonl", ("_id", "text"))
+    doc_ids = [str(d["_id"]) for d in corpus]
+    if len(set(doc_ids)) != len(doc_ids):
+        dup = next(i for i, n in Counter(doc_ids).items() if n > 1)
+        raise DataFormatError(f"{folder / 'corpus.jsonl'}: duplicate _id {dup!r}")
+    doc_texts = [_doc_text(d.get("title") or "", d["text"] or "") for d in corpus]
+    queries = {
+        str(q["_id"]): q["text"] or ""
+        for q in _read_jsonl(folder / "queries.jsonl", ("_id", "text"))
+    }
+    unknown = [q for q in qrels if q not in queries]
+    if unknown:
+        log.warning("retrieval: %d qrels query id(s) not in queries.jsonl, skipped (e.g. %r)",
+                    len(unknown), unknown[0])
+    query_ids = [q for q in queries if q in qrels]
+    if not query_ids:
+        raise DataFormatError(f"{folder}: no query in queries.jsonl has qrels in {split}.tsv")
+    known = set(doc_ids)
+    absent = sum(1 for q in query_ids for d in qrels[q] if d not in known)
+    if absent:
+        log.warning("retrieval: %d qrels point at doc ids absent from the corpus; they count as "
+                    "relevant documents that are never found", absent)
+    return BeirData(
+        doc_ids=doc_ids,
+        doc_texts=doc_texts,
+        query_ids=query_ids,
+        query_texts=[queries[q] for q in query_ids],
+        qrels={q: qrels[q] for q in query_ids},
+    )
+
+
+def _doc_text(title: str, text: str) -> str:
+    return f"{title} {text}".strip() if title.strip() else text.strip()
+
+
+def exact_search(
+    query_vecs: np.ndarray,
+    doc_vecs: np.ndarray,
+    query_ids: Sequence[str],
+    doc_ids: Sequence[str],
+    k: int,
+) -> dict[str, list[str]]:
+    """Top-k doc ids per query by inner product, best first, skipping the doc whose id is the
+    query's own (so k + 1 candidates are kept: at most one of them can be the query itself)."""
+    k = min(k, len(doc_ids))
+    take = min(k + 1, len(doc_ids))
+    ranked: dict[str, list[str]] = {}
+    docs_t = np.ascontiguousarray(doc_vecs.T, dtype=np.float32)  # (D, N)
+    for start in range(0, len(query_ids), QUERY_BLOCK):
+        scores = query_vecs[start : start + QUERY_BLOCK] @ docs_t  # (B, N)
+        top = np.argpartition(-scores, take - 1, axis=1)[:, :take]  # (B, take), unordered
+        top_scores = np.take_along_axis(scores, top, axis=1)
+        order = np.argsort(-top_scores, axis=1, kind="stable")
+        top = np.take_along_axis(top, order, axis=1)
+        for row, qid in enumerate(query_ids[start : start + QUERY_BLOCK]):
+            hits = [doc_ids[j] for j in top[row] if doc_ids[j] != qid]
+            ranked[qid] = hits[:k]
+    return ranked
+
+
+def retrieval_metrics(
+    ranked: Mapping[str, Sequence[str]], qrels: Mapping[str, Mapping[str, int]]
+) -> dict[str, float]:
+    """nDCG@10, Recall@100 and MRR@10, averaged over the queries of ``qrels``.
+
+    A query missing from ``ranked`` counts as retrieving nothing. Relevance is ``score > 0``;
+    gains are the graded scores (trec_eval's nDCG), and a query with no relevant document scores
+    0 on every metric, as in pytrec_eval.
+    """
+    ndcg = recall = mrr = 0.0
+    for qid, judged in qrels.items():
+        hits = list(ranked.get(qid, ()))
+        relevant = {d: r for d, r in judged.items() if r > 0}
+        dcg = sum(relevant.get(d, 0) / math.log2(i + 2) for i, d in enumerate(hits[:NDCG_K]))
+        ideal = sorted(relevant.values(), reverse=True)[:NDCG_K]
+        idcg = sum(r / math.log2(i + 2) for i, r in enumerate(ideal))
+        ndcg += dcg / idcg if idcg > 0 else 0.0
+        if relevant:
+            recall += len(set(hits[:RECALL_K]) & relevant.keys()) / len(relevant)
+        mrr += next((1.0 / (i + 1) for i, d in enumerate(hits[:MRR_K]) if d in relevant), 0.0)
+    n = len(qrels)
+    if n == 0:
+        raise ValueError("no queries to evaluate")
+    return {
+        f"ndcg@{NDCG_K}": ndcg / n,
+        f"recall@{RECALL_K}": recall / n,
+        f"mrr@{MRR_K}": mrr / n,
+        "n_queries": n,
+    }
+
+
+def rank_beir(
+    encoder: Encoder, data: BeirData, batch_size: int = 64, k_max: int = RECALL_K
+) -> dict[str, list[str]]:
+    """Embed corpus and queries, then exact search -> {query id: top-k_max doc ids}."""
+    log.info("retrieval: encoding %d documents", len(data.doc_ids))
+    doc_vecs = encoder.encode(data.doc_texts, batch_size=batch_size, progress=True)
+    log.info("retrieval: encoding %d queries", len(data.query_ids))
+    query_vecs = encoder.encode(data.query_texts, batch_size=batch_size, progress=True)
+    return exact_search(query_vecs, doc_vecs, data.query_ids, data.doc_ids, k_max)
+
+
+def evaluate_retrieval(
+    encoder: Encoder, data: BeirData, batch_size: int = 64, k_max: int = RECALL_K
+) -> dict[str, float]:
+    """-> {"ndcg@10", "recall@100", "mrr@10", "n_queries"} of exact dense retrieval."""
+    if k_max < RECALL_K:
+        raise UserInputError(f"k_max must be at least {RECALL_K} for recall@{RECALL_K}")
+    return retrieval_metrics(rank_beir(encoder, data, batch_size, k_max), data.qrels)
