@@ -23,7 +23,13 @@ from tqdm.auto import tqdm
 from ctxvec.config import TrainConfig
 from ctxvec.train.checkpoint import checkpoints, load_checkpoint, save_checkpoint
 from ctxvec.train.multitask import MultiTask
-from ctxvec.train.optim import apply_freeze, encoder_layers, lr_at, param_groups
+from ctxvec.train.optim import (
+    apply_freeze,
+    encoder_layers,
+    frozen_layers_at,
+    lr_at,
+    param_groups,
+)
 
 log = logging.getLogger(__name__)
 
@@ -50,12 +56,15 @@ def total_steps(tcfg: TrainConfig, tasks: MultiTask) -> int:
     return max(1, math.ceil(tcfg.epochs * per_epoch))
 
 
-def flops_per_token(model, seq_len: int) -> float:
-    """Training FLOPs a token: 6 x non-embedding parameters + attention (Kaplan et al. 2020)."""
+def flops_per_token(model, seq_len: int, head_share: float = 0.0) -> float:
+    """Training FLOPs a token (Kaplan et al. 2020): 6 x the transformer layers' parameters,
+    attention's 12 x layers x width x length, and the vocabulary projection for the share of
+    tokens that need it (MLM: the masked ones; 0 for sentence objectives)."""
     _, layers = encoder_layers(model)
     n = sum(p.numel() for layer in layers for p in layer.parameters())
     d = model.config.hidden_size
-    return 6 * n + 12 * len(layers) * d * seq_len
+    head = 6 * d * model.config.vocab_size * head_share
+    return 6 * n + 12 * len(layers) * d * seq_len + head
 
 
 def _improved(value: float, best: float | None, mode: str) -> bool:
@@ -78,11 +87,14 @@ def train(
     for head in heads.values():
         head.to(device)
     trainable = list(model.parameters()) + [p for h in heads.values() for p in h.parameters()]
-    opt = torch.optim.AdamW(param_groups(model, list(heads.values()), tcfg), lr=tcfg.lr)
+    opt = torch.optim.AdamW(param_groups(model, list(heads.values()), tcfg), lr=tcfg.lr,
+                            fused=device.type == "cuda")
     gen = torch.Generator().manual_seed(tcfg.seed)
     total = total_steps(tcfg, tasks)
     bf16 = tcfg.precision == "bf16" or (tcfg.precision == "auto" and device.type == "cuda")
-    fpt = flops_per_token(model, tcfg.seq_len)
+    mlm_share = sum(getattr(t.objective, "mask_prob", 0.0) for t in tasks.tasks
+                    if t.objective.name == "mlm")
+    fpt = flops_per_token(model, tcfg.seq_len, mlm_share)
     es = tcfg.early_stopping
     state = {"tokens_seen": 0, "best": None, "bad_evals": 0, "last_loss": None}
     start = 0
@@ -94,7 +106,8 @@ def train(
         tasks.load_state(saved["data"])
         state.update({k: saved[k] for k in state if k in saved})
         log.info("train: resumed from %s (step %d of %d)", ckpts[-1].name, start, total)
-    fwd = torch.compile(model) if tcfg.compile else model
+    if tcfg.compile:  # in place: objectives call model.base_model, which must be the compiled one
+        model.base_model.compile()
     model.train()
 
     def run_eval(step: int) -> bool:
@@ -126,46 +139,50 @@ def train(
     bar = tqdm(total=total, initial=start, desc="train", unit="step", leave=False)
     step = start
     stop = False
+    frozen = -1
     evaluated_at = -1
     for step in range(start, total):
         # schedule: which layers train, and at what learning rate
-        frozen = apply_freeze(model, tcfg.freeze, step)
+        if frozen_layers_at(step, tcfg.freeze) != frozen or step == start:
+            frozen = apply_freeze(model, tcfg.freeze, step)
         lr = lr_at(step, total, tcfg)
         for group in opt.param_groups:
             group["lr"] = lr * group["lr_scale"]
         # forward + backward, accumulated over micro-batches
-        step_loss, parts = 0.0, {}
+        step_loss = torch.zeros((), device=device)  # stays on the device: no sync a step
         for _ in range(tcfg.grad_accum):
             ctx = torch.autocast(device.type, torch.bfloat16) if bf16 else contextlib.nullcontext()
             with ctx:
-                loss, parts, tokens = tasks.step_loss(fwd, gen)
+                loss, parts, tokens = tasks.step_loss(model, gen)
             (loss / tcfg.grad_accum).backward()
-            step_loss += float(loss.detach()) / tcfg.grad_accum
+            step_loss += loss.detach() / tcfg.grad_accum
             state["tokens_seen"] += tokens
             window["tokens"] += tokens
-        if not math.isfinite(step_loss):
-            raise FloatingPointError(f"loss became {step_loss} at step {step}; lower train.lr")
         # clip + step
         grad_norm = torch.nn.utils.clip_grad_norm_(
             [p for p in trainable if p.grad is not None], tcfg.max_grad_norm)
         opt.step()
         opt.zero_grad(set_to_none=True)
-        state["last_loss"] = step_loss
         window["loss"] += step_loss
         window["steps"] += 1
         bar.update(1)
-        bar.set_postfix(loss=f"{step_loss:.3f}")
         done = step + 1
-        # log
-        if done % tcfg.log_every == 0 or done == total:
+        # log (the one place that waits for the device)
+        if done % tcfg.log_every == 0 or done == total or (
+                tcfg.checkpoint_every and done % tcfg.checkpoint_every == 0):
+            last = float(step_loss)
+            if not math.isfinite(last):
+                raise FloatingPointError(f"loss became {last} at step {done}; lower train.lr")
+            state["last_loss"] = last
             elapsed = max(time.perf_counter() - window["t0"], 1e-9)
-            row = {"step": done, "loss": window["loss"] / window["steps"], "lr": lr,
+            row = {"step": done, "loss": float(window["loss"]) / window["steps"], "lr": lr,
                    "grad_norm": float(grad_norm), "tokens_per_s": window["tokens"] / elapsed,
                    "tokens_seen": state["tokens_seen"], "frozen_layers": frozen,
-                   **{f"loss/{k}": v for k, v in parts.items()}}
+                   **{f"loss/{k}": float(v) for k, v in parts.items()}}
             if device.type == "cuda":
                 row["mfu"] = row["tokens_per_s"] * fpt / (tcfg.peak_tflops * 1e12)
             result.history.append(row)
+            bar.set_postfix(loss=f"{row['loss']:.3f}")
             if on_log:
                 on_log(row)
             window = {"loss": 0.0, "tokens": 0, "steps": 0, "t0": time.perf_counter()}
@@ -179,6 +196,7 @@ def train(
             save_checkpoint(run_dir, done, model, heads, opt, gen,
                             {**state, "data": tasks.state()}, tcfg.keep_checkpoints)
         if stop:
+            state["last_loss"] = float(step_loss)
             result.stopped_early = True
             log.info("train: early stop at step %d: %s did not improve for %d evaluations",
                      done, es.metric, es.patience)

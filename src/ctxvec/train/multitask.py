@@ -51,13 +51,14 @@ class MultiTask:
             t.sampler.consumed = int(state.get(f"{i}:{t.objective.name}", 0))
 
     def step_loss(self, model, generator: torch.Generator) -> tuple[torch.Tensor, dict, int]:
-        """-> (weighted loss, {objective: loss value}, tokens processed)."""
+        """-> (weighted loss, {objective: detached loss tensor}, tokens processed). Nothing here
+        waits for the GPU: the loop turns losses into numbers only when it logs."""
         total, parts, tokens = None, {}, 0
         for t in self.tasks:
             idx = t.sampler.take(t.batch_size)
             batch = t.objective.collate([t.examples[i] for i in idx])
             loss = t.objective.loss(model, batch, generator)
-            parts[t.objective.name] = float(loss.detach())
+            parts[t.objective.name] = loss.detach()
             tokens += batch_tokens(batch)
             total = t.weight * loss if total is None else total + t.weight * loss
         return total, parts, tokens
