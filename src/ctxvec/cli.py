@@ -279,6 +279,101 @@ def tokenizer_train(
             f"unk rate {st['unk_rate']:.4%}, word coverage {st['word_coverage']:.1%}")
 
 
+# --- pretrain and finetune -----------------------------------------------------------------
+
+
+def _train_and_register(cfg, need_pack: bool) -> dict | None:
+    """ingest (if the recipe reads the corpus) -> tokenizer -> pack -> train -> evaluate ->
+    register; each a run_* call, as the Prefect flow makes them."""
+    from ctxvec.evaluate.run import run_evaluate
+    from ctxvec.ingest.snapshot import run_ingest
+    from ctxvec.registry.store import register_model
+    from ctxvec.tokenizer.packing import run_pack
+    from ctxvec.tokenizer.trainer import run_tokenizer
+    from ctxvec.train import distributed
+    from ctxvec.train.run import run_train
+
+    ws = _workspace().ensure()
+    world = distributed.setup(cfg.train.device)  # under torchrun: join the process group
+    objectives = cfg.train.objectives
+    needs_corpus = need_pack or cfg.model.init == "scratch" or any(
+        o.data.source == "corpus" for o in objectives)
+    snap = tok = packed = None
+    if world.main:  # the data stages run once; the other ranks receive their results
+        if needs_corpus:
+            snap = run_ingest(cfg, ws) if cfg.ingest.sources else _corpus_snapshot(None)
+        if snap or cfg.tokenizer.source == "model":
+            tok = run_tokenizer(cfg, ws, snap)
+        packed = run_pack(cfg, ws, snap, tok) if need_pack else None
+    snap, tok, packed = distributed.broadcast((snap, tok, packed))
+    trained = run_train(cfg, ws, snap, tok, packed)
+    if not world.main:
+        return None
+    report = run_evaluate(cfg, ws, trained)
+    reg = register_model(cfg, ws, snap, tok, trained, report)
+    return {
+        "model": reg.uri, "model_dir": trained.model_dir, "version": reg.version,
+        "run_dir": trained.run_dir, "mlflow_run_id": reg.run_id, "steps": trained.steps,
+        "tokens_seen": trained.tokens_seen, "final_loss": trained.final_loss,
+        "train_metrics": trained.metrics, "metrics": report.metrics, "skipped": report.skipped,
+    }
+
+
+def _format_trained(out: dict) -> str:
+    metrics = ", ".join(f"{k}={v:.4f}" for k, v in out["metrics"].items()) or "-"
+    return (f"model   {out['model']}  ({out['model_dir']})\n"
+            f"train   {out['steps']} steps, {out['tokens_seen']} tokens, final loss "
+            f"{out['final_loss']}\nmetrics {metrics}")
+
+
+@app.command()
+@command
+def pretrain(
+    config: Annotated[Path, typer.Option("--config", "-c", help="Recipe YAML, e.g. "
+                                         "configs/scratch-mini.yaml.")],
+    set_: SetOpt = None,
+    as_json: JsonOpt = False,
+) -> str:
+    """Pretrain (masked LM, alone or with other objectives) on the corpus: ingest, tokenizer,
+    pack, train, evaluate, and register the model in MLflow."""
+    from ctxvec.config import load_config
+
+    cfg = load_config(config, set_)
+    need_pack = any(o.name == "mlm" for o in cfg.train.objectives)
+    if need_pack and not cfg.ingest.sources:
+        from ctxvec.ingest.corpus import committed_snapshots
+
+        if not committed_snapshots(_workspace()):
+            raise UserError("the recipe has no ingest.sources and the workspace no corpus")
+    out = _train_and_register(cfg, need_pack)
+    if out is None:  # a torchrun worker other than rank 0: rank 0 reports
+        return None
+    return _dump(out) if as_json else _format_trained(out)
+
+
+@app.command()
+@command
+def finetune(
+    config: Annotated[Path, typer.Option("--config", "-c", help="Recipe YAML, e.g. "
+                                         "configs/finetune-stsb.yaml.")],
+    set_: SetOpt = None,
+    as_json: JsonOpt = False,
+) -> str:
+    """Fine-tune a pretrained encoder (model.init: minilm, a folder or models:/...) with task
+    objectives, early stopping on a dev metric, and register it in MLflow."""
+    from ctxvec.config import load_config
+
+    cfg = load_config(config, set_)
+    if cfg.model.init == "scratch":
+        raise UserError("finetune starts from a pretrained model: set model.init (e.g. minilm); "
+                        "to train from scratch use `ctxvec pretrain`")
+    need_pack = any(o.name == "mlm" for o in cfg.train.objectives)
+    out = _train_and_register(cfg, need_pack)
+    if out is None:
+        return None
+    return _dump(out) if as_json else _format_trained(out)
+
+
 # --- query ----------------------------------------------------------------------------------
 
 

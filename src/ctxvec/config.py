@@ -221,6 +221,10 @@ class EvaluateConfig(_Section):
     sts: str | None = Field(
         None, description="STS Benchmark TSV; skipped with a logged reason when absent."
     )
+    retrieval: str | None = Field(None, description="A BEIR folder (corpus, queries, qrels).")
+    retrieval_split: str = "test"
+    wic: str | None = Field(None, description="A WiC folder (train/ fits the threshold).")
+    wic_split: str = "dev"
     batch_size: int = Field(64, ge=1)
 
 
@@ -327,8 +331,10 @@ def _resolve_paths(tree: dict[str, Any], base: Path) -> None:
     if isinstance(ingest, dict) and isinstance(ingest.get("sources"), list):
         ingest["sources"] = [_rebase(s, base) for s in ingest["sources"]]
     evaluate = tree.get("evaluate")
-    if isinstance(evaluate, dict) and isinstance(evaluate.get("sts"), str):
-        evaluate["sts"] = _rebase(evaluate["sts"], base)
+    if isinstance(evaluate, dict):
+        for key in ("sts", "retrieval", "wic"):
+            if isinstance(evaluate.get(key), str):
+                evaluate[key] = _rebase(evaluate[key], base)
     train = tree.get("train")
     if isinstance(train, dict) and isinstance(train.get("objectives"), list):
         for obj in train["objectives"]:
@@ -338,7 +344,7 @@ def _resolve_paths(tree: dict[str, Any], base: Path) -> None:
 
 
 def _is_path_key(key: str) -> bool:
-    return (key in ("ingest.sources", "evaluate.sts")
+    return (key in ("ingest.sources", "evaluate.sts", "evaluate.retrieval", "evaluate.wic")
             or (key.startswith("train.objectives.") and key.endswith(".data.path")))
 
 

@@ -26,17 +26,39 @@ def run_evaluate(cfg: CtxvecConfig, ws: Workspace, trained: TrainedModel) -> Eva
     if trained.eval_loss is not None:
         metrics["mlm_eval_loss"] = trained.eval_loss
         metrics["mlm_perplexity"] = math.exp(min(trained.eval_loss, 50.0))
-    if cfg.evaluate.sts is None:
-        skipped["sts"] = "evaluate.sts is not set in the recipe"
-    elif not Path(cfg.evaluate.sts).is_file():
-        skipped["sts"] = f"data not found: {cfg.evaluate.sts}"
-    else:
-        encoder = Encoder.load(trained.model_dir, device=cfg.train.device)
-        sts = evaluate_sts(encoder, read_sts(cfg.evaluate.sts), cfg.evaluate.batch_size)
-        metrics["sts_spearman"] = sts["spearman"]
-        metrics["sts_pearson"] = sts["pearson"]
-    for name, why in skipped.items():
-        log.warning("evaluate: %s skipped: %s", name, why)
+    ecfg = cfg.evaluate
+    encoder = None
+
+    def get_encoder() -> Encoder:
+        nonlocal encoder
+        if encoder is None:
+            encoder = Encoder.load(trained.model_dir, device=cfg.train.device)
+        return encoder
+
+    for name, path in (("sts", ecfg.sts), ("retrieval", ecfg.retrieval), ("wic", ecfg.wic)):
+        if path is None:
+            skipped[name] = f"evaluate.{name} is not set in the recipe"
+        elif not Path(path).exists():
+            skipped[name] = f"data not found: {path}"
+        elif name == "sts":
+            sts = evaluate_sts(get_encoder(), read_sts(path), ecfg.batch_size)
+            metrics["sts_spearman"], metrics["sts_pearson"] = sts["spearman"], sts["pearson"]
+        elif name == "retrieval":
+            from ctxvec.evaluate.retrieval import evaluate_retrieval, read_beir
+
+            r = evaluate_retrieval(get_encoder(), read_beir(path, ecfg.retrieval_split),
+                                   ecfg.batch_size)
+            metrics.update({f"retrieval_{k.replace('@', '_at_')}": v for k, v in r.items()
+                            if k != "n_queries"})
+        else:
+            from ctxvec.evaluate.wic import evaluate_wic
+
+            w = evaluate_wic(get_encoder(), path, split=ecfg.wic_split,
+                             batch_size=ecfg.batch_size)
+            metrics["wic_accuracy"] = w["accuracy"]
+    for name, why in skipped.items():  # not asked for is normal; asked for but missing is not
+        log.log(logging.INFO if "not set" in why else logging.WARNING,
+                "evaluate: %s skipped: %s", name, why)
     for name, value in metrics.items():
         log.info("evaluate: %s = %.4f", name, value)
     report = EvalReport(metrics=metrics, skipped=skipped)

@@ -147,12 +147,20 @@ def _encoder_dir(model_root: Path) -> Path | None:
 def register_model(
     cfg: CtxvecConfig,
     ws: Workspace,
-    snapshot: Snapshot,
-    tokenizer_art: TokenizerArtifact,
+    snapshot: Snapshot | None,
+    tokenizer_art: TokenizerArtifact | None,
     trained: TrainedModel,
     report: EvalReport,
 ) -> RegisteredModel:
-    """Log a run (params, metrics, artifacts), the pyfunc model, and register a new version."""
+    """Log a run (params, metrics, artifacts), the pyfunc model, and register a new version.
+
+    ``snapshot`` is None for models fine-tuned on files rather than the corpus; the tokenizer
+    hash then comes from the model's own tokenizer.json."""
+    from ctxvec.workspace import sha256_file
+
+    snapshot_id = snapshot.snapshot_id if snapshot else ""
+    tok_hash = (tokenizer_art.sha256 if tokenizer_art
+                else sha256_file(Path(trained.model_dir) / "tokenizer.json"))
     mlflow = _mlflow(ws)
     from mlflow.entities import Metric, Param
 
@@ -179,15 +187,17 @@ def register_model(
             c.log_batch(run.info.run_id, metrics=metrics[i : i + 1000])
         mlflow.set_tags({
             "ctxvec.version": __version__,
-            "data_snapshot": snapshot.snapshot_id,
-            "tokenizer_hash": tokenizer_art.sha256,
+            "data_snapshot": snapshot_id,
+            "tokenizer_hash": tok_hash,
             **{f"eval_skipped.{k}": v for k, v in report.skipped.items()},
         })
         mlflow.log_text(config_to_yaml(cfg), "config.yaml")
         for name in ("manifest.json", "evaluation.json", "metrics.jsonl"):
             if (run_dir / name).is_file():
                 mlflow.log_artifact(str(run_dir / name), artifact_path="run")
-        mlflow.log_artifact(str(Path(snapshot.path) / "manifest.json"), artifact_path="snapshot")
+        if snapshot is not None:
+            mlflow.log_artifact(str(Path(snapshot.path) / "manifest.json"),
+                                artifact_path="snapshot")
         info = mlflow.pyfunc.log_model(
             name="encoder",
             python_model=str(PYFUNC_CODE),
@@ -200,10 +210,10 @@ def register_model(
     with open(Path(trained.model_dir) / "config.json") as f:
         dim = json.load(f)["hidden_size"]
     tags = {
-        "data_snapshot": snapshot.snapshot_id,
+        "data_snapshot": snapshot_id,
         "parent_version": parent_version,
         "parent_ref": trained.parent or "",
-        "tokenizer_hash": tokenizer_art.sha256,
+        "tokenizer_hash": tok_hash,
         "dim": str(dim),
         **{f"eval.{k}": f"{v:.6g}" for k, v in report.metrics.items()},
     }

@@ -30,10 +30,11 @@ class Sampler:
     resumes on exactly the next example.
     """
 
-    def __init__(self, n: int, seed: int, consumed: int = 0):
+    def __init__(self, n: int, seed: int, consumed: int = 0, rank: int = 0, world: int = 1):
         if n == 0:
             raise UserInputError("an objective has no training examples")
         self.n, self.seed, self.consumed = n, seed, consumed
+        self.rank, self.world = rank, world
         self._epoch, self._order = -1, None
 
     def _perm(self, epoch: int) -> torch.Tensor:
@@ -43,6 +44,14 @@ class Sampler:
         return self._order
 
     def take(self, k: int) -> list[int]:
+        """The next ``k`` examples of this rank: every rank draws the same ``world * k`` and
+        keeps its own slice, so together they see each example once an epoch."""
+        if self.world > 1:
+            both = self._take(k * self.world)
+            return both[self.rank * k : (self.rank + 1) * k]
+        return self._take(k)
+
+    def _take(self, k: int) -> list[int]:
         out = []
         while len(out) < k:
             epoch, offset = divmod(self.consumed, self.n)

@@ -21,6 +21,7 @@ from safetensors.torch import load_model, save_model
 from tqdm.auto import tqdm
 
 from ctxvec.config import TrainConfig
+from ctxvec.train import distributed
 from ctxvec.train.checkpoint import checkpoints, load_checkpoint, save_checkpoint
 from ctxvec.train.multitask import MultiTask
 from ctxvec.train.optim import (
@@ -82,6 +83,7 @@ def train(
 ) -> TrainResult:
     """Train ``model`` in place; with ``run_dir``, checkpoint there and resume from it."""
     result = TrainResult()
+    world = distributed.current()
     device = next(model.parameters()).device
     heads = tasks.heads()
     for head in heads.values():
@@ -109,6 +111,15 @@ def train(
     if tcfg.compile:  # in place: objectives call model.base_model, which must be the compiled one
         model.base_model.compile()
     model.train()
+    # Under torchrun: DDP over the model and the heads, so that every gradient is averaged.
+    ddp = None
+    if world.size > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        ddp = DistributedDataParallel(
+            distributed.LossModule(model, heads, tasks), find_unused_parameters=True,
+            device_ids=[device.index] if device.type == "cuda" else None)
+
 
     def run_eval(step: int) -> bool:
         """Evaluate; track the best; returns True when early stopping says stop."""
@@ -136,7 +147,8 @@ def train(
         return state["bad_evals"] >= es.patience
 
     window = {"loss": 0.0, "tokens": 0, "steps": 0, "t0": time.perf_counter()}
-    bar = tqdm(total=total, initial=start, desc="train", unit="step", leave=False)
+    bar = tqdm(total=total, initial=start, desc="train", unit="step", leave=False,
+               disable=not world.main)
     step = start
     stop = False
     frozen = -1
@@ -150,14 +162,16 @@ def train(
             group["lr"] = lr * group["lr_scale"]
         # forward + backward, accumulated over micro-batches
         step_loss = torch.zeros((), device=device)  # stays on the device: no sync a step
-        for _ in range(tcfg.grad_accum):
+        for micro in range(tcfg.grad_accum):
+            last_micro = micro == tcfg.grad_accum - 1  # DDP averages gradients only then
             ctx = torch.autocast(device.type, torch.bfloat16) if bf16 else contextlib.nullcontext()
-            with ctx:
-                loss, parts, tokens = tasks.step_loss(model, gen)
-            (loss / tcfg.grad_accum).backward()
+            with ctx, (contextlib.nullcontext() if ddp is None or last_micro else ddp.no_sync()):
+                loss, parts, tokens = (tasks.step_loss(model, gen) if ddp is None
+                                       else ddp(gen))
+                (loss / tcfg.grad_accum).backward()
             step_loss += loss.detach() / tcfg.grad_accum
-            state["tokens_seen"] += tokens
-            window["tokens"] += tokens
+            state["tokens_seen"] += tokens * world.size
+            window["tokens"] += tokens * world.size
         # clip + step
         grad_norm = torch.nn.utils.clip_grad_norm_(
             [p for p in trainable if p.grad is not None], tcfg.max_grad_norm)
@@ -183,15 +197,17 @@ def train(
                 row["mfu"] = row["tokens_per_s"] * fpt / (tcfg.peak_tflops * 1e12)
             result.history.append(row)
             bar.set_postfix(loss=f"{row['loss']:.3f}")
-            if on_log:
+            if on_log and world.main:
                 on_log(row)
             window = {"loss": 0.0, "tokens": 0, "steps": 0, "t0": time.perf_counter()}
         # evaluate
-        if evaluate is not None and tcfg.eval_every and done % tcfg.eval_every == 0:
-            stop = run_eval(done)
-            evaluated_at = done
+        if tcfg.eval_every and done % tcfg.eval_every == 0:
+            if evaluate is not None and world.main:
+                stop = run_eval(done)
+                evaluated_at = done
+            stop = distributed.broadcast(stop)  # rank 0 decides for every rank
         # checkpoint (after the evaluation, so the best and the patience are saved too)
-        if run_dir is not None and tcfg.checkpoint_every and (
+        if run_dir is not None and world.main and tcfg.checkpoint_every and (
                 done % tcfg.checkpoint_every == 0 or stop):
             save_checkpoint(run_dir, done, model, heads, opt, gen,
                             {**state, "data": tasks.state()}, tcfg.keep_checkpoints)
@@ -204,10 +220,11 @@ def train(
     bar.close()
     result.steps = step + 1 if total > start else start
     result.tokens_seen, result.final_loss = state["tokens_seen"], state["last_loss"]
-    if evaluate is not None and evaluated_at != result.steps:
+    if evaluate is not None and world.main and evaluated_at != result.steps:
         run_eval(result.steps)
     # keep the best weights, not the last ones, when early stopping watched a metric
-    if es is not None and run_dir is not None and (run_dir / "best.safetensors").is_file():
+    if (es is not None and run_dir is not None and world.main
+            and (run_dir / "best.safetensors").is_file()):
         load_model(model, str(run_dir / "best.safetensors"), device=str(device))
         result.metrics[f"best_{es.metric}"] = state["best"]
     result.best = state["best"]

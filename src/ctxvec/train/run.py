@@ -19,6 +19,7 @@ from ctxvec.artifacts import PackedData, Snapshot, TokenizerArtifact, TrainedMod
 from ctxvec.config import ConfigError, CtxvecConfig
 from ctxvec.model.bert import build_model
 from ctxvec.model.encoder import Encoder, pick_device, save_encoder
+from ctxvec.train import distributed
 from ctxvec.train.datasets import Sampler, load_examples, split_heldout
 from ctxvec.train.loop import Evaluate, train
 from ctxvec.train.multitask import MultiTask, Task
@@ -96,9 +97,10 @@ def run_train(
                  "(train.resume=false trains again)", run_dir.name)
         return TrainedModel(str(run_dir), str(run_dir / "model"), m["steps"], m["tokens_seen"],
                             m["final_loss"], m["eval_loss"], m["parent"], m.get("metrics", {}))
+    world = distributed.setup(tcfg.device)
     has_mlm = any(o.name == "mlm" for o in tcfg.objectives)
     tokenizer, model, settings, parent = build_model(cfg, ws.root, tokenizer_art, mlm=has_mlm)
-    device = pick_device(tcfg.device)
+    device = pick_device(distributed.local_device(tcfg.device))
     model.to(device)
     if tcfg.seq_len > model.config.max_position_embeddings:
         raise ConfigError(f"train.seq_len={tcfg.seq_len} exceeds the model's "
@@ -128,8 +130,8 @@ def run_train(
         if getattr(objective, "attach", None):
             objective.attach(model.config.hidden_size, device)
         bs = ocfg.batch_size or tcfg.batch_size
-        tasks.append(Task(objective, examples, ocfg.weight, bs, Sampler(len(examples),
-                                                                         tcfg.seed + i)))
+        sampler = Sampler(len(examples), tcfg.seed + i, rank=world.rank, world=world.size)
+        tasks.append(Task(objective, examples, ocfg.weight, bs, sampler))
         log.info("train: objective %s, %d examples, batch %d, weight %g",
                  ocfg.name, len(examples), bs, ocfg.weight)
     if cfg.evaluate.sts and Path(cfg.evaluate.sts).is_file() and (
@@ -149,6 +151,9 @@ def run_train(
     else:
         log.info("train: train.steps=0, keeping %s's weights as they are", cfg.model.init)
         metrics_file.touch()
+    if not world.main:  # rank 0 saves; the others are done once training is
+        return TrainedModel(str(run_dir), str(run_dir / "model"), result.steps if result else 0,
+                            result.tokens_seen if result else 0, None, None, parent)
 
     with ws.stage_dir(run_dir / "model") as tmp:
         model.to("cpu")
@@ -168,7 +173,7 @@ def run_train(
         tokenizer_sha256=tokenizer_art.sha256 if tokenizer_art else None,
         packed=packed.path if packed else None, parameters=n_params, device=str(device),
         stopped_early=result.stopped_early if result else False,
-        resumed_from=result.resumed_from if result else None,
+        resumed_from=result.resumed_from if result else None, world_size=world.size,
         config={"model": cfg.model.model_dump(mode="json"),
                 "train": tcfg.model_dump(mode="json")},
     )
