@@ -179,3 +179,28 @@ def test_eval_wic_minilm_contract(tmp_path):
     assert result["n"] == 638
     assert result["accuracy"] > 0.55 and result["train_accuracy"] > 0.55
     assert -1.0 <= result["threshold"] <= 1.0
+
+
+@needs_shared_data(STS_DEV)
+def test_finetune_prints_a_model_reference_other_commands_accept(tmp_path):
+    home = tmp_path / "home"
+    proc = ctxvec("finetune", "--config", "configs/finetune-stsb.yaml",
+                  "--set", "train.epochs=null", "--set", "train.steps=4",
+                  "--set", "train.eval_every=2", "--set", "train.warmup_steps=1",
+                  "--set", "train.objectives.0.data.max_examples=64", "--json", home=home)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = json.loads(proc.stdout)
+    assert out["model"] == "models:/ctxvec-encoder/1" and out["steps"] == 4
+    assert "best_sts_spearman" in out["train_metrics"]  # early stopping watched the dev set
+    assert out["metrics"]["sts_spearman"] > 0.8  # 4 small steps from minilm keep it good
+    src = tmp_path / "in.txt"
+    src.write_text("a sentence\nanother one\n")
+    enc = ctxvec("encode", "--model", out["model"], "--input", str(src), "--output",
+                 str(tmp_path / "v.parquet"), "--json", home=home)
+    assert enc.returncode == 0, enc.stderr[-2000:]
+    assert json.loads(enc.stdout)["rows"] == 2
+    again = ctxvec("encode", "--model", out["model_dir"], "--input", str(src), "--output",
+                   str(tmp_path / "w.parquet"), "--json", home=home)
+    assert again.returncode == 0
+    bad = ctxvec("finetune", "--config", "configs/tiny.yaml", home=home)
+    assert bad.returncode == 2 and "starts from a pretrained model" in bad.stderr
