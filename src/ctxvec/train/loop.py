@@ -181,13 +181,16 @@ def train(
         window["steps"] += 1
         bar.update(1)
         done = step + 1
-        # log (the one place that waits for the device)
-        if done % tcfg.log_every == 0 or done == total or (
-                tcfg.checkpoint_every and done % tcfg.checkpoint_every == 0):
+        # the loss becomes a number (waiting for the device) only when it is logged or saved
+        checkpointing = bool(tcfg.checkpoint_every) and done % tcfg.checkpoint_every == 0
+        logging_now = done % tcfg.log_every == 0 or done == total
+        if logging_now or checkpointing:
             last = float(step_loss)
             if not math.isfinite(last):
                 raise FloatingPointError(f"loss became {last} at step {done}; lower train.lr")
             state["last_loss"] = last
+        # log
+        if logging_now:
             elapsed = max(time.perf_counter() - window["t0"], 1e-9)
             row = {"step": done, "loss": float(window["loss"]) / window["steps"], "lr": lr,
                    "grad_norm": float(grad_norm), "tokens_per_s": window["tokens"] / elapsed,
