@@ -319,6 +319,13 @@ def _train_and_register(cfg, need_pack: bool) -> dict | None:
     }
 
 
+def _train_and_report(cfg, as_json: bool) -> str | None:
+    out = _train_and_register(cfg, any(o.name == "mlm" for o in cfg.train.objectives))
+    if out is None:  # a torchrun worker other than rank 0: rank 0 reports
+        return None
+    return _dump(out) if as_json else _format_trained(out)
+
+
 def _format_trained(out: dict) -> str:
     metrics = ", ".join(f"{k}={v:.4f}" for k, v in out["metrics"].items()) or "-"
     return (f"model   {out['model']}  ({out['model_dir']})\n"
@@ -339,16 +346,12 @@ def pretrain(
     from ctxvec.config import load_config
 
     cfg = load_config(config, set_)
-    need_pack = any(o.name == "mlm" for o in cfg.train.objectives)
-    if need_pack and not cfg.ingest.sources:
+    if not cfg.ingest.sources:
         from ctxvec.ingest.corpus import committed_snapshots
 
         if not committed_snapshots(_workspace()):
             raise UserError("the recipe has no ingest.sources and the workspace no corpus")
-    out = _train_and_register(cfg, need_pack)
-    if out is None:  # a torchrun worker other than rank 0: rank 0 reports
-        return None
-    return _dump(out) if as_json else _format_trained(out)
+    return _train_and_report(cfg, as_json)
 
 
 @app.command()
@@ -367,11 +370,7 @@ def finetune(
     if cfg.model.init == "scratch":
         raise UserError("finetune starts from a pretrained model: set model.init (e.g. minilm); "
                         "to train from scratch use `ctxvec pretrain`")
-    need_pack = any(o.name == "mlm" for o in cfg.train.objectives)
-    out = _train_and_register(cfg, need_pack)
-    if out is None:
-        return None
-    return _dump(out) if as_json else _format_trained(out)
+    return _train_and_report(cfg, as_json)
 
 
 # --- query ----------------------------------------------------------------------------------

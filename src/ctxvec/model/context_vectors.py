@@ -23,7 +23,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ctxvec.errors import UserInputError
-from ctxvec.model.encoder import Encoder
+from ctxvec.model.encoder import Encoder, pad_batch
 
 
 class SpanError(UserInputError):
@@ -107,12 +107,7 @@ def span_vectors(
                leave=False)
     for b in range(0, len(utexts), batch_size):
         batch = order[b : b + batch_size]
-        longest = max(len(ids[u]) for u in batch)
-        input_ids = torch.full((len(batch), longest), pad_id, dtype=torch.long)
-        mask = torch.zeros((len(batch), longest), dtype=torch.long)
-        for row, u in enumerate(batch):
-            input_ids[row, : len(ids[u])] = torch.as_tensor(ids[u], dtype=torch.long)
-            mask[row, : len(ids[u])] = 1
+        input_ids, mask = pad_batch([ids[u] for u in batch], pad_id)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
             result = encoder.model(
                 input_ids=input_ids.to(device),

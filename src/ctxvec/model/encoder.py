@@ -61,6 +61,17 @@ def read_settings(path: Path, max_position: int) -> EncoderSettings:
     return EncoderSettings(pooling=pooling, normalize=normalize, max_length=max_length)
 
 
+def pad_batch(seqs: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token-id sequences -> (input_ids (B, T), attention mask (B, T)), padded to the longest."""
+    longest = max(len(x) for x in seqs)
+    input_ids = torch.full((len(seqs), longest), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), longest), dtype=torch.long)
+    for row, seq in enumerate(seqs):
+        input_ids[row, : len(seq)] = torch.as_tensor(seq, dtype=torch.long)
+        mask[row, : len(seq)] = 1
+    return input_ids, mask
+
+
 def load_tokenizer(path: Path):
     from transformers import AutoTokenizer
 
@@ -121,13 +132,7 @@ class Encoder:
         use_bf16 = self.device.type == "cuda"
         for start in range(0, len(ids), batch_size):
             batch_idx = order[start : start + batch_size]
-            longest = max(len(ids[i]) for i in batch_idx)
-            input_ids = torch.full((len(batch_idx), longest), pad_id, dtype=torch.long)
-            mask = torch.zeros((len(batch_idx), longest), dtype=torch.long)
-            for row, i in enumerate(batch_idx):
-                seq = ids[i]
-                input_ids[row, : len(seq)] = torch.as_tensor(seq, dtype=torch.long)
-                mask[row, : len(seq)] = 1
+            input_ids, mask = pad_batch([ids[i] for i in batch_idx], pad_id)
             input_ids, mask = input_ids.to(self.device), mask.to(self.device)
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=use_bf16):
                 hidden = self.model(input_ids=input_ids, attention_mask=mask).last_hidden_state
