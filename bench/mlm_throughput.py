@@ -65,7 +65,8 @@ def run_ctxvec(args, tokenizer, rows, device) -> float:
     model = build(args.size, len(tokenizer), args.seq, device)
     tcfg = TrainConfig(steps=args.steps, batch_size=args.batch, seq_len=args.seq, lr=1e-4,
                        warmup_steps=10, log_every=1, precision="bf16" if args.bf16 else "fp32",
-                       compile=args.compile, checkpoint_every=None, device=device)
+                       compile=args.compile, compile_mode=args.compile_mode,
+                       checkpoint_every=None, device=device)
     tasks = MultiTask([Task(MaskedLM(tokenizer), rows, 1.0, args.batch, Sampler(len(rows), 0))])
     if device == "cuda":
         torch.cuda.synchronize()
@@ -118,6 +119,8 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--bf16", action="store_true")
     ap.add_argument("--compile", action="store_true")
+    ap.add_argument("--compile-mode", default="default",
+                    choices=["default", "max-autotune-no-cudagraphs", "max-autotune"])
     ap.add_argument("--only", choices=["ctxvec", "hf"])
     ap.add_argument("--peak-tflops", type=float, default=989.0)
     ap.add_argument("--tokenizer", help="A tokenizer folder [default: minilm's].")

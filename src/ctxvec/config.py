@@ -207,6 +207,9 @@ class TrainConfig(_Section):
         "auto", description="auto: bf16 autocast on GPU, fp32 on CPU."
     )
     compile: bool = Field(False, description="torch.compile the model.")
+    compile_mode: Literal["default", "max-autotune-no-cudagraphs", "max-autotune"] = Field(
+        "default", description="torch.compile's mode: max-autotune benchmarks kernels first."
+    )
     peak_tflops: float = Field(989.0, gt=0, description="For MFU: the device's dense peak.")
     threads: int | None = Field(None, ge=1, description="torch CPU threads (default: torch's).")
 

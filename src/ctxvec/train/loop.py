@@ -109,7 +109,8 @@ def train(
         state.update({k: saved[k] for k in state if k in saved})
         log.info("train: resumed from %s (step %d of %d)", ckpts[-1].name, start, total)
     if tcfg.compile:  # in place: objectives call model.base_model, which must be the compiled one
-        model.base_model.compile()
+        model.base_model.compile(mode=None if tcfg.compile_mode == "default"
+                                 else tcfg.compile_mode)
     model.train()
     # Under torchrun: DDP over the model and the heads, so that every gradient is averaged.
     ddp = None
