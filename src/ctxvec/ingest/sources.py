@@ -32,7 +32,6 @@ MAX_LINE_BYTES = 1 << 20
 _SNIFF = 8192
 _COMPRESSED = {".gz": "gzip", ".zst": "zstd", ".zstd": "zstd"}
 TEXT_SUFFIXES = {".txt", ".md", ".text", ".markdown"}
-FORMATS = ("txt", "jsonl", "csv", "tsv", "parquet", "wikiextractor")
 
 
 def _read_errors() -> tuple[type[BaseException], ...]:
