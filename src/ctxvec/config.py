@@ -231,18 +231,69 @@ class EvaluateConfig(_Section):
     batch_size: int = Field(64, ge=1)
 
 
+class WordsConfig(_Section):
+    """Context vectors per word occurrence (sense search)."""
+
+    enabled: bool = Field(False, description="Also write one vector per word occurrence.")
+    sample_docs: int | None = Field(
+        None, ge=1, description="Take word vectors from this many documents (default: all)."
+    )
+    layers: list[int] = Field(
+        [-1], min_length=1,
+        description="Hidden layers averaged into a word vector (-1 = last; 0 = embeddings).",
+    )
+    min_chars: int = Field(3, ge=1, description="Skip shorter words (and punctuation).")
+    stopwords: bool = Field(False, description="Keep very common words (the, of, ...).")
+    max_per_word: int = Field(
+        1000, ge=1, description="Keep at most this many occurrences of one word."
+    )
+
+
 class EmbedConfig(_Section):
     batch_size: int = Field(64, ge=1)
     max_tokens: int | None = Field(
         None, ge=8, description="Chunk window in tokens (default: the model's own limit)."
     )
     stride: int = Field(32, ge=0, description="Tokens shared by consecutive chunks.")
-    dtype: Literal["float32", "float16"] = "float32"
+    dtype: Literal["float32", "float16"] = Field("float32", description="Stored vector type.")
+    pooling: Literal["model", "mean", "cls", "max"] = Field(
+        "model", description="Chunk pooling; 'model' keeps the encoder's own setting."
+    )
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        "auto",
+        description="Compute precision: auto = bf16 on a GPU or a CPU with bf16 units "
+        "(AMX/AVX512-BF16), else fp32.",
+    )
+    shard_docs: int = Field(
+        2048, ge=1, description="Documents per output shard (the unit of resume)."
+    )
+    devices: int | None = Field(
+        None, ge=1, description="GPUs to embed on in parallel (default: all visible)."
+    )
+    words: WordsConfig = WordsConfig()
 
 
 class IndexConfig(_Section):
-    factory: str = Field("Flat", description="FAISS index_factory string, e.g. Flat, HNSW32.")
+    factory: str = Field(
+        "auto",
+        description="FAISS index_factory string (Flat, HNSW32, IVF1024,PQ48, ...) or 'auto': "
+        "exact below auto_exact_max vectors, approximate above.",
+    )
+    auto_exact_max: int = Field(100_000, ge=1, description="Largest index 'auto' keeps exact.")
     recall_sample: int = Field(200, ge=1, description="Queries used to measure recall@10.")
+    train_sample: int = Field(
+        100_000, ge=1, description="Vectors sampled to train IVF/PQ indexes."
+    )
+    nprobe: int = Field(32, ge=1, description="IVF lists probed per query.")
+    ef_search: int = Field(128, ge=1, description="HNSW candidate list size at query time.")
+    mmap: bool = Field(False, description="Memory-map the index file instead of reading it.")
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="Search on a GPU when faiss or torch can use one."
+    )
+    metadata: list[str] = Field(
+        ["source", "title"], description="Document fields kept for --filter KEY=VALUE."
+    )
+    bm25: bool = Field(True, description="Also build a BM25 index for hybrid search.")
 
 
 class RegistryConfig(_Section):
@@ -254,6 +305,21 @@ class RegistryConfig(_Section):
 class QueryConfig(_Section):
     sample: str | None = Field(None, description="Query whose neighbours the run prints last.")
     k: int = Field(5, ge=1)
+    rrf_k: int = Field(60, ge=1, description="Reciprocal-rank-fusion constant (hybrid search).")
+
+
+class ServeConfig(_Section):
+    host: str = Field("127.0.0.1", description="Bind address (loopback unless told otherwise).")
+    port: int = Field(8000, ge=1, le=65535)
+    api_key_env: str = Field(
+        "CTXVEC_API_KEY", description="Environment variable holding the API key (unset: open)."
+    )
+    reload_seconds: float = Field(
+        5.0, gt=0, description="How often the server checks whether the champion moved."
+    )
+    max_batch: int = Field(64, ge=1, description="Queries encoded together under load.")
+    max_text_chars: int = Field(20_000, ge=1, description="Longest text a request may send.")
+    max_k: int = Field(1000, ge=1)
 
 
 class CtxvecConfig(_Section):
@@ -268,6 +334,7 @@ class CtxvecConfig(_Section):
     index: IndexConfig = IndexConfig()
     registry: RegistryConfig = RegistryConfig()
     query: QueryConfig = QueryConfig()
+    serve: ServeConfig = ServeConfig()
 
     @model_validator(mode="after")
     def _coherent(self) -> CtxvecConfig:

@@ -13,7 +13,7 @@ from pathlib import Path
 from ctxvec.artifacts import EvalReport, TrainedModel
 from ctxvec.config import CtxvecConfig
 from ctxvec.evaluate.sts import evaluate_sts, read_sts
-from ctxvec.model.encoder import Encoder
+from ctxvec.model.encoder import Encoder, pick_device
 from ctxvec.workspace import Workspace, write_json
 
 log = logging.getLogger(__name__)
@@ -32,7 +32,10 @@ def run_evaluate(cfg: CtxvecConfig, ws: Workspace, trained: TrainedModel) -> Eva
     def get_encoder() -> Encoder:
         nonlocal encoder
         if encoder is None:
-            encoder = Encoder.load(trained.model_dir, device=cfg.train.device)
+            device = pick_device(cfg.train.device)
+            # fp32 on a CPU keeps evaluation exact; a GPU evaluates in bf16 as it trains.
+            encoder = Encoder.load(trained.model_dir, device=str(device),
+                                   precision="bf16" if device.type == "cuda" else "fp32")
         return encoder
 
     for name, path in (("sts", ecfg.sts), ("retrieval", ecfg.retrieval), ("wic", ecfg.wic)):

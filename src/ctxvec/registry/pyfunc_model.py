@@ -16,7 +16,7 @@ class CtxvecEncoderModel(PythonModel):
     def load_context(self, context) -> None:
         from ctxvec.model.encoder import Encoder
 
-        self.encoder = Encoder.load(context.artifacts["encoder"], device="auto")
+        self.encoder = Encoder.load(context.artifacts["encoder"], device="auto", precision="auto")
 
     def predict(self, context, model_input: list[str], params=None) -> list[list[float]]:
         return self.encoder.encode(list(model_input)).tolist()

@@ -57,7 +57,9 @@ def _sts_eval(path: str, tokenizer, settings, batch_size: int) -> Evaluate:
     pairs = read_sts(path)
 
     def evaluate(model) -> dict[str, float]:
-        enc = Encoder(model.base_model, tokenizer, settings, next(model.parameters()).device)
+        device = next(model.parameters()).device
+        enc = Encoder(model.base_model, tokenizer, settings, device,
+                      "bf16" if device.type == "cuda" else "fp32")
         return {"sts_spearman": evaluate_sts(enc, pairs, batch_size)["spearman"]}
 
     return evaluate
