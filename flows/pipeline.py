@@ -112,7 +112,7 @@ def promote_task(
 def sample_query_task(cfg: CtxvecConfig, ws: Workspace) -> list[dict]:
     if not cfg.query.sample:
         return []
-    searcher = Searcher(ws, f"models:/{cfg.registry.model_name}@champion")
+    searcher = Searcher(ws, f"models:/{cfg.registry.model_name}@champion", cfg)
     return [h.to_dict() for h in searcher.search(cfg.query.sample, cfg.query.k)]
 
 

@@ -376,29 +376,231 @@ def finetune(
 # --- query ----------------------------------------------------------------------------------
 
 
+def _parse_filters(items: list[str] | None) -> dict[str, list[str]]:
+    """``["source=wiki", "source=news", "title=Paris"]`` -> {"source": [...], "title": [...]}:
+    one key repeated means any of its values; different keys must all match."""
+    filters: dict[str, list[str]] = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise UserError(f"--filter {item!r} must look like KEY=VALUE, e.g. source=wiki_00")
+        filters.setdefault(key.strip(), []).append(value)
+    return filters
+
+
 @app.command()
 @command
 def query(
-    text: Annotated[str, typer.Argument(help="The text whose nearest neighbours you want.")],
+    text: Annotated[str | None, typer.Argument(
+        help="The text whose nearest neighbours you want (or use --id / --vector-file).")] = None,
+    doc_id: Annotated[str | None, typer.Option(
+        "--id", help="Neighbours of this indexed document (itself left out).")] = None,
+    vector_file: Annotated[Path | None, typer.Option(
+        "--vector-file", help="Neighbours of a vector: .npy of shape (D,) or (1, D), or a text "
+        "file of D numbers.")] = None,
+    word: Annotated[str | None, typer.Option(
+        "--word", help="Sense search: the occurrences of this word used as in --context.")] = None,
+    context: Annotated[str | None, typer.Option(
+        "--context", help="Sense search: a sentence using --word in the sense you mean.")] = None,
     k: Annotated[int, typer.Option("-k", "--k", help="Number of documents to return.")] = 10,
+    filter_: Annotated[list[str] | None, typer.Option(
+        "--filter", help="Only documents whose metadata match KEY=VALUE (source, title; "
+        "repeatable: the same key twice means either value).")] = None,
+    hybrid: Annotated[bool, typer.Option(
+        "--hybrid", help="TEXT only: fuse dense and BM25 rankings (reciprocal-rank fusion); "
+        "scores are then fusion scores.")] = False,
     model: Annotated[str | None, typer.Option(
         "--model", help="Registry reference whose index serves the query "
         "[default: models:/ctxvec-encoder@champion].")] = None,
+    config: Annotated[Path | None, typer.Option(
+        "--config", "-c", help="Recipe YAML whose index/query sections apply (mmap, device, "
+        "rrf_k).")] = None,
     as_json: JsonOpt = False,
 ) -> str:
-    """Nearest documents to TEXT, from the champion model and its own index."""
-    from ctxvec.serve.search import Searcher
+    """Nearest documents to TEXT, to an indexed document (--id) or to a vector (--vector-file),
+    from the champion model and its own index."""
+    from ctxvec.serve.search import Searcher, read_query_vector
 
+    if word is not None or context is not None:  # sense search: word occurrences, not documents
+        mixed = any(v for v in (text, doc_id, vector_file, filter_, hybrid))
+        return _sense_query(word, context, k, model, as_json, mixed)
+    given = [name for name, v in (("TEXT", text), ("--id", doc_id),
+                                  ("--vector-file", vector_file)) if v is not None]
+    if len(given) != 1:
+        raise UserError("give exactly one of TEXT, --id DOC or --vector-file F"
+                        + (f" (got {', '.join(given)})" if given else ""))
+    if hybrid and text is None:
+        raise UserError("--hybrid needs TEXT: BM25 ranks words, not vectors")
+    if k < 1:
+        raise UserError(f"-k must be at least 1, got {k}")
+    filters = _parse_filters(filter_)
+    vector = read_query_vector(vector_file) if vector_file is not None else None
+    ref = model or f"models:/{DEFAULT_MODEL_NAME}@champion"
+    if not ref.startswith("models:/"):
+        raise UserError("--model must be a registry reference (models:/<name>@<alias> or "
+                        "models:/<name>/<version>): only registered versions have an index")
+    from ctxvec.config import load_config
+
+    searcher = Searcher(_workspace(), ref, load_config(config, []))
+    if text is not None:
+        found = searcher.search(text, k, filters, hybrid=hybrid)
+    elif doc_id is not None:
+        found = searcher.search_id(doc_id, k, filters)
+    else:
+        found = searcher.search_vector(vector, k, filters)
+    hits = [h.to_dict() for h in found]
+    if as_json:
+        return _dump({"hits": hits})
+    return _format_hits(hits) if hits else "no hits"
+
+
+def _sense_query(word: str | None, context: str | None, k: int, model: str | None,
+                 as_json: bool, mixed: bool) -> str:
+    """``query --word W --context SENTENCE``: where else the corpus uses W as SENTENCE does,
+    from the champion's sense index (``<index folder>/senses``)."""
+    from ctxvec.serve.senses import SenseSearcher
+
+    if word is None or context is None:
+        raise UserError("sense search needs both --word W and --context SENTENCE")
+    if mixed:
+        raise UserError("--word/--context search word occurrences: leave out TEXT, --id, "
+                        "--vector-file, --filter and --hybrid")
     if k < 1:
         raise UserError(f"-k must be at least 1, got {k}")
     ref = model or f"models:/{DEFAULT_MODEL_NAME}@champion"
     if not ref.startswith("models:/"):
         raise UserError("--model must be a registry reference (models:/<name>@<alias> or "
                         "models:/<name>/<version>): only registered versions have an index")
-    hits = [h.to_dict() for h in Searcher(_workspace(), ref).search(text, k)]
+    hits = [h.to_dict() for h in SenseSearcher.from_registry(_workspace(), ref).senses(
+        word, context, k)]
     if as_json:
         return _dump({"hits": hits})
-    return _format_hits(hits) if hits else "no hits"
+    return _format_senses(hits) if hits else "no hits"
+
+
+def _format_senses(hits: list[dict]) -> str:
+    out = []
+    for rank, h in enumerate(hits, 1):
+        a, b = h["start"] - h["snippet_start"], h["end"] - h["snippet_start"]
+        text = h["text"]
+        marked = " ".join(f"{text[:a]}[{text[a:b]}]{text[b:]}".split())
+        title = f" [{h['title']}]" if h.get("title") else ""
+        out.append(f"{rank:>3}. {h['score']:.4f}  {h['doc_id']}{title} @{h['start']}\n"
+                   f"       {marked}")
+    return "\n".join(out)
+
+
+# --- explain --------------------------------------------------------------------------------
+
+
+def _parse_head(head: str) -> int | None:
+    if head.strip().lower() == "mean":
+        return None
+    try:
+        return int(head)
+    except ValueError:
+        raise UserError(f"--head must be a head number or 'mean', got {head!r}") from None
+
+
+@app.command()
+@command
+def explain(
+    text: Annotated[str, typer.Argument(help="The text whose attention you want to see.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="PNG file to write.")],
+    model: Annotated[str, typer.Option(
+        "--model", "-m", help="Model reference: models:/<name>@<alias>, minilm or a "
+        "folder.")] = f"models:/{DEFAULT_MODEL_NAME}@champion",
+    layer: Annotated[int, typer.Option(help="Transformer layer: 0 the first, -1 the "
+                                       "last.")] = -1,
+    head: Annotated[str, typer.Option(help="Attention head number, or 'mean' for the mean "
+                                      "over heads.")] = "mean",
+    max_tokens: Annotated[int, typer.Option(help="Cut the text to this many tokens "
+                                            "(specials included).")] = 64,
+    as_json: JsonOpt = False,
+) -> str:
+    """Draw the attention weights of one layer and head (or their mean) over the tokens of TEXT
+    as a heatmap PNG; --json also prints the tokens and weights."""
+    from ctxvec.model.attention import attention_map, draw_attention
+
+    if out.suffix.lower() != ".png":
+        raise UserError(f"--out {out} must end in .png")
+    amap = attention_map(model, text, layer, _parse_head(head), max_tokens,
+                         workspace_root=_workspace().root)
+    draw_attention(amap.tokens, amap.weights, out, amap.title(model))
+    if as_json:
+        return _dump({"out": str(out), "model": model, **amap.to_dict()})
+    return f"wrote {out}: {amap.title(model)}; {len(amap.tokens)} tokens"
+
+
+# --- serve ----------------------------------------------------------------------------------
+
+
+def _is_loopback(host: str) -> bool:
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _uvicorn_log_config() -> dict:
+    """uvicorn's own logging, with its access log on stderr too (stdout is for results)."""
+    import copy
+
+    from uvicorn.config import LOGGING_CONFIG
+
+    conf = copy.deepcopy(LOGGING_CONFIG)
+    for handler in conf["handlers"].values():
+        handler["stream"] = "ext://sys.stderr"
+    return conf
+
+
+@app.command()
+@command
+def serve(
+    host: Annotated[str | None, typer.Option(help="Bind address [default: serve.host, "
+                    "127.0.0.1]; anything but loopback should come with an API key.")] = None,
+    port: Annotated[int | None, typer.Option(min=1, max=65535, help="Port [default: "
+                    "serve.port, 8000].")] = None,
+    model: Annotated[str | None, typer.Option(
+        "--model", help="Registry reference to serve; an alias is followed as it moves "
+        "[default: models:/<registry.model_name>@champion].")] = None,
+    api_key: Annotated[str | None, typer.Option(
+        "--api-key", help="Require this key in the X-API-Key header [default: the variable "
+        "serve.api_key_env names, CTXVEC_API_KEY; unset: no key].")] = None,
+    config: Annotated[Path | None, typer.Option("--config", "-c", help="Recipe YAML (its "
+                      "serve and registry sections are used).")] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="Override a key: "
+                    "--set serve.max_batch=32 (repeatable).")] = None,
+    access_log: Annotated[bool, typer.Option("--access-log/--no-access-log",
+                                             help="Log every request on stderr.")] = True,
+) -> None:
+    """Serve the champion over HTTP (FastAPI + uvicorn, one worker): POST /search, /embed,
+    /senses, GET /health, /models, the web page at / and the schema at /openapi.json. A new
+    champion is picked up without dropping requests."""
+    import uvicorn
+
+    from ctxvec.config import load_config
+    from ctxvec.serve.app import create_app
+
+    cfg = load_config(config, set_)
+    host = host or cfg.serve.host
+    port = port or cfg.serve.port
+    ref = model or f"models:/{cfg.registry.model_name}@champion"
+    if not ref.startswith("models:/"):
+        raise UserError("--model must be a registry reference (models:/<name>@<alias> or "
+                        "models:/<name>/<version>): only registered versions have an index")
+    key = api_key or os.environ.get(cfg.serve.api_key_env) or None
+    if not key and not _is_loopback(host):
+        typer.echo(f"warning: serving on {host} without an API key: anyone who reaches this "
+                   f"port can query the index; set {cfg.serve.api_key_env} or pass --api-key",
+                   err=True)
+    application = create_app(_workspace(), cfg, ref, api_key=key)
+    uvicorn.run(application, host=host, port=port, workers=1, access_log=access_log,
+                log_config=_uvicorn_log_config())
 
 
 # --- encode ---------------------------------------------------------------------------------
@@ -446,6 +648,80 @@ def encode(
     return _dump(summary) if as_json else f"wrote {len(lines)} vectors of {encoder.dim} to {output}"
 
 
+# --- embed ----------------------------------------------------------------------------------
+
+
+def _model_version_for(ref: str, model_dir: Path, ws) -> str:
+    """The ``model_version`` embeddings are labelled with: the registry version number, else a
+    name derived from the reference and its weights (so two different folders never share)."""
+    from ctxvec.model.refs import is_registry_ref
+    from ctxvec.workspace import sha256_text
+
+    if is_registry_ref(ref):
+        from ctxvec.registry.store import get_version
+
+        return get_version(ws, ref).version
+    if ref == "minilm":
+        return "minilm"
+    weights = sorted(model_dir.glob("*.safetensors"))
+    stamp = ";".join(f"{f.name}:{f.stat().st_size}" for f in weights)
+    return f"{model_dir.name}-{sha256_text(str(model_dir.resolve()) + stamp)[:8]}"
+
+
+@app.command()
+@command
+def embed(
+    model: Annotated[str, typer.Option("--model", "-m", help="Model reference: minilm, a "
+                                       "folder, models:/<name>@<alias> or models:/<name>/<N>.")],
+    snapshot: Annotated[str | None, typer.Option(
+        "--snapshot", help="Corpus snapshot id (default: the newest; the corpus view up to it "
+        "is embedded).")] = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    words: Annotated[bool, typer.Option(
+        "--words", help="Also write a context vector per word occurrence (sense search).")] = False,
+    build_index: Annotated[bool, typer.Option(
+        "--index", help="Then build the FAISS index; for a registry version, also link it to "
+        "the version (a server can then serve the pair).")] = False,
+    as_json: JsonOpt = False,
+) -> str:
+    """Embed the corpus into Parquet: one L2-normalised vector per chunk (doc_id, chunk, char
+    offsets, model_version, vector). Resumable: re-running after an interruption continues from
+    the first shard not written."""
+    from ctxvec.config import load_config
+    from ctxvec.embed.corpus import run_embed
+    from ctxvec.model.refs import is_registry_ref, resolve_model_ref
+
+    overrides = list(set_ or [])
+    if words:
+        overrides.append("embed.words.enabled=true")
+    cfg = load_config(config, overrides)
+    ws = _workspace().ensure()
+    snap = _corpus_snapshot(snapshot)
+    model_dir = resolve_model_ref(model, ws.root)
+    version = _model_version_for(model, model_dir, ws)
+    emb = run_embed(cfg, ws, snap, str(model_dir), version)
+    out: dict[str, Any] = {"model": model, "model_version": version, "snapshot": snap.snapshot_id,
+                           "embeddings": emb.to_dict(), "index": None}
+    if build_index:
+        from ctxvec.index.build import run_index
+
+        idx = run_index(cfg, ws, emb)
+        out["index"] = idx.to_dict()
+        if is_registry_ref(model):
+            from ctxvec.registry.store import attach_index, get_version
+
+            attach_index(ws, get_version(ws, model).name, version, idx)
+    if as_json:
+        return _dump(out)
+    text = (f"embedded {emb.docs} documents as {emb.rows} chunk vectors (dim {emb.dim}) "
+            f"-> {emb.path}")
+    if out["index"]:
+        text += f"\nindex: {out['index']['factory']}, recall@10 vs exact " \
+                f"{out['index']['recall_at_10']:.3f} -> {out['index']['path']}"
+    return text
+
+
 # --- eval -----------------------------------------------------------------------------------
 
 
@@ -480,9 +756,14 @@ def eval_retrieval(
     model: Annotated[str, typer.Option("--model", "-m", help="Model reference.")],
     split: Annotated[str, typer.Option(help="Qrels split: qrels/<split>.tsv.")] = "test",
     batch_size: Annotated[int, typer.Option(help="Sequences per forward pass.")] = 64,
+    search: Annotated[str, typer.Option(
+        "--search", help="exact (numpy, the reference) or index (a FAISS index built from "
+        "--factory, as the pipeline serves; with Flat both give the same figures).")] = "exact",
+    factory: Annotated[str, typer.Option(
+        "--factory", help="FAISS factory string for --search index.")] = "Flat",
     as_json: JsonOpt = False,
 ) -> str:
-    """nDCG@10, Recall@100 and MRR@10 of exact dense retrieval on a BEIR-format set."""
+    """nDCG@10, Recall@100 and MRR@10 of dense retrieval on a BEIR-format set."""
     from ctxvec.evaluate.retrieval import evaluate_retrieval, read_beir
     from ctxvec.model.encoder import Encoder
     from ctxvec.model.refs import resolve_model_ref
@@ -491,8 +772,12 @@ def eval_retrieval(
         raise UserError("--batch-size must be at least 1")
     beir = read_beir(data, split)
     encoder = Encoder.load(resolve_model_ref(model, _workspace().root))
-    result = {**evaluate_retrieval(encoder, beir, batch_size), "model": model,
-              "data": str(data), "split": split}
+    if search not in ("exact", "index"):
+        raise UserError(f"--search must be exact or index, got {search!r}")
+    result = {**evaluate_retrieval(encoder, beir, batch_size, search=search, factory=factory),
+              "model": model, "data": str(data), "split": split, "search": search}
+    if search == "index":
+        result["factory"] = factory
     if as_json:
         return _dump(result)
     return (f"retrieval {data.name}/{split}: ndcg@10 {result['ndcg@10']:.4f}, recall@100 "

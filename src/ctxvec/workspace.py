@@ -99,6 +99,24 @@ class Workspace:
             tmp.rename(final)
 
 
+    @contextlib.contextmanager
+    def resumable_dir(self, final: Path, key: str) -> Iterator[Path]:
+        """Like ``stage_dir``, but the staging folder survives a failure and is handed back to
+        the next attempt with the same ``key`` (a hash of everything its contents depend on), so
+        work written into it atomically piece by piece is not done twice."""
+        final.parent.mkdir(parents=True, exist_ok=True)
+        work = final.parent / f".partial-{final.name}-{key[:16]}"
+        work.mkdir(exist_ok=True)
+        yield work
+        if final.exists():
+            old = final.parent / f".old-{final.name}-{uuid.uuid4().hex[:8]}"
+            final.rename(old)
+            work.rename(final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            work.rename(final)
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")

@@ -107,7 +107,9 @@ def test_registry_version_alias_and_tags(first_run):
 
 def test_embeddings_and_index(first_run):
     _, s = first_run
-    emb = pq.read_table(Path(s["embeddings"]["path"]) / "embeddings.parquet")
+    shards = sorted(Path(s["embeddings"]["path"]).glob("part-*.parquet"))
+    assert shards, "the embeddings folder holds Parquet shards"
+    emb = pa.concat_tables([pq.read_table(f) for f in shards])
     assert emb.column_names == ["doc_id", "chunk", "start", "end", "model_version", "vector"]
     vtype = emb.schema.field("vector").type
     assert vtype.list_size == 32 and str(vtype.value_type) == "float"
@@ -154,7 +156,9 @@ def test_pyfunc_loads_in_a_fresh_process(first_run):
     vecs = np.asarray(json.loads(proc.stdout.strip().splitlines()[-1]))
     from ctxvec.model.encoder import Encoder
 
-    direct = Encoder.load(s["train"]["model_dir"]).encode(["I saw a saw.", "a football club"])
+    # The pyfunc serves as `ctxvec embed` and `query` do: precision auto (bf16 where fast).
+    direct = Encoder.load(s["train"]["model_dir"], precision="auto").encode(
+        ["I saw a saw.", "a football club"])
     assert vecs.shape == (2, 32)
     assert np.allclose(vecs, direct, atol=1e-5)
 

@@ -17,6 +17,7 @@ from ctxvec.evaluate.perplexity import evaluate_perplexity, read_passages
 from ctxvec.evaluate.retrieval import (
     evaluate_retrieval,
     exact_search,
+    index_search,
     rank_beir,
     read_beir,
     retrieval_metrics,
@@ -109,6 +110,22 @@ def test_exact_search_ranks_by_inner_product_and_skips_self_hits():
     ranked = exact_search(queries, docs, ["d1", "q2"], ["d0", "d1", "d2", "d3"], k=3)
     assert ranked["d1"] == ["d2", "d0", "d3"]  # d1 is the query itself: skipped, not cut
     assert ranked["q2"] == ["d3", "d2", "d1"]
+
+
+def test_index_search_ranks_exactly_like_exact_search_even_with_ties():
+    rng = np.random.default_rng(0)
+    docs = rng.normal(size=(500, 16)).astype(np.float32)
+    docs[250:300] = docs[200:250]  # duplicated documents: tied scores everywhere
+    docs /= np.linalg.norm(docs, axis=1, keepdims=True)
+    queries = docs[rng.choice(500, 60, replace=False)] + 0.1 * rng.normal(size=(60, 16))
+    queries = (queries / np.linalg.norm(queries, axis=1, keepdims=True)).astype(np.float32)
+    doc_ids = [f"d{i}" for i in range(500)]
+    query_ids = [f"d{i}" if i % 2 else f"q{i}" for i in range(60)]  # some are their own docs
+    exact = exact_search(queries, docs, query_ids, doc_ids, k=100)
+    assert exact == index_search(queries, docs, query_ids, doc_ids, k=100, factory="Flat")
+    # An approximate index is allowed to differ, and it does through the same code path.
+    approx = index_search(queries, docs, query_ids, doc_ids, k=100, factory="IVF16,Flat")
+    assert all(0 < len(v) <= 100 and set(v) <= set(doc_ids) for v in approx.values())
 
 
 def _write_beir(folder: Path, corpus, queries, qrels_lines) -> Path:

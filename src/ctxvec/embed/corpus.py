@@ -2,30 +2,42 @@
 
 Documents longer than the model's window are cut into overlapping token windows (``stride``
 tokens shared); each chunk keeps the character offsets of the text it covers, so a hit can show
-exactly what matched. Chunks are encoded longest-first with per-batch padding.
+exactly what matched. Within a shard, chunks are encoded longest-first with per-batch padding.
+
+The corpus is cut into shards of ``embed.shard_docs`` documents (in corpus order). Each shard is
+written atomically as ``part-NNNNN.parquet`` into a work folder keyed by everything the vectors
+depend on, so an interrupted run picks up at the first missing shard; the folder becomes the
+embeddings folder only when every shard is there. With several GPUs, one process per GPU takes
+every n-th shard.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import multiprocessing as mp
+import os
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+import torch
+from tqdm.auto import tqdm
 
 from ctxvec.artifacts import Embeddings, Snapshot
 from ctxvec.config import CtxvecConfig
-from ctxvec.ingest.corpus import iter_corpus
+from ctxvec.ingest.corpus import count_docs, iter_corpus
 from ctxvec.model.encoder import Encoder
-from ctxvec.workspace import Workspace, write_manifest
+from ctxvec.workspace import Workspace, sha256_text, write_manifest
 
 log = logging.getLogger(__name__)
 
-EMBEDDINGS_FILE = "embeddings.parquet"
-DOC_BATCH = 512
+SHARD_GLOB = "part-*.parquet"
+WORDS_DIR = "words"
 
 
 def embeddings_schema(dim: int, dtype: str = "float32") -> pa.Schema:
@@ -68,58 +80,209 @@ def chunk_documents(
     return enc["input_ids"], list(doc_of), chunk_no, spans
 
 
-def iter_doc_batches(corpus: list[str]) -> Iterator[tuple[list[str], list[str]]]:
-    for batch in iter_corpus(corpus, ("doc_id", "text"), batch_size=DOC_BATCH):
-        yield batch.column(0).to_pylist(), batch.column(1).to_pylist()
+def iter_shards(corpus: list[str], shard_docs: int) -> Iterator[tuple[int, list[str], list[str]]]:
+    """(shard number, doc ids, texts) in corpus order, ``shard_docs`` documents per shard."""
+    ids: list[str] = []
+    texts: list[str] = []
+    shard = 0
+    for batch in iter_corpus(corpus, ("doc_id", "text"), batch_size=min(shard_docs, 4096)):
+        ids.extend(batch.column(0).to_pylist())
+        texts.extend(batch.column(1).to_pylist())
+        while len(ids) >= shard_docs:
+            yield shard, ids[:shard_docs], texts[:shard_docs]
+            ids, texts = ids[shard_docs:], texts[shard_docs:]
+            shard += 1
+    if ids:
+        yield shard, ids, texts
+
+
+@dataclass(frozen=True)
+class EmbedJob:
+    """Everything a worker process needs to embed its shards (picklable)."""
+
+    model_dir: str
+    model_version: str
+    corpus: list[str]
+    work_dir: str
+    max_tokens: int | None
+    stride: int
+    pooling: str
+    precision: str
+    dtype: str
+    batch_size: int
+    shard_docs: int
+
+    def load_encoder(self, device: str) -> Encoder:
+        encoder = Encoder.load(self.model_dir, device=device, precision=self.precision)
+        max_tokens = min(self.max_tokens or encoder.settings.max_length,
+                         encoder.settings.max_length)
+        pooling = encoder.settings.pooling if self.pooling == "model" else self.pooling
+        encoder.settings = replace(encoder.settings, max_length=max_tokens, pooling=pooling)
+        return encoder
+
+
+def shard_path(work_dir: str | Path, shard: int) -> Path:
+    return Path(work_dir) / f"part-{shard:05d}.parquet"
+
+
+def embed_shard(
+    encoder: Encoder, job: EmbedJob, doc_ids: list[str], texts: list[str]
+) -> pa.Table:
+    """One shard of documents -> its embeddings table (chunks in document order)."""
+    max_tokens = encoder.settings.max_length
+    stride = min(job.stride, max_tokens // 2)
+    ids, doc_of, chunk_no, spans = chunk_documents(encoder, texts, max_tokens, stride)
+    vecs = encoder.encode_ids(ids, batch_size=job.batch_size) if ids else \
+        np.empty((0, encoder.dim), np.float32)
+    np_dtype = np.float16 if job.dtype == "float16" else np.float32
+    flat = pa.array(vecs.astype(np_dtype).ravel())
+    table = pa.table(
+        {
+            "doc_id": [doc_ids[d] for d in doc_of],
+            "chunk": pa.array(chunk_no, pa.int32()),
+            "start": pa.array([s for s, _ in spans], pa.int32()),
+            "end": pa.array([e for _, e in spans], pa.int32()),
+            "model_version": [job.model_version] * len(ids),
+            "vector": pa.FixedSizeListArray.from_arrays(flat, encoder.dim),
+        },
+        schema=embeddings_schema(encoder.dim, job.dtype),
+    )
+    return table.replace_schema_metadata({"docs": str(len(doc_ids))})
+
+
+def write_shard(table: pa.Table, path: Path) -> None:
+    """Write a shard under a temporary name, then rename: a shard file is whole or absent."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    pq.write_table(table, tmp)
+    os.replace(tmp, path)
+
+
+def embed_worker(job: EmbedJob, device: str, rank: int = 0, world: int = 1) -> int:
+    """Embed the shards ``rank, rank + world, ...`` that are not written yet; -> shards done."""
+    if world > 1:
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
+    encoder = job.load_encoder(device)
+    total = count_docs(job.corpus)
+    done = 0
+    bar = tqdm(total=total, desc=f"embed[{device}]" if world > 1 else "embed", unit="doc",
+               position=rank, leave=False)
+    for shard, doc_ids, texts in iter_shards(job.corpus, job.shard_docs):
+        mine = shard % world == rank
+        if mine and not shard_path(job.work_dir, shard).exists():
+            write_shard(embed_shard(encoder, job, doc_ids, texts),
+                        shard_path(job.work_dir, shard))
+            done += 1
+        if mine or world == 1:
+            bar.update(len(doc_ids))
+    bar.close()
+    return done
+
+
+def _spawned_worker(job: EmbedJob, device: str, rank: int, world: int) -> int:
+    logging.basicConfig(level=logging.WARNING)
+    return embed_worker(job, device, rank, world)
+
+
+def run_workers(job: EmbedJob, devices: list[str]) -> int:
+    """One worker per device: in this process for one device, spawned processes for several."""
+    if len(devices) == 1:
+        return embed_worker(job, devices[0])
+    ctx = mp.get_context("spawn")  # CUDA cannot be used in a forked child
+    with ctx.Pool(len(devices)) as pool:
+        results = [pool.apply_async(_spawned_worker, (job, d, r, len(devices)))
+                   for r, d in enumerate(devices)]
+        return sum(r.get() for r in results)
+
+
+def embed_devices(cfg: CtxvecConfig) -> list[str]:
+    """The devices to embed on: every visible GPU (up to ``embed.devices``), else one CPU/GPU."""
+    device = cfg.train.device
+    if device in ("auto", "cuda") and torch.cuda.is_available():
+        n = torch.cuda.device_count()
+        n = min(n, cfg.embed.devices) if cfg.embed.devices else n
+        return [f"cuda:{i}" for i in range(n)]
+    return [device if device != "auto" else "cpu"]
+
+
+def job_key(job: EmbedJob, model_files: str) -> str:
+    """A hash of everything the vectors depend on: reused shards must match it exactly."""
+    fields = {k: v for k, v in job.__dict__.items() if k not in ("work_dir", "batch_size")}
+    return sha256_text(json.dumps(fields, sort_keys=True) + model_files)
+
+
+def _model_fingerprint(model_dir: str) -> str:
+    """Sizes and mtimes of the weight files: cheap, and changes when the weights do."""
+    parts = []
+    for f in sorted(Path(model_dir).glob("*")):
+        if f.is_file():
+            st = f.stat()
+            parts.append(f"{f.name}:{st.st_size}:{int(st.st_mtime)}")
+    return ";".join(parts)
 
 
 def run_embed(
-    cfg: CtxvecConfig, ws: Workspace, snapshot: Snapshot, model_dir: str, model_version: str
+    cfg: CtxvecConfig, ws: Workspace, snapshot: Snapshot, model_dir: str, model_version: str,
+    devices: list[str] | None = None,
 ) -> Embeddings:
+    """Embed every document of the snapshot's corpus view with one model version."""
     started = time.time()
     ecfg = cfg.embed
-    encoder = Encoder.load(model_dir, device=cfg.train.device)
-    max_tokens = min(ecfg.max_tokens or encoder.settings.max_length, encoder.settings.max_length)
-    stride = min(ecfg.stride, max_tokens // 2)
-    schema = embeddings_schema(encoder.dim, ecfg.dtype)
-    np_dtype = np.float16 if ecfg.dtype == "float16" else np.float32
+    job = EmbedJob(
+        model_dir=str(model_dir), model_version=str(model_version),
+        corpus=[str(c) for c in snapshot.corpus], work_dir="", max_tokens=ecfg.max_tokens,
+        stride=ecfg.stride, pooling=ecfg.pooling, precision=ecfg.precision, dtype=ecfg.dtype,
+        batch_size=ecfg.batch_size, shard_docs=ecfg.shard_docs,
+    )
+    devices = devices or embed_devices(cfg)
     final = ws.embeddings / f"v{model_version}"
-    rows, docs = 0, 0
-    with ws.stage_dir(final) as tmp:
-        with pq.ParquetWriter(tmp / EMBEDDINGS_FILE, schema) as writer:
-            for doc_ids, texts in iter_doc_batches(snapshot.corpus):
-                ids, doc_of, chunk_no, spans = chunk_documents(encoder, texts, max_tokens, stride)
-                vecs = encoder.encode_ids(ids, batch_size=ecfg.batch_size, progress=True)
-                flat = pa.array(vecs.astype(np_dtype).ravel())
-                table = pa.table(
-                    {
-                        "doc_id": [doc_ids[d] for d in doc_of],
-                        "chunk": pa.array(chunk_no, pa.int32()),
-                        "start": pa.array([s for s, _ in spans], pa.int32()),
-                        "end": pa.array([e for _, e in spans], pa.int32()),
-                        "model_version": [model_version] * len(ids),
-                        "vector": pa.FixedSizeListArray.from_arrays(flat, encoder.dim),
-                    },
-                    schema=schema,
-                )
-                writer.write_table(table)
-                rows += len(ids)
-                docs += len(doc_ids)
-                log.info("embed: %d documents, %d chunks so far", docs, rows)
+    key = job_key(job, _model_fingerprint(job.model_dir))
+    with ws.resumable_dir(final, key) as work:
+        job = replace(job, work_dir=str(work))
+        resumed = len(list(work.glob(SHARD_GLOB)))
+        if resumed:
+            log.info("embed: resuming, %d shard(s) already written in %s", resumed, work)
+        run_workers(job, devices)
+        encoder = job.load_encoder(devices[0])
+        words = None
+        if ecfg.words.enabled:
+            from ctxvec.embed.words import run_words
+
+            words = run_words(cfg, encoder, job.corpus, work / WORDS_DIR, job.model_version)
+        rows, docs = _count(work)
         write_manifest(
-            tmp, "embed", started, snapshot=snapshot.snapshot_id, corpus=snapshot.corpus,
-            model_dir=model_dir, model_version=model_version, rows=rows, docs=docs,
-            dim=encoder.dim, dtype=ecfg.dtype, max_tokens=max_tokens, stride=stride,
+            work, "embed", started, snapshot=snapshot.snapshot_id, corpus=job.corpus,
+            model_dir=job.model_dir, model_version=job.model_version, rows=rows, docs=docs,
+            dim=encoder.dim, dtype=ecfg.dtype, max_tokens=encoder.settings.max_length,
+            stride=min(job.stride, encoder.settings.max_length // 2),
             pooling=encoder.settings.pooling, normalized=encoder.settings.normalize,
+            precision=encoder.precision, devices=devices, shard_docs=job.shard_docs,
+            shards=len(list(work.glob(SHARD_GLOB))), resumed_shards=resumed, words=words,
         )
     log.info("embed: %d chunks from %d documents in %.1fs", rows, docs, time.time() - started)
-    return Embeddings(str(final), rows, docs, encoder.dim, model_version)
+    return Embeddings(str(final), rows, docs, encoder.dim, str(model_version))
+
+
+def _count(folder: Path) -> tuple[int, int]:
+    rows = docs = 0
+    for f in sorted(folder.glob(SHARD_GLOB)):
+        meta = pq.ParquetFile(f)
+        rows += meta.metadata.num_rows
+        docs += int((meta.schema_arrow.metadata or {}).get(b"docs", b"0"))
+    return rows, docs
+
+
+def read_embeddings_table(path: str | Path, columns: list[str] | None = None) -> pa.Table:
+    """All shards of an embeddings folder (or one Parquet file) as one table, in shard order."""
+    p = Path(path)
+    files = sorted(p.glob(SHARD_GLOB)) if p.is_dir() else [p]
+    if not files:
+        raise FileNotFoundError(f"no embeddings shards ({SHARD_GLOB}) in {p}")
+    return pa.concat_tables([pq.read_table(f, columns=columns) for f in files])
 
 
 def read_vectors(path: str | Path) -> tuple[np.ndarray, pa.Table]:
     """-> (float32 vectors (N, D), the other columns) of an embeddings folder or file."""
-    p = Path(path)
-    table = pq.read_table(p / EMBEDDINGS_FILE if p.is_dir() else p)
+    table = read_embeddings_table(path)
     col = table.column("vector").combine_chunks()
     dim = col.type.list_size
     vecs = col.values.to_numpy(zero_copy_only=False).astype(np.float32).reshape(-1, dim)

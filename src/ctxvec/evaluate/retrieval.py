@@ -43,6 +43,7 @@ NDCG_K = 10
 RECALL_K = 100
 MRR_K = 10
 QUERY_BLOCK = 1024  # queries scored per matmul: (1024, N) float32 stays small for any corpus
+CANDIDATE_MARGIN = 16  # extra candidates re-scored exactly before the cut at k (see _take)
 
 
 @dataclass(frozen=True)
@@ -148,6 +149,33 @@ def _doc_text(title: str, text: str) -> str:
     return f"{title} {text}".strip() if title.strip() else text.strip()
 
 
+def _rank_candidates(
+    query_vecs: np.ndarray,
+    doc_vecs: np.ndarray,
+    candidates: np.ndarray,
+    query_ids: Sequence[str],
+    doc_ids: Sequence[str],
+    k: int,
+) -> dict[str, list[str]]:
+    """Order each query's candidate rows by score (float64, recomputed here), ties by row number,
+    and drop the query's own doc id. Exact and index search both end here, so given the same
+    candidates they rank identically, whatever order or rounding their search produced."""
+    ranked: dict[str, list[str]] = {}
+    for row, qid in enumerate(query_ids):
+        cand = candidates[row]
+        cand = cand[cand >= 0]
+        scores = doc_vecs[cand].astype(np.float64) @ query_vecs[row].astype(np.float64)
+        order = np.lexsort((cand, -scores))  # score descending, then row ascending
+        ranked[qid] = [doc_ids[j] for j in cand[order] if doc_ids[j] != qid][:k]
+    return ranked
+
+
+def _take(k: int, n_docs: int) -> int:
+    # k + 1 (the query may be its own hit) + a margin, so that float32 rounding differences at
+    # the cut cannot change which of the true top k + 1 are candidates.
+    return min(k + 1 + CANDIDATE_MARGIN, n_docs)
+
+
 def exact_search(
     query_vecs: np.ndarray,
     doc_vecs: np.ndarray,
@@ -158,19 +186,34 @@ def exact_search(
     """Top-k doc ids per query by inner product, best first, skipping the doc whose id is the
     query's own (so k + 1 candidates are kept: at most one of them can be the query itself)."""
     k = min(k, len(doc_ids))
-    take = min(k + 1, len(doc_ids))
+    take = _take(k, len(doc_ids))
     ranked: dict[str, list[str]] = {}
     docs_t = np.ascontiguousarray(doc_vecs.T, dtype=np.float32)  # (D, N)
     for start in range(0, len(query_ids), QUERY_BLOCK):
-        scores = query_vecs[start : start + QUERY_BLOCK] @ docs_t  # (B, N)
+        block = query_vecs[start : start + QUERY_BLOCK]
+        scores = block @ docs_t  # (B, N)
         top = np.argpartition(-scores, take - 1, axis=1)[:, :take]  # (B, take), unordered
-        top_scores = np.take_along_axis(scores, top, axis=1)
-        order = np.argsort(-top_scores, axis=1, kind="stable")
-        top = np.take_along_axis(top, order, axis=1)
-        for row, qid in enumerate(query_ids[start : start + QUERY_BLOCK]):
-            hits = [doc_ids[j] for j in top[row] if doc_ids[j] != qid]
-            ranked[qid] = hits[:k]
+        ranked |= _rank_candidates(block, doc_vecs, top, query_ids[start : start + QUERY_BLOCK],
+                                   doc_ids, k)
     return ranked
+
+
+def index_search(
+    query_vecs: np.ndarray,
+    doc_vecs: np.ndarray,
+    query_ids: Sequence[str],
+    doc_ids: Sequence[str],
+    k: int,
+    factory: str = "Flat",
+) -> dict[str, list[str]]:
+    """The same ranking through a FAISS index built as the pipeline builds one: with ``Flat`` it
+    equals ``exact_search``; with an approximate factory the difference is what it costs."""
+    from ctxvec.index.faiss_index import FaissIndex
+
+    k = min(k, len(doc_ids))
+    index = FaissIndex.build(doc_vecs, np.arange(len(doc_ids), dtype=np.int64), factory)
+    candidates = index.search(query_vecs, _take(k, len(doc_ids)))[1]
+    return _rank_candidates(query_vecs, doc_vecs, candidates, query_ids, doc_ids, k)
 
 
 def retrieval_metrics(
@@ -205,20 +248,29 @@ def retrieval_metrics(
 
 
 def rank_beir(
-    encoder: Encoder, data: BeirData, batch_size: int = 64, k_max: int = RECALL_K
+    encoder: Encoder, data: BeirData, batch_size: int = 64, k_max: int = RECALL_K,
+    search: str = "exact", factory: str = "Flat",
 ) -> dict[str, list[str]]:
-    """Embed corpus and queries, then exact search -> {query id: top-k_max doc ids}."""
+    """Embed corpus and queries, then search (exact, or a FAISS index from ``factory``)
+    -> {query id: top-k_max doc ids}."""
     log.info("retrieval: encoding %d documents", len(data.doc_ids))
     doc_vecs = encoder.encode(data.doc_texts, batch_size=batch_size, progress=True)
     log.info("retrieval: encoding %d queries", len(data.query_ids))
     query_vecs = encoder.encode(data.query_texts, batch_size=batch_size, progress=True)
+    if search == "index":
+        return index_search(query_vecs, doc_vecs, data.query_ids, data.doc_ids, k_max, factory)
+    if search != "exact":
+        raise UserInputError(f"search must be 'exact' or 'index', got {search!r}")
     return exact_search(query_vecs, doc_vecs, data.query_ids, data.doc_ids, k_max)
 
 
 def evaluate_retrieval(
-    encoder: Encoder, data: BeirData, batch_size: int = 64, k_max: int = RECALL_K
+    encoder: Encoder, data: BeirData, batch_size: int = 64, k_max: int = RECALL_K,
+    search: str = "exact", factory: str = "Flat",
 ) -> dict[str, float]:
-    """-> {"ndcg@10", "recall@100", "mrr@10", "n_queries"} of exact dense retrieval."""
+    """-> {"ndcg@10", "recall@100", "mrr@10", "n_queries"} of dense retrieval (exact by
+    default; ``search="index"`` goes through a FAISS index built from ``factory``)."""
     if k_max < RECALL_K:
         raise UserInputError(f"k_max must be at least {RECALL_K} for recall@{RECALL_K}")
-    return retrieval_metrics(rank_beir(encoder, data, batch_size, k_max), data.qrels)
+    ranked = rank_beir(encoder, data, batch_size, k_max, search, factory)
+    return retrieval_metrics(ranked, data.qrels)

@@ -1,8 +1,11 @@
 """``run_index``: an embeddings folder -> an index folder for exactly one model version.
 
-The folder holds ``index.faiss``, ``ids.parquet`` (int64 id -> doc id, chunk, char offsets) and a
-manifest with the factory string, metric, dim, count, model version, build time and the recall@10
-measured against exact search.
+The folder holds ``index.faiss`` (+ ``index.json``), ``ids.parquet`` (stable int64 id -> doc id,
+chunk, char offsets and the metadata columns filters use), optionally ``bm25/`` for hybrid search
+and ``senses/`` (word-occurrence vectors, ``ctxvec.index.senses``), and a manifest with the
+factory string actually built (``auto`` resolved), metric, dim, count, model version, build
+time, the search parameters and the recall@10 measured with them against exact search.
+Everything is written into a staging folder and renamed into place at the end.
 """
 
 from __future__ import annotations
@@ -11,50 +14,74 @@ import logging
 import time
 from pathlib import Path
 
-import numpy as np
-import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ctxvec.artifacts import Embeddings, IndexArtifact
 from ctxvec.config import CtxvecConfig
 from ctxvec.embed.corpus import read_vectors
-from ctxvec.index.faiss_index import FaissIndex, recall_at_k
+from ctxvec.index.bm25 import BM25Index
+from ctxvec.index.faiss_index import FaissIndex, recall_at_k, resolve_factory
+from ctxvec.index.id_map import IDS_FILE, chunk_ids, chunk_metadata, id_map_table
+from ctxvec.index.senses import index_senses
 from ctxvec.workspace import Workspace, read_json, write_manifest
 
 log = logging.getLogger(__name__)
 
-IDS_FILE = "ids.parquet"
-
 
 def run_index(cfg: CtxvecConfig, ws: Workspace, emb: Embeddings) -> IndexArtifact:
     started = time.time()
+    icfg = cfg.index
     vectors, meta = read_vectors(emb.path)
     versions = set(meta.column("model_version").unique().to_pylist())
-    if versions != {emb.model_version}:
+    if versions - {emb.model_version}:
         raise ValueError(f"embeddings mix model versions {sorted(versions)}: refusing to index")
-    ids = np.arange(len(vectors), dtype=np.int64)
-    t0 = time.perf_counter()
-    index = FaissIndex.build(vectors, ids, cfg.index.factory)
-    build_s = time.perf_counter() - t0
-    recall = recall_at_k(index, vectors, ids, cfg.index.recall_sample)
     emb_manifest = read_json(Path(emb.path) / "manifest.json")
+    corpus = emb_manifest["corpus"]
+
+    # Ids, metadata and (for BM25) chunk texts: one pass over the corpus.
+    doc_ids = meta.column("doc_id").to_pylist()
+    ids = chunk_ids(doc_ids, meta.column("chunk").to_numpy())
+    metadata, texts = chunk_metadata(
+        corpus, doc_ids, meta.column("start").to_pylist(), meta.column("end").to_pylist(),
+        icfg.metadata, with_text=icfg.bm25,
+    )
+
+    # The dense index, and its recall against exact search with the parameters it will serve.
+    factory = resolve_factory(icfg.factory, len(vectors), vectors.shape[1], icfg)
+    t0 = time.perf_counter()
+    index = FaissIndex.build(vectors, ids, factory, train_size=icfg.train_sample,
+                             nprobe=icfg.nprobe, ef_search=icfg.ef_search)
+    build_s = time.perf_counter() - t0
+    recall = recall_at_k(index, vectors, ids, icfg.recall_sample)
+    bm25, bm25_s = None, 0.0
+    if texts is not None:
+        t0 = time.perf_counter()
+        bm25 = BM25Index.build(texts, ids)
+        bm25_s = time.perf_counter() - t0
+
     final = ws.indexes / f"v{emb.model_version}"
     with ws.stage_dir(final) as tmp:
         index.save(tmp)
-        id_map = pa.table({"id": pa.array(ids)}).append_column("doc_id", meta.column("doc_id"))
-        for col in ("chunk", "start", "end"):
-            id_map = id_map.append_column(col, meta.column(col))
-        pq.write_table(id_map, tmp / IDS_FILE)
+        pq.write_table(id_map_table(ids, meta, metadata), tmp / IDS_FILE)
+        if bm25 is not None:
+            bm25.save(tmp)
+        # word-occurrence vectors (embed.words.enabled) get their sense index in senses/
+        senses = index_senses(emb.path, tmp, icfg)
         write_manifest(
-            tmp, "index", started, factory=cfg.index.factory, metric="inner_product",
-            dim=index.dim, count=index.count, model_version=emb.model_version,
-            build_seconds=round(build_s, 3), recall_at_10=recall,
-            embeddings=emb.path, corpus=emb_manifest["corpus"],
-            max_tokens=emb_manifest["max_tokens"],
+            tmp, "index", started, factory=factory, factory_requested=icfg.factory,
+            metric="inner_product", dim=index.dim, count=index.count,
+            model_version=emb.model_version, build_seconds=round(build_s, 3),
+            recall_at_10=recall, recall_queries=min(icfg.recall_sample, index.count),
+            nprobe=index.nprobe, ef_search=index.ef_search, train_sample=icfg.train_sample,
+            bm25=bm25 is not None, bm25_seconds=round(bm25_s, 3),
+            metadata=list(icfg.metadata), id_scheme="blake2b-63(doc_id, chunk)",
+            senses=senses["count"] if senses else None,
+            embeddings=emb.path, corpus=corpus, max_tokens=emb_manifest["max_tokens"],
+            pooling=emb_manifest.get("pooling"), precision=emb_manifest.get("precision"),
         )
     log.info(
-        "index: %s over %d vectors (dim %d), recall@10 vs exact %.3f",
-        cfg.index.factory, index.count, index.dim, recall,
+        "index: %s over %d vectors (dim %d) in %.1fs, recall@10 vs exact %.3f%s",
+        factory, index.count, index.dim, build_s, recall, ", with BM25" if bm25 else "",
     )
-    return IndexArtifact(str(final), cfg.index.factory, index.count, index.dim, recall,
+    return IndexArtifact(str(final), factory, index.count, index.dim, recall,
                          emb.model_version)

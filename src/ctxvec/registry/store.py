@@ -260,3 +260,23 @@ def promote(ws: Workspace, name: str, version: str, alias: str = "champion") -> 
         c.set_model_version_tag(name, version, "previous_champion", previous)
     log.info("promote: %s@%s -> version %s (was %s)", name, alias, version, previous)
     return previous
+
+
+def list_versions(ws: Workspace, name: str) -> list[VersionInfo]:
+    """Every version of a registered model, newest first, with its tags and aliases."""
+    from mlflow.exceptions import MlflowException
+
+    c = client(ws)
+    try:
+        by_alias = c.get_registered_model(name).aliases  # the search below leaves aliases empty
+    except MlflowException as e:
+        raise ModelRefError(f"no registered model {name!r} ({e.error_code})") from None
+    aliases: dict[str, list[str]] = {}
+    for alias, version in by_alias.items():
+        aliases.setdefault(str(version), []).append(alias)
+    versions = c.search_model_versions(f"name='{name}'")
+    return sorted(
+        (VersionInfo(name, str(mv.version), dict(mv.tags), sorted(aliases.get(str(mv.version), [])),
+                     mv.run_id) for mv in versions),
+        key=lambda v: -int(v.version),
+    )

@@ -2,21 +2,35 @@
 
 A ``Searcher`` is built from a model reference (``models:/ctxvec-encoder@champion`` by default):
 it loads that version's encoder and the index whose manifest names the same version, and refuses
-a mismatched pair. Chunk hits are folded into document hits (best chunk per document).
+a mismatched pair. It answers a text, a stored document's id or a raw vector; metadata filters
+restrict any of them; a text query can also be hybrid (dense + BM25, fused by reciprocal rank).
+Chunk hits are folded into document hits (best chunk per document).
+
+The search parameters (nprobe, efSearch) are the index's own, those its manifest's recall@10 was
+measured with, so the recall a manifest claims is the recall served.
+
+A Searcher is shared by the threads of the HTTP server: everything it holds is read-only after
+``__init__`` and every call keeps its state in locals. The one exception is the tokenizer (a
+Rust object that HF mutates on every call to set truncation), which a lock serialises.
 """
 
 from __future__ import annotations
 
 import logging
+import re
+import threading
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
 
+from ctxvec.config import CtxvecConfig
 from ctxvec.errors import UserInputError
-from ctxvec.index.build import IDS_FILE
-from ctxvec.index.faiss_index import FaissIndex
+from ctxvec.index.bm25 import BM25Index
+from ctxvec.index.faiss_index import FaissIndex, on_device
+from ctxvec.index.fusion import reciprocal_rank_fusion
+from ctxvec.index.id_map import Filters, IdMap
 from ctxvec.ingest.corpus import read_docs
 from ctxvec.model.encoder import Encoder
 from ctxvec.registry.store import get_version, materialize
@@ -26,28 +40,31 @@ log = logging.getLogger(__name__)
 
 SNIPPET_CHARS = 400
 MAX_K = 1000
+RRF_DEPTH = 100  # chunks each ranking brings to a hybrid fusion (at least 4 k)
 
 
 class SearchError(UserInputError):
-    """A query the caller can fix (empty text, bad k)."""
+    """A query the caller can fix (empty text, bad k, unknown id or filter key, wrong dim)."""
 
 
 @dataclass(frozen=True)
 class Hit:
     doc_id: str
-    score: float
-    text: str
+    score: float  # cosine similarity; for a hybrid search, the reciprocal-rank-fusion score
+    text: str  # the best chunk's text (at most SNIPPET_CHARS)
     title: str
     chunk: int
     start: int
     end: int
+    source: str = ""
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
 class Searcher:
-    def __init__(self, ws: Workspace, ref: str):
+    def __init__(self, ws: Workspace, ref: str, cfg: CtxvecConfig | None = None):
+        cfg = cfg or CtxvecConfig()
         self.ref = ref
         info = get_version(ws, ref)
         index_uri = info.tags.get("index_uri")
@@ -55,58 +72,212 @@ class Searcher:
             raise SearchError(f"{ref} (version {info.version}) has no index: run the pipeline")
         self.version = info.version
         self.index_dir = Path(index_uri)
-        manifest = read_json(self.index_dir / "manifest.json")
-        if str(manifest["model_version"]) != info.version:
+        self.manifest = read_json(self.index_dir / "manifest.json")
+        if str(self.manifest["model_version"]) != info.version:
             raise RuntimeError(
-                f"index {index_uri} was built for version {manifest['model_version']}, "
+                f"index {index_uri} was built for version {self.manifest['model_version']}, "
                 f"not {info.version}: refusing to mix model versions"
             )
-        self.encoder = Encoder.load(materialize(ref, ws.root))
-        # Queries are cut to the window the corpus chunks were embedded with, so that a chunk's
-        # own text, used as a query, lands on that chunk's vector.
-        self.encoder.settings = replace(self.encoder.settings, max_length=manifest["max_tokens"])
-        self.index = FaissIndex.load(self.index_dir, manifest["factory"])
-        ids = pq.read_table(self.index_dir / IDS_FILE)
-        order = np.argsort(ids.column("id").to_numpy())
-        self.doc_ids = np.asarray(ids.column("doc_id").to_pylist(), dtype=object)[order]
-        self.chunks = ids.column("chunk").to_numpy()[order]
-        self.starts = ids.column("start").to_numpy()[order]
-        self.ends = ids.column("end").to_numpy()[order]
-        self.corpus = manifest["corpus"]
-        log.info("search: %s -> version %s, %d vectors", ref, self.version, self.index.count)
+        # The precision the corpus was embedded with (bf16 or fp32), when the manifest says.
+        precision = self.manifest.get("precision") or cfg.embed.precision
+        self.encoder = Encoder.load(materialize(ref, ws.root), precision=precision)
+        # Queries are cut to the window the corpus chunks were embedded with, and pooled as
+        # they were, so that a chunk's own text, used as a query, lands on that chunk's vector.
+        self.encoder.settings = replace(
+            self.encoder.settings, max_length=self.manifest["max_tokens"],
+            pooling=self.manifest.get("pooling") or self.encoder.settings.pooling)
+        self.faiss = FaissIndex.load(self.index_dir, self.manifest["factory"],
+                                     mmap=cfg.index.mmap)
+        self.faiss.live_ids()  # computed once here, not by the first concurrent queries
+        self.index = on_device(self.faiss, cfg.index.device)
+        self.id_map = IdMap.load(self.index_dir)
+        self.bm25 = (BM25Index.load(self.index_dir, mmap=cfg.index.mmap)
+                     if BM25Index.exists(self.index_dir) else None)
+        self.corpus = self.manifest["corpus"]
+        self.rrf_k = cfg.query.rrf_k
+        self.max_k = min(cfg.serve.max_k, MAX_K)
+        self._tokenizer_lock = threading.Lock()
+        log.info("search: %s -> version %s, %s over %d vectors%s", ref, self.version,
+                 self.faiss.factory, self.index.count, " + BM25" if self.bm25 else "")
 
-    def search(self, text: str, k: int = 10) -> list[Hit]:
+    # --- public API -------------------------------------------------------------------------
+
+    def info(self) -> dict:
+        return {
+            "version": self.version, "ref": self.ref, "factory": self.faiss.factory,
+            "metric": self.manifest.get("metric", "inner_product"), "count": self.index.count,
+            "dim": self.faiss.dim, "recall_at_10": self.manifest.get("recall_at_10"),
+            "nprobe": self.faiss.nprobe, "ef_search": self.faiss.ef_search,
+            "bm25": self.bm25 is not None, "metadata": list(self.id_map.metadata_keys),
+            "device": self._device(),
+        }
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        """Texts -> L2-normalised query vectors (N, D), exactly as ``search`` embeds a query."""
+        with self._tokenizer_lock:
+            ids = self.encoder.tokenize(list(texts))
+        return self.encoder.encode_ids(ids)
+
+    def search(self, text: str, k: int = 10, filters: Filters | None = None,
+               hybrid: bool = False) -> list[Hit]:
         if not text or not text.strip():
             raise SearchError("query text is empty")
-        if k < 1 or k > MAX_K:
-            raise SearchError(f"k must be between 1 and {MAX_K}, got {k}")
-        vec = self.encoder.encode([text])
-        return self.search_vector(vec[0], k)
+        self._check_k(k)
+        allowed = self._allowed(filters)
+        vec = self.embed([text])  # (1, D)
+        if hybrid:
+            return self._hybrid(text, vec, k, allowed)
+        return self._dense(vec, k, allowed)
 
-    def search_vector(self, vec: np.ndarray, k: int) -> list[Hit]:
-        # Several chunks may belong to one document: widen the chunk search until k documents.
-        want = k * 4
+    def search_vector(self, vec: np.ndarray, k: int = 10,
+                      filters: Filters | None = None) -> list[Hit]:
+        return self.search_vectors(self._as_query(vec)[None, :], k, filters)[0]
+
+    def search_vectors(self, vecs: np.ndarray, k: int = 10,
+                       filters: Filters | None = None) -> list[list[Hit]]:
+        """Several query vectors (Q, D) in one index call -> one hit list per query."""
+        self._check_k(k)
+        allowed = self._allowed(filters)
+        queries = np.stack([self._as_query(v) for v in np.atleast_2d(vecs)])
+        scores, ids = self._search_chunks(queries, k, allowed)
+        ranked = [self._fold(s[None], i[None], k) for s, i in zip(scores, ids, strict=True)]
+        docs = self._docs([d for r in ranked for d, _, _ in r])  # one corpus read for all
+        return [self._hits(r, docs) for r in ranked]
+
+    def search_id(self, doc_id: str, k: int = 10, filters: Filters | None = None) -> list[Hit]:
+        """Documents nearest to a stored document (by its best-matching chunks), itself left
+        out."""
+        self._check_k(k)
+        ids = self.id_map.ids_of_doc(doc_id)
+        ids = ids[self.faiss.contains(ids)]
+        if len(ids) == 0:
+            raise SearchError(f"unknown document id {doc_id!r}: it is not in the index of "
+                              f"version {self.version}")
+        allowed = self._allowed(filters)
+        return self._dense(self.faiss.reconstruct(ids), k, allowed, exclude=doc_id)
+
+    # --- internals --------------------------------------------------------------------------
+
+    def _device(self) -> str:
+        if self.index is not self.faiss:
+            return "cuda (exact, torch)"
+        return "cuda (faiss)" if self.faiss.on_gpu else "cpu (faiss)"
+
+    def _check_k(self, k: int) -> None:
+        if not isinstance(k, int | np.integer) or k < 1 or k > self.max_k:
+            raise SearchError(f"k must be between 1 and {self.max_k}, got {k}")
+
+    def _allowed(self, filters: Filters | None) -> np.ndarray | None:
+        try:
+            return self.id_map.allowed_ids(filters)
+        except UserInputError as e:
+            raise SearchError(str(e)) from None
+
+    def _as_query(self, vec: np.ndarray) -> np.ndarray:
+        v = np.asarray(vec, dtype=np.float32)
+        if v.ndim == 2 and v.shape[0] == 1:
+            v = v[0]
+        if v.ndim != 1 or v.shape[0] != self.faiss.dim:
+            raise SearchError(f"query vector has shape {tuple(v.shape)}; version {self.version} "
+                              f"needs {self.faiss.dim} dimensions")
+        if not np.isfinite(v).all():
+            raise SearchError("query vector holds NaN or infinite values")
+        norm = float(np.linalg.norm(v))
+        if norm == 0.0:
+            raise SearchError("query vector is all zeros")
+        return v / norm  # scores are cosines whatever the vector's length
+
+    def _search_chunks(self, queries: np.ndarray, k: int, allowed: np.ndarray | None,
+                       exclude: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Chunk search wide enough that folding leaves k documents (several chunks may belong
+        to one): start at 4 k chunks and widen until k documents or every candidate."""
+        limit = self.index.count if allowed is None else min(len(allowed), self.index.count)
+        want = k * 4 + (len(queries) if exclude else 0)
         while True:
-            scores, ids = self.index.search(vec[None, :], want)
-            best: dict[str, tuple[float, int]] = {}
-            for s, i in zip(scores[0], ids[0], strict=True):
-                if i < 0:
-                    continue
-                d = self.doc_ids[i]
-                if d not in best or s > best[d][0]:
-                    best[d] = (float(s), int(i))
-            if len(best) >= k or want >= self.index.count:
-                break
+            scores, ids = self.index.search(queries, want, allowed)
+            if want >= limit or all(len(self._fold(s[None], i[None], k, exclude)) >= k
+                                    for s, i in zip(scores, ids, strict=True)):
+                return scores, ids
             want *= 4
+
+    def _dense(self, queries: np.ndarray, k: int, allowed: np.ndarray | None,
+               exclude: str | None = None) -> list[Hit]:
+        """All query rows count as one query: each document scores its best chunk match."""
+        scores, ids = self._search_chunks(queries, k, allowed, exclude)
+        if len(queries) > 1:  # search_id: widen until the union of rows holds k documents
+            scores, ids = scores.reshape(1, -1), ids.reshape(1, -1)
+        return self._hits(self._fold(scores, ids, k, exclude))
+
+    def _fold(self, scores: np.ndarray, ids: np.ndarray, k: int,
+              exclude: str | None = None) -> list[tuple[str, float, int]]:
+        """Chunk hits (Q, W) -> the k best documents as (doc_id, score, best chunk's id)."""
+        best: dict[str, tuple[float, int]] = {}
+        valid = ids >= 0
+        rows = self.id_map.rows(ids[valid])
+        for s, i, row in zip(scores[valid], ids[valid], rows, strict=True):
+            d = self.id_map.doc_ids[row]
+            if d != exclude and (d not in best or s > best[d][0]):
+                best[d] = (float(s), int(i))
         ranked = sorted(best.items(), key=lambda kv: -kv[1][0])[:k]
-        texts = self._texts([d for d, _ in ranked])
+        return [(d, s, i) for d, (s, i) in ranked]
+
+    def _hybrid(self, text: str, vec: np.ndarray, k: int,
+                allowed: np.ndarray | None) -> list[Hit]:
+        if self.bm25 is None:
+            raise SearchError(f"hybrid search needs the BM25 part of the index, and version "
+                              f"{self.version} was built without it (index.bm25=false)")
+        depth = max(4 * k, RRF_DEPTH)
+        d_scores, d_ids = self.index.search(vec, depth, allowed)
+        dense = self._fold(d_scores, d_ids, depth)
+        b_scores, b_ids = self.bm25.search(text, depth, allowed)
+        lexical = self._fold(b_scores[None], b_ids[None], depth)
+        # A document's chunk to show: its best dense chunk, else its best BM25 chunk.
+        chunk_of = {d: i for d, _, i in lexical} | {d: i for d, _, i in dense}
+        fused = reciprocal_rank_fusion([[d for d, _, _ in dense], [d for d, _, _ in lexical]],
+                                       self.rrf_k)[:k]
+        return self._hits([(d, s, chunk_of[d]) for d, s in fused])
+
+    def _docs(self, doc_ids: Sequence[str]) -> dict[str, dict]:
+        return read_docs(self.corpus, list(dict.fromkeys(doc_ids)), ("text", "title", "source"))
+
+    def _hits(self, ranked: list[tuple[str, float, int]],
+              docs: dict[str, dict] | None = None) -> list[Hit]:
+        """(doc_id, score, chunk id) -> hits with the chunk's text, title and source."""
+        if docs is None:
+            docs = self._docs([d for d, _, _ in ranked])
         hits = []
-        for d, (score, i) in ranked:
-            text, title = texts.get(d, ("", ""))
-            s, e = int(self.starts[i]), int(self.ends[i])
-            hits.append(Hit(d, score, text[s:e][:SNIPPET_CHARS], title, int(self.chunks[i]), s, e))
+        for d, score, i in ranked:
+            doc = docs.get(d, {})
+            row = int(self.id_map.rows(np.asarray([i]))[0])
+            s, e = int(self.id_map.starts[row]), int(self.id_map.ends[row])
+            hits.append(Hit(d, score, (doc.get("text") or "")[s:e][:SNIPPET_CHARS],
+                            doc.get("title") or "", int(self.id_map.chunks[row]), s, e,
+                            doc.get("source") or ""))
         return hits
 
-    def _texts(self, doc_ids: list[str]) -> dict[str, tuple[str, str]]:
-        docs = read_docs(self.corpus, doc_ids, ("text", "title"))
-        return {d: (r["text"], r["title"]) for d, r in docs.items()}
+
+def read_query_vector(path: str | Path) -> np.ndarray:
+    """A query vector from a file: ``.npy`` of shape (D,) or (1, D), or text holding D numbers
+    separated by spaces, commas or newlines. The dimension is checked by the search."""
+    p = Path(path)
+    if not p.is_file():
+        raise SearchError(f"vector file not found: {p}")
+    if p.suffix == ".npy":
+        try:
+            arr = np.load(p, allow_pickle=False)
+        except (ValueError, OSError) as e:
+            raise SearchError(f"{p}: not a readable .npy array ({e})") from None
+    else:
+        try:
+            fields = [f for f in re.split(r"[\s,]+", p.read_text(encoding="utf-8")) if f]
+            arr = np.array([float(f) for f in fields], dtype=np.float32)
+        except (UnicodeDecodeError, ValueError) as e:
+            raise SearchError(f"{p}: expected numbers separated by spaces or commas ({e})") \
+                from None
+    if not np.issubdtype(arr.dtype, np.number):
+        raise SearchError(f"{p}: holds {arr.dtype} values, not numbers")
+    if arr.ndim == 2 and arr.shape[0] == 1:
+        arr = arr[0]
+    if arr.ndim != 1 or arr.size == 0:
+        raise SearchError(f"{p}: expected one vector of shape (D,) or (1, D), got {arr.shape}")
+    return arr.astype(np.float32)

@@ -1,0 +1,149 @@
+"""What the server serves, and the hot swap when the ``champion`` alias moves.
+
+``Served`` bundles one model version's searchers. A ``ChampionWatcher`` holds the current one in a
+single attribute; a background thread resolves the alias every ``serve.reload_seconds``, and when it
+points at another version whose index is attached, builds that version's ``Served`` completely
+(encoder, index, id map, sense index, one warm-up query) and only then rebinds the attribute.
+Rebinding one reference is atomic, so a request sees the old bundle or the new one, never a mix;
+requests in flight keep the bundle they started with, which stays alive until they drop it. A
+failed load is logged and retried later with backoff, and the old version keeps serving.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from ctxvec.config import CtxvecConfig
+from ctxvec.errors import UserInputError
+from ctxvec.model.encoder import Encoder
+from ctxvec.registry.store import get_version, materialize, parse_ref
+from ctxvec.serve.search import Searcher
+from ctxvec.workspace import Workspace
+
+log = logging.getLogger(__name__)
+
+MAX_BACKOFF_S = 300.0
+
+
+class Served:
+    """One model version, ready to answer: its searcher and, where built, its sense searcher.
+
+    Attention maps need the eager attention implementation; switching the shared encoder to it
+    would change the model under concurrent queries, so ``/explain`` gets its own eager copy of
+    the encoder, loaded on first use."""
+
+    def __init__(self, ws: Workspace, ref: str, searcher: Searcher, senses: Any | None,
+                 senses_error: str | None):
+        self.ws = ws
+        self.ref = ref  # pinned: models:/<name>/<version>
+        self.version: str = searcher.version
+        self.searcher = searcher
+        self.senses = senses  # a ctxvec.serve.senses.SenseSearcher, or None (see senses_error)
+        self.senses_error = senses_error
+        self.loaded_at = time.time()
+        self._eager: Encoder | None = None
+        self._eager_lock = threading.Lock()
+
+    def attention_encoder(self) -> Encoder:
+        with self._eager_lock:
+            if self._eager is None:
+                from ctxvec.model.attention import load_encoder
+
+                self._eager = load_encoder(materialize(self.ref, self.ws.root))
+            return self._eager
+
+
+def load_served(ws: Workspace, ref: str, cfg: CtxvecConfig | None = None) -> Served:
+    """Build everything one version needs to serve; raise rather than return half of it."""
+    searcher = Searcher(ws, ref, cfg)
+    senses, senses_error = None, None
+    try:
+        from ctxvec.serve.senses import SenseSearcher
+
+        senses = SenseSearcher.from_registry(ws, ref, encoder=searcher.encoder)
+    except ImportError:
+        senses_error = "sense search is not part of this ctxvec build"
+    except UserInputError as e:  # e.g. the version was embedded without word vectors
+        senses_error = str(e)
+    searcher.embed(["warm up"])  # the first real query should not pay for lazy init
+    return Served(ws, ref, searcher, senses, senses_error)
+
+
+class ChampionWatcher:
+    """Serve ``ref``; when it names an alias, follow the alias as it moves."""
+
+    def __init__(
+        self, ws: Workspace, ref: str, interval_s: float,
+        loader: Callable[[Workspace, str], Served] = load_served,
+    ):
+        self.ws = ws
+        self.ref = ref
+        self.name, self.alias, _ = parse_ref(ref)
+        self.interval_s = interval_s
+        self._loader = loader
+        info = get_version(ws, ref)
+        self.current: Served = loader(ws, self._pinned(info.version))
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._failures: dict[str, tuple[int, float]] = {}  # version -> (count, retry after)
+        self._waiting_for_index: str | None = None
+        self.swaps = 0
+
+    def _pinned(self, version: str) -> str:
+        return f"models:/{self.name}/{version}"
+
+    def start(self) -> None:
+        if self.alias is None or self._thread is not None:
+            return  # a pinned version never moves
+        self._thread = threading.Thread(target=self._run, name="ctxvec-champion", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+            self._thread = None
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            try:
+                self.poll()
+            except Exception:  # the registry may be briefly unreachable: try again next time
+                log.warning("serve: could not resolve %s", self.ref, exc_info=True)
+
+    def poll(self) -> bool:
+        """Check the alias once; swap if it moved to a loadable version. True if swapped."""
+        if self.alias is None:
+            return False
+        info = get_version(self.ws, self.ref)
+        version = info.version
+        if version == self.current.version:
+            return False
+        if not info.tags.get("index_uri"):
+            if self._waiting_for_index != version:
+                log.info("serve: %s -> version %s, which has no index yet; still serving %s",
+                         self.ref, version, self.current.version)
+                self._waiting_for_index = version
+            return False
+        count, retry_after = self._failures.get(version, (0, 0.0))
+        if time.monotonic() < retry_after:
+            return False
+        log.info("serve: %s moved to version %s; loading it", self.ref, version)
+        try:
+            served = self._loader(self.ws, self._pinned(version))
+        except Exception:
+            backoff = min(self.interval_s * 2 ** count, MAX_BACKOFF_S)
+            self._failures[version] = (count + 1, time.monotonic() + backoff)
+            log.exception("serve: loading version %s failed; still serving %s (retry in %.0f s)",
+                          version, self.current.version, backoff)
+            return False
+        previous = self.current
+        self.current = served  # the swap: one reference, rebound atomically
+        self.swaps += 1
+        self._failures.pop(version, None)
+        log.info("serve: now serving version %s (was %s)", served.version, previous.version)
+        return True

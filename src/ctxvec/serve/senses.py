@@ -1,0 +1,124 @@
+"""Sense search served by one registered model version and its own sense index.
+
+``SenseSearcher.from_registry(ws, "models:/ctxvec-encoder@champion")`` finds the version's index
+folder (tag ``index_uri``, as ``Searcher`` does) and its ``senses/`` subfolder, and refuses a sense
+index built for another version. ``senses(word, context, k)`` embeds the word in the given
+sentence with the index's own settings (layers, windows), so a sentence that is in the corpus
+finds itself with score 1, and returns the closest occurrences of that word with a snippet of
+their documents.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from ctxvec.embed.words import sense_query
+from ctxvec.errors import UserInputError
+from ctxvec.index.senses import SENSES_DIR, SenseIndex
+from ctxvec.ingest.corpus import read_docs
+from ctxvec.model.encoder import Encoder
+from ctxvec.workspace import Workspace
+
+log = logging.getLogger(__name__)
+
+SNIPPET_CHARS = 300
+MAX_K = 1000
+
+
+class SenseSearchError(UserInputError):
+    """A sense query the caller can fix (bad k, no sense index for this version)."""
+
+
+@dataclass(frozen=True)
+class SenseHit:
+    doc_id: str
+    score: float
+    word: str
+    start: int  # char offsets of the occurrence in the document
+    end: int
+    text: str  # a snippet of the document around the occurrence
+    title: str
+    snippet_start: int  # where ``text`` starts in the document: the word is at start - this
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def snippet(text: str, start: int, end: int, width: int = SNIPPET_CHARS) -> tuple[str, int]:
+    """About ``width`` characters of ``text`` centred on [start, end), cut at spaces where it
+    can be -> (snippet, its start offset)."""
+    pad = max(0, (width - (end - start)) // 2)
+    a, b = max(0, start - pad), min(len(text), end + pad)
+    if a > 0:
+        space = text.find(" ", a, start)
+        a = space + 1 if space >= 0 else a
+    if b < len(text):
+        space = text.rfind(" ", end, b)
+        b = space if space >= 0 else b
+    return text[a:b], a
+
+
+class SenseSearcher:
+    """An encoder and the sense index built from its word vectors."""
+
+    def __init__(self, encoder: Encoder, senses_dir: str | Path, version: str | None = None):
+        self.encoder = encoder
+        self.index = SenseIndex.load(senses_dir)
+        m = self.index.manifest
+        if version is not None and str(m["model_version"]) != str(version):
+            raise RuntimeError(
+                f"sense index {senses_dir} was built for version {m['model_version']}, not "
+                f"{version}: refusing to mix model versions"
+            )
+        if self.index.dim != encoder.dim:
+            raise RuntimeError(f"sense index {senses_dir} has dimension {self.index.dim}, the "
+                               f"encoder {encoder.dim}")
+        self.version = str(m["model_version"])
+        self.corpus = m["corpus"]
+        log.info("senses: version %s, %d occurrences of %d words", self.version,
+                 self.index.count, len(self.index.slices))
+
+    @classmethod
+    def from_registry(cls, ws: Workspace, ref: str, encoder: Encoder | None = None
+                      ) -> SenseSearcher:
+        """The sense index of a registered version (``<index_uri>/senses``), with that version's
+        encoder (pass one already loaded, e.g. ``Searcher.encoder``, to share it)."""
+        from ctxvec.registry.store import get_version, materialize
+
+        info = get_version(ws, ref)
+        index_uri = info.tags.get("index_uri")
+        if not index_uri:
+            raise SenseSearchError(f"{ref} (version {info.version}) has no index: run the "
+                                   "pipeline")
+        folder = Path(index_uri) / SENSES_DIR
+        if not (folder / "manifest.json").is_file():
+            raise SenseSearchError(
+                f"{ref} (version {info.version}) has no sense index in {folder}: run the "
+                "pipeline with embed.words.enabled=true"
+            )
+        if encoder is None:
+            encoder = Encoder.load(materialize(ref, ws.root))
+        return cls(encoder, folder, info.version)
+
+    def senses(self, word: str, context: str, k: int = 10, occurrence: int = 1
+               ) -> list[SenseHit]:
+        """Occurrences of ``word`` in the corpus used most like its ``occurrence``-th use in
+        ``context`` (count from 1), best first."""
+        if not 1 <= k <= MAX_K:
+            raise SenseSearchError(f"k must be between 1 and {MAX_K}, got {k}")
+        w = self.index.check_word(word)  # before the model runs: an absent word fails fast
+        m = self.index.manifest
+        vec = sense_query(self.encoder, w, context, m["layers"], occurrence,
+                          max_tokens=m["max_tokens"], stride=m["stride"])
+        found = self.index.search(w, vec, k)
+        docs = read_docs(self.corpus, list(dict.fromkeys(o.doc_id for o in found)),
+                         ("text", "title"))
+        hits = []
+        for o in found:
+            doc = docs.get(o.doc_id, {})
+            text, at = snippet(doc.get("text") or "", o.start, o.end)
+            hits.append(SenseHit(o.doc_id, o.score, o.word, o.start, o.end, text,
+                                 doc.get("title") or "", at))
+        return hits

@@ -1,0 +1,82 @@
+"""A served workspace (the tiny pipeline, run once per session) and a real uvicorn server in a
+thread, shared by the HTTP API tests and the web page test."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+TINY = REPO / "configs" / "tiny.yaml"
+# STS is skipped (its score is not what these tests look at); everything else is the tiny recipe.
+TINY_OVERRIDES = ["evaluate.sts=null", "index.factory=Flat"]
+
+
+@dataclass(frozen=True)
+class ServedWorkspace:
+    home: Path
+    summary: dict  # what `ctxvec run --json` printed
+
+
+def ctxvec_cli(home: Path, *args: str) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "PREFECT_"))}
+    env["CTXVEC_HOME"] = str(home)
+    env["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+    proc = subprocess.run([sys.executable, "-m", "ctxvec.cli", *args], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=600)
+    if proc.returncode != 0:
+        raise AssertionError(f"ctxvec {' '.join(args)} exited {proc.returncode}:\n"
+                             f"{proc.stderr[-4000:]}")
+    return proc
+
+
+@pytest.fixture(scope="session")
+def served_workspace(tmp_path_factory) -> ServedWorkspace:
+    """The tiny pipeline run once, as a user runs it: version 1 is the champion, with its index
+    (and sense index)."""
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        pytest.skip("MLFLOW_TRACKING_URI is set: these tests need the embedded workspace store")
+    home = tmp_path_factory.mktemp("serve") / "home"
+    home.mkdir()
+    sets = [a for o in TINY_OVERRIDES for a in ("--set", o)]
+    proc = ctxvec_cli(home, "run", "--config", str(TINY), *sets, "--json")
+    return ServedWorkspace(home, json.loads(proc.stdout))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def uvicorn_in_thread(app) -> Iterator[str]:
+    """Serve ``app`` on a free loopback port from a thread; yield its base URL."""
+    import uvicorn
+
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
+                                           access_log=False))
+    thread = threading.Thread(target=server.run, name="uvicorn-test", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 60
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError("uvicorn did not start")
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
