@@ -36,6 +36,7 @@ from measure import SHARED_DATA  # noqa: E402
 from ctxvec.config import load_config  # noqa: E402
 from ctxvec.embed.corpus import read_vectors, run_embed  # noqa: E402
 from ctxvec.evaluate.sts import read_sts  # noqa: E402
+from ctxvec.ingest.corpus import iter_corpus  # noqa: E402
 from ctxvec.ingest.snapshot import run_ingest  # noqa: E402
 from ctxvec.model.encoder import Encoder  # noqa: E402
 from ctxvec.model.refs import minilm_dir  # noqa: E402
@@ -106,12 +107,16 @@ def main() -> None:
                   flush=True)
         stage_vecs, stage_meta = read_vectors(emb.path)
         stage_docs = emb.docs
+        stored = {r["doc_id"]: r["text"] for b in iter_corpus(snap.corpus) for r in b.to_pylist()}
 
     cos_auto = float(np.min(np.sum(ref * ours, axis=1)))
     cos_fp32 = float(np.min(np.sum(ref * ours32, axis=1)))
     by_id = {d: i for i, d in enumerate(stage_meta.column("doc_id").to_pylist())}
-    # Ingest may drop a sentence that cleaning makes identical to another: compare the rest.
-    kept = [i for i in range(n) if f"s{i}" in by_id]
+    # Ingest cleans text (NFKC, whitespace) and may drop a sentence that cleaning makes equal to
+    # another: the stage's vectors are compared where the stored text is the sentence itself.
+    kept = [i for i in range(n) if stored.get(f"s{i}") == sents[i]]
+    print(f"embed stage: {stage_docs} documents; {len(kept)} stored verbatim (compared), "
+          f"{n - len(kept)} changed or merged by ingest cleaning")
     rows = [by_id[f"s{i}"] for i in kept]
     cos_stage = float(np.min(np.sum(ref[kept] * stage_vecs[rows], axis=1)))
     med = {k: statistics.median(v) for k, v in times.items()}

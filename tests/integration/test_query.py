@@ -133,6 +133,21 @@ def test_searcher_text_id_vector_and_filters(tiny):
     assert s.search("anything", k=3, filters={"title": "no such title"}) == []
 
 
+def test_snippets_in_memory_and_read_per_query_agree(tiny, monkeypatch):
+    import ctxvec.serve.search as search_mod
+
+    cached = tiny["searcher"]
+    assert cached._snippets is not None
+    monkeypatch.setattr(search_mod, "SNIPPET_CACHE_MAX", 0)  # past the cap: Parquet per query
+    uncached = Searcher(tiny["ws"], REF, tiny["cfg"])
+    assert uncached._snippets is None
+    for text in ("a football club", "a river in Germany"):
+        assert [h.to_dict() for h in cached.search(text, k=7)] == \
+            [h.to_dict() for h in uncached.search(text, k=7)]
+        assert [h.text for h in cached.search(text, k=3)] and \
+            all(h.text for h in cached.search(text, k=3))
+
+
 def test_searcher_hybrid_fuses_bm25(tiny):
     s, docs = tiny["searcher"], tiny["docs"]
     doc = next(d for d in docs.values() if len(d["title"]) > 6)
@@ -249,3 +264,27 @@ def test_cli_query_hybrid_json(tiny, monkeypatch):
     assert result.exit_code == 0, result.stderr
     hits = json.loads(result.stdout)["hits"]
     assert 0 < len(hits) <= 4 and doc["doc_id"] in {h["doc_id"] for h in hits}
+
+
+def test_cli_embed_writes_shards_and_an_index_then_reuses_them(tiny):
+    model_dir = json.loads((Path(tiny["emb"].path) / "manifest.json").read_text())["model_dir"]
+    args = ("embed", "--model", model_dir, "--config", str(TINY), "--set",
+            "embed.words.enabled=false", "--set", "embed.shard_docs=16", "--index", "--json")
+    first = _ctxvec(tiny["home"], *args)
+    assert first.returncode == 0, first.stderr
+    out = json.loads(first.stdout)
+    assert out["model_version"].startswith("model-") and out["index"]["count"] == \
+        out["embeddings"]["rows"]
+    folder = Path(out["embeddings"]["path"])
+    shards = sorted(folder.glob("part-*.parquet"))
+    assert len(shards) == -(-out["embeddings"]["docs"] // 16)
+    # Same vectors as the pipeline's embeddings of this model (same recipe settings).
+    a, ma = read_vectors(tiny["emb"].path)
+    b, mb = read_vectors(folder)
+    assert ma.select(["doc_id", "chunk"]).equals(mb.select(["doc_id", "chunk"]))
+    assert np.allclose(a, b, atol=1e-3)
+    index_manifest = json.loads((Path(out["index"]["path"]) / "manifest.json").read_text())
+    assert index_manifest["model_version"] == out["model_version"]
+
+    bad = _ctxvec(tiny["home"], "embed", "--model", "/no/such/model", "--json")
+    assert bad.returncode == 2 and "no/such/model" in bad.stderr
