@@ -183,7 +183,7 @@ HUGE = "word " * 5000  # 25 000 characters > serve.max_text_chars (20 000)
         ("/search", {"text": HUGE, "k": 5}, 413, "payload_too_large", "serve.max_text_chars"),
         ("/search", {"vector": [0.1, 0.2, 0.3], "k": 5}, 400, "bad_request", "has 32"),
         ("/search", {"vector": [], "k": 5}, 400, "bad_request", "has 32"),
-        ("/search", {"id": "no-such-doc", "k": 5}, (400, 404), ("bad_request", "not_found"),
+        ("/search", {"id": "no-such-doc", "k": 5}, 404, "not_found",
          "no-such-doc"),
         ("/search", {"text": "hello", "k": 0}, 422, "validation_error", "k"),
         ("/search", {"text": "hello", "k": -3}, 422, "validation_error", "k"),

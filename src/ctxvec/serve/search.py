@@ -48,6 +48,10 @@ class SearchError(UserInputError):
     """A query the caller can fix (empty text, bad k, unknown id or filter key, wrong dim)."""
 
 
+class UnknownDocError(SearchError, LookupError):
+    """A document id the index does not hold (HTTP 404)."""
+
+
 @dataclass(frozen=True)
 class Hit:
     doc_id: str
@@ -159,7 +163,7 @@ class Searcher:
         ids = self.id_map.ids_of_doc(doc_id)
         ids = ids[self.faiss.contains(ids)]
         if len(ids) == 0:
-            raise SearchError(f"unknown document id {doc_id!r}: it is not in the index of "
+            raise UnknownDocError(f"unknown document id {doc_id!r}: it is not in the index of "
                               f"version {self.version}")
         allowed = self._allowed(filters)
         return self._dense(self.faiss.reconstruct(ids), k, allowed, exclude=doc_id)
