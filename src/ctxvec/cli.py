@@ -722,6 +722,104 @@ def embed(
     return text
 
 
+# --- models ---------------------------------------------------------------------------------
+
+models_app = typer.Typer(help="Registered encoder versions in MLflow: list, show, promote, "
+                         "roll back.", no_args_is_help=True)
+app.add_typer(models_app, name="models")
+NameOpt = Annotated[str, typer.Option("--name", help="Registered model name.")]
+
+
+def _version_row(v) -> dict:
+    return {"version": v.version, "aliases": v.aliases, "data_snapshot":
+            v.tags.get("data_snapshot"), "parent_version": v.tags.get("parent_version"),
+            "index_uri": v.tags.get("index_uri"),
+            "metrics": {k.removeprefix("eval."): float(x) for k, x in v.tags.items()
+                        if k.startswith("eval.")}}
+
+
+@models_app.command("list")
+@command
+def models_list(name: NameOpt = DEFAULT_MODEL_NAME, as_json: JsonOpt = False) -> str:
+    """Every version, newest first, with its aliases, data snapshot and evaluation metrics."""
+    from ctxvec.registry.store import list_versions
+
+    rows = [_version_row(v) for v in list_versions(_workspace(), name)]
+    if as_json:
+        return _dump({"name": name, "versions": rows})
+    lines = [f"{name}: {len(rows)} version(s)"]
+    for r in rows:
+        metrics = ", ".join(f"{k}={v:.4f}" for k, v in r["metrics"].items()) or "-"
+        lines.append(f"  v{r['version']:<4} {','.join(r['aliases']) or '-':<20} "
+                     f"snapshot {r['data_snapshot'] or '-'}  {metrics}"
+                     + ("" if r["index_uri"] else "  (no index)"))
+    return "\n".join(lines)
+
+
+@models_app.command("show")
+@command
+def models_show(
+    version: Annotated[str, typer.Argument(help="Version number, or an alias (champion).")],
+    name: NameOpt = DEFAULT_MODEL_NAME,
+    as_json: JsonOpt = False,
+) -> str:
+    """One version: tags, aliases, run metrics and parameters, index, drift report."""
+    from ctxvec.registry.store import get_version, version_details
+
+    ws = _workspace()
+    if not version.isdigit():
+        version = get_version(ws, f"models:/{name}@{version}").version
+    d = version_details(ws, name, version)
+    if as_json:
+        return _dump(d)
+    lines = [f"{name} version {d['version']}  aliases: {', '.join(d['aliases']) or '-'}"]
+    for key in ("data_snapshot", "parent_version", "tokenizer_hash", "dim"):
+        lines.append(f"  {key}: {d['tags'].get(key, '-')}")
+    if d["index"]:
+        i = d["index"]
+        lines.append(f"  index: {i['factory']}, {i['count']} vectors, recall@10 "
+                     f"{i['recall_at_10']} ({d['index_uri']})")
+    else:
+        lines.append("  index: none")
+    evals = {k: v for k, v in d["metrics"].items() if k.startswith("eval/")}
+    for k, v in sorted(evals.items()):
+        lines.append(f"  {k}: {v:.4f}")
+    if d["drift"]:
+        lines.append(f"  drift vs v{d['drift'].get('against')}: " + ", ".join(
+            f"{k}={v:.4f}" for k, v in d["drift"].items() if isinstance(v, float)))
+    return "\n".join(lines)
+
+
+@models_app.command("promote")
+@command
+def models_promote(
+    version: Annotated[str, typer.Argument(help="Version to serve.")],
+    name: NameOpt = DEFAULT_MODEL_NAME,
+    alias: Annotated[str, typer.Option(help="Alias to move.")] = "champion",
+    as_json: JsonOpt = False,
+) -> str:
+    """Point an alias (champion by default) at VERSION; it must have an index."""
+    from ctxvec.registry.store import promote
+
+    try:
+        previous = promote(_workspace(), name, version, alias)
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    out = {"name": name, "alias": alias, "version": version, "previous": previous}
+    return _dump(out) if as_json else f"{name}@{alias}: v{previous or '-'} -> v{version}"
+
+
+@models_app.command("rollback")
+@command
+def models_rollback(name: NameOpt = DEFAULT_MODEL_NAME, as_json: JsonOpt = False) -> str:
+    """Serve the previous champion again (with its own index)."""
+    from ctxvec.registry.store import rollback
+
+    current, target = rollback(_workspace(), name)
+    out = {"name": name, "from": current, "to": target}
+    return _dump(out) if as_json else f"{name}@champion: v{current} -> v{target} (rolled back)"
+
+
 # --- eval -----------------------------------------------------------------------------------
 
 

@@ -253,13 +253,82 @@ def promote(ws: Workspace, name: str, version: str, alias: str = "champion") -> 
         previous = str(c.get_model_version_by_alias(name, alias).version)
     except MlflowException:
         pass
-    if not c.get_model_version(name, version).tags.get("index_uri"):
+    if not get_version(ws, f"models:/{name}/{version}").tags.get("index_uri"):
         raise ValueError(f"{name} version {version} has no index yet: build it before promoting")
     c.set_registered_model_alias(name, alias, version)
     if previous and previous != version:
         c.set_model_version_tag(name, version, "previous_champion", previous)
+    if alias == "champion" and previous != version:
+        history = _champion_history(c, name) or ([previous] if previous else [])
+        _set_champion_history(c, name, [*history, version])
     log.info("promote: %s@%s -> version %s (was %s)", name, alias, version, previous)
     return previous
+
+
+HISTORY_TAG = "champion_history"  # registered-model tag: the champions in order, comma-separated
+
+
+def _champion_history(c, name: str) -> list[str]:
+    raw = c.get_registered_model(name).tags.get(HISTORY_TAG, "")
+    return [v for v in raw.split(",") if v]
+
+
+def _set_champion_history(c, name: str, history: list[str]) -> None:
+    c.set_registered_model_tag(name, HISTORY_TAG, ",".join(history[-100:]))
+
+
+def rollback(ws: Workspace, name: str) -> tuple[str, str]:
+    """Point ``champion`` back at the version that was champion before the current one, if its
+    index is still on disk; -> (version rolled back from, version now serving)."""
+    from mlflow.exceptions import MlflowException
+
+    c = client(ws)
+    try:
+        current = str(c.get_model_version_by_alias(name, "champion").version)
+    except MlflowException:
+        raise ModelRefError(f"{name} has no champion to roll back") from None
+    history = _champion_history(c, name)
+    if history and history[-1] != current:  # the alias was moved by hand: start from it
+        history.append(current)
+    if len(history) < 2:
+        raise ModelRefError(f"{name}@champion (version {current}) has no earlier champion to "
+                            "roll back to")
+    target = history[-2]
+    index_uri = c.get_model_version(name, target).tags.get("index_uri")
+    if not index_uri or not Path(index_uri, "manifest.json").is_file():
+        raise ModelRefError(f"cannot roll back to version {target}: its index "
+                            f"({index_uri or 'none'}) is gone; rebuild it with "
+                            f"`ctxvec embed --model models:/{name}/{target} --index`")
+    c.set_registered_model_alias(name, "champion", target)
+    c.set_model_version_tag(name, current, "rolled_back_to", target)
+    _set_champion_history(c, name, history[:-1])
+    log.info("rollback: %s@champion -> version %s (was %s)", name, target, current)
+    return current, target
+
+
+def version_details(ws: Workspace, name: str, version: str) -> dict:
+    """One version as ``ctxvec models show`` prints it: tags, aliases, its run's metrics and
+    parameters, and its index manifest."""
+    from ctxvec.workspace import read_json
+
+    info = get_version(ws, f"models:/{name}/{version}")
+    c = client(ws)
+    run = c.get_run(info.run_id) if info.run_id else None
+    index_uri = info.tags.get("index_uri")
+    index = None
+    if index_uri and Path(index_uri, "manifest.json").is_file():
+        m = read_json(Path(index_uri) / "manifest.json")
+        index = {k: m.get(k) for k in ("factory", "count", "dim", "recall_at_10", "bm25",
+                                       "senses", "build_seconds", "created_at")}
+    drift = info.tags.get("drift")
+    return {
+        "name": name, "version": info.version, "aliases": info.aliases, "tags": info.tags,
+        "run_id": info.run_id,
+        "metrics": dict(run.data.metrics) if run else {},
+        "params": dict(run.data.params) if run else {},
+        "index": index, "index_uri": index_uri,
+        "drift": json.loads(drift) if drift else None,
+    }
 
 
 def list_versions(ws: Workspace, name: str) -> list[VersionInfo]:

@@ -1,0 +1,91 @@
+"""`ctxvec models list|show|promote|rollback` against a real MLflow registry on SQLite."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ctxvec.config import load_config
+from ctxvec.embed.corpus import run_embed
+from ctxvec.evaluate.run import run_evaluate
+from ctxvec.index.build import run_index
+from ctxvec.ingest.snapshot import run_ingest
+from ctxvec.registry.store import attach_index, promote, register_model
+from ctxvec.tokenizer.packing import run_pack
+from ctxvec.tokenizer.trainer import run_tokenizer
+from ctxvec.train.run import run_train
+from ctxvec.workspace import Workspace
+
+REPO = Path(__file__).resolve().parents[2]
+TINY = REPO / "configs" / "tiny.yaml"
+
+
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory):
+    """Three registered versions of one tiny model: v1 and v2 indexed, v3 without an index."""
+    home = tmp_path_factory.mktemp("models") / "home"
+    with pytest.MonkeyPatch.context() as mp:
+        for key in [k for k in os.environ if k.startswith("MLFLOW_")]:
+            mp.delenv(key)
+        mp.setenv("CTXVEC_HOME", str(home))
+        cfg = load_config(TINY, ["evaluate.sts=null", "embed.words.enabled=false",
+                                 "train.steps=2", "ingest.max_docs=60"])
+        ws = Workspace(home).ensure()
+        snap = run_ingest(cfg, ws)
+        tok = run_tokenizer(cfg, ws, snap)
+        trained = run_train(cfg, ws, snap, tok, run_pack(cfg, ws, snap, tok))
+        report = run_evaluate(cfg, ws, trained)
+        for _ in range(3):
+            reg = register_model(cfg, ws, snap, tok, trained, report)
+            if reg.version != "3":
+                idx = run_index(cfg, ws, run_embed(cfg, ws, snap, trained.model_dir, reg.version))
+                attach_index(ws, reg.name, reg.version, idx)
+        promote(ws, "ctxvec-encoder", "1", "champion")
+        yield home
+
+
+def _ctxvec(home: Path, *args: str) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "PREFECT_"))}
+    env["CTXVEC_HOME"] = str(home)
+    return subprocess.run([sys.executable, "-m", "ctxvec.cli", "models", *args], cwd=REPO,
+                          env=env, capture_output=True, text=True, timeout=300)
+
+
+def _json(proc: subprocess.CompletedProcess) -> dict:
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)
+
+
+def test_list_show_promote_and_rollback(registry):
+    listed = _json(_ctxvec(registry, "list", "--json"))
+    assert [v["version"] for v in listed["versions"]] == ["3", "2", "1"]
+    assert listed["versions"][2]["aliases"] == ["champion"]
+    assert listed["versions"][0]["index_uri"] is None
+
+    shown = _json(_ctxvec(registry, "show", "champion", "--json"))
+    assert shown["version"] == "1" and shown["index"]["count"] > 0
+    assert shown["tags"]["data_snapshot"] and "eval/mlm_perplexity" in shown["metrics"]
+
+    assert _json(_ctxvec(registry, "promote", "2", "--json")) == {
+        "name": "ctxvec-encoder", "alias": "champion", "version": "2", "previous": "1"}
+    assert _json(_ctxvec(registry, "rollback", "--json")) == {
+        "name": "ctxvec-encoder", "from": "2", "to": "1"}
+    assert _json(_ctxvec(registry, "show", "champion", "--json"))["version"] == "1"
+    # Nothing earlier than the first champion: a clear error, champion unchanged.
+    again = _ctxvec(registry, "rollback")
+    assert again.returncode == 2 and "no earlier champion" in again.stderr
+    assert _json(_ctxvec(registry, "show", "champion", "--json"))["version"] == "1"
+
+
+def test_promote_refuses_a_version_without_an_index_or_unknown(registry):
+    no_index = _ctxvec(registry, "promote", "3")
+    assert no_index.returncode == 2 and "no index" in no_index.stderr
+    unknown = _ctxvec(registry, "promote", "99")
+    assert unknown.returncode == 2 and "99" in unknown.stderr
+    text = _ctxvec(registry, "list")
+    assert text.returncode == 0 and "(no index)" in text.stdout
