@@ -809,6 +809,33 @@ def models_promote(
     return _dump(out) if as_json else f"{name}@{alias}: v{previous or '-'} -> v{version}"
 
 
+@models_app.command("drift")
+@command
+def models_drift(
+    old: Annotated[str, typer.Argument(help="The earlier version.")],
+    new: Annotated[str, typer.Argument(help="The version to compare with it.")],
+    name: NameOpt = DEFAULT_MODEL_NAME,
+    probes: Annotated[int, typer.Option(help="Probe documents (from NEW's corpus).")] = 200,
+    as_json: JsonOpt = False,
+) -> str:
+    """Drift of NEW against OLD: neighbour overlap@10 on probe documents, embedding shift,
+    similarity-structure correlation and evaluation deltas; stored with NEW (tag + MLflow
+    metrics) and shown by `ctxvec models show NEW`."""
+    from ctxvec.continual.drift import drift_report
+
+    if probes < 2:
+        raise UserError("--probes must be at least 2")
+    report = drift_report(_workspace(), name, old, new, probes)
+    if as_json:
+        return _dump(report)
+    shift = report["shift"]
+    deltas = ", ".join(f"{k} {v:+.4f}" for k, v in report["eval_deltas"].items()) or "-"
+    return (f"v{new} vs v{old} on {report['probes']} probes: overlap@10 "
+            f"{report['overlap_at_10']:.3f}, similarity spearman "
+            f"{report['similarity_spearman']:.3f}, shift "
+            f"{'n/a' if shift is None else f'{shift:.4f}'}; eval deltas: {deltas}")
+
+
 @models_app.command("rollback")
 @command
 def models_rollback(name: NameOpt = DEFAULT_MODEL_NAME, as_json: JsonOpt = False) -> str:

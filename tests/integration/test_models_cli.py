@@ -45,6 +45,14 @@ def registry(tmp_path_factory):
             if reg.version != "3":
                 idx = run_index(cfg, ws, run_embed(cfg, ws, snap, trained.model_dir, reg.version))
                 attach_index(ws, reg.name, reg.version, idx)
+        # v4: another model (another seed), indexed: something to measure drift against
+        cfg4 = load_config(TINY, ["evaluate.sts=null", "embed.words.enabled=false",
+                                  "train.steps=2", "ingest.max_docs=60", "train.seed=7",
+                                  "train.resume=false"])
+        trained4 = run_train(cfg4, ws, snap, tok, run_pack(cfg4, ws, snap, tok))
+        reg4 = register_model(cfg4, ws, snap, tok, trained4, run_evaluate(cfg4, ws, trained4))
+        idx4 = run_index(cfg4, ws, run_embed(cfg4, ws, snap, trained4.model_dir, reg4.version))
+        attach_index(ws, reg4.name, reg4.version, idx4)
         promote(ws, "ctxvec-encoder", "1", "champion")
         yield home
 
@@ -63,9 +71,9 @@ def _json(proc: subprocess.CompletedProcess) -> dict:
 
 def test_list_show_promote_and_rollback(registry):
     listed = _json(_ctxvec(registry, "list", "--json"))
-    assert [v["version"] for v in listed["versions"]] == ["3", "2", "1"]
-    assert listed["versions"][2]["aliases"] == ["champion"]
-    assert listed["versions"][0]["index_uri"] is None
+    assert [v["version"] for v in listed["versions"]] == ["4", "3", "2", "1"]
+    assert listed["versions"][3]["aliases"] == ["champion"]
+    assert listed["versions"][1]["index_uri"] is None
 
     shown = _json(_ctxvec(registry, "show", "champion", "--json"))
     assert shown["version"] == "1" and shown["index"]["count"] > 0
@@ -89,3 +97,16 @@ def test_promote_refuses_a_version_without_an_index_or_unknown(registry):
     assert unknown.returncode == 2 and "99" in unknown.stderr
     text = _ctxvec(registry, "list")
     assert text.returncode == 0 and "(no index)" in text.stdout
+
+
+def test_drift_between_versions_is_measured_and_shown(registry):
+    same = _json(_ctxvec(registry, "drift", "1", "2", "--probes", "30", "--json"))
+    assert same["overlap_at_10"] == 1.0 and abs(same["shift"]) < 1e-5
+    assert same["similarity_spearman"] > 0.9999
+    other = _json(_ctxvec(registry, "drift", "1", "4", "--probes", "30", "--json"))
+    assert other["overlap_at_10"] < 1.0 and other["shift"] > 1e-3
+    assert other["similarity_spearman"] < same["similarity_spearman"]
+    assert "mlm_perplexity" in other["eval_deltas"]
+    shown = _json(_ctxvec(registry, "show", "4", "--json"))
+    assert shown["drift"]["overlap_at_10"] == other["overlap_at_10"]
+    assert shown["metrics"]["drift/overlap_at_10"] == other["overlap_at_10"]

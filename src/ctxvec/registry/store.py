@@ -12,6 +12,7 @@ import logging
 import os
 import re
 import shutil
+import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -304,6 +305,20 @@ def rollback(ws: Workspace, name: str) -> tuple[str, str]:
     _set_champion_history(c, name, history[:-1])
     log.info("rollback: %s@champion -> version %s (was %s)", name, target, current)
     return current, target
+
+
+def set_drift(ws: Workspace, name: str, version: str, report: dict) -> None:
+    """Keep a drift report with the version (tag ``drift``) and log its numbers to its run."""
+    c = client(ws)
+    c.set_model_version_tag(name, version, "drift", json.dumps(report))
+    run_id = c.get_model_version(name, version).run_id
+    if run_id:
+        from mlflow.entities import Metric
+
+        ts = int(time.time() * 1000)
+        numbers = {f"drift/{k}": v for k, v in report.items() if isinstance(v, float)}
+        numbers |= {f"drift/delta/{k}": v for k, v in report["eval_deltas"].items()}
+        c.log_batch(run_id, metrics=[Metric(k, float(v), ts, 0) for k, v in numbers.items()])
 
 
 def version_details(ws: Workspace, name: str, version: str) -> dict:

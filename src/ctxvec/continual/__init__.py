@@ -1,0 +1,1 @@
+"""Continual updates of the encoder: drift between versions (and, next, replay and the gate)."""
