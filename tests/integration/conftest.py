@@ -8,7 +8,6 @@ import json
 import os
 import socket
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -16,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+from tests.helpers import run_cli
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = REPO / "configs" / "tiny.yaml"
@@ -30,11 +31,7 @@ class ServedWorkspace:
 
 
 def ctxvec_cli(home: Path, *args: str) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "PREFECT_"))}
-    env["CTXVEC_HOME"] = str(home)
-    env["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
-    proc = subprocess.run([sys.executable, "-m", "ctxvec.cli", *args], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=600)
+    proc = run_cli(home, *args)
     if proc.returncode != 0:
         raise AssertionError(f"ctxvec {' '.join(args)} exited {proc.returncode}:\n"
                              f"{proc.stderr[-4000:]}")

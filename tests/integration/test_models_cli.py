@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -14,15 +13,11 @@ from ctxvec.config import load_config
 from ctxvec.embed.corpus import run_embed
 from ctxvec.evaluate.run import run_evaluate
 from ctxvec.index.build import run_index
-from ctxvec.ingest.snapshot import run_ingest
 from ctxvec.registry.store import attach_index, promote, register_model
 from ctxvec.tokenizer.packing import run_pack
-from ctxvec.tokenizer.trainer import run_tokenizer
 from ctxvec.train.run import run_train
 from ctxvec.workspace import Workspace
-
-REPO = Path(__file__).resolve().parents[2]
-TINY = REPO / "configs" / "tiny.yaml"
+from tests.helpers import TINY, run_cli, train_tiny
 
 
 @pytest.fixture(scope="module")
@@ -36,10 +31,7 @@ def registry(tmp_path_factory):
         cfg = load_config(TINY, ["evaluate.sts=null", "embed.words.enabled=false",
                                  "train.steps=2", "ingest.max_docs=60"])
         ws = Workspace(home).ensure()
-        snap = run_ingest(cfg, ws)
-        tok = run_tokenizer(cfg, ws, snap)
-        trained = run_train(cfg, ws, snap, tok, run_pack(cfg, ws, snap, tok))
-        report = run_evaluate(cfg, ws, trained)
+        snap, tok, trained, report = train_tiny(cfg, ws)
         for _ in range(3):
             reg = register_model(cfg, ws, snap, tok, trained, report)
             if reg.version != "3":
@@ -58,10 +50,7 @@ def registry(tmp_path_factory):
 
 
 def _ctxvec(home: Path, *args: str) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "PREFECT_"))}
-    env["CTXVEC_HOME"] = str(home)
-    return subprocess.run([sys.executable, "-m", "ctxvec.cli", "models", *args], cwd=REPO,
-                          env=env, capture_output=True, text=True, timeout=300)
+    return run_cli(home, "models", *args, timeout=300)
 
 
 def _json(proc: subprocess.CompletedProcess) -> dict:

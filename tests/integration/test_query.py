@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -20,17 +19,13 @@ import pytest
 
 from ctxvec.config import load_config
 from ctxvec.embed.corpus import read_vectors, run_embed
-from ctxvec.evaluate.run import run_evaluate
 from ctxvec.index.build import run_index
 from ctxvec.index.id_map import chunk_ids
 from ctxvec.ingest.corpus import iter_corpus
-from ctxvec.ingest.snapshot import run_ingest
 from ctxvec.registry.store import attach_index, promote, register_model
 from ctxvec.serve.search import Searcher, SearchError
-from ctxvec.tokenizer.packing import run_pack
-from ctxvec.tokenizer.trainer import run_tokenizer
-from ctxvec.train.run import run_train
 from ctxvec.workspace import Workspace
+from tests.helpers import run_cli, train_tiny
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = REPO / "configs" / "tiny.yaml"
@@ -48,10 +43,8 @@ def tiny(tmp_path_factory):
         cfg = load_config(TINY, ["evaluate.sts=null", "embed.words.enabled=false",
                                  "train.steps=2"])
         ws = Workspace(home).ensure()
-        snap = run_ingest(cfg, ws)
-        tok = run_tokenizer(cfg, ws, snap)
-        trained = run_train(cfg, ws, snap, tok, run_pack(cfg, ws, snap, tok))
-        reg = register_model(cfg, ws, snap, tok, trained, run_evaluate(cfg, ws, trained))
+        snap, tok, trained, report = train_tiny(cfg, ws)
+        reg = register_model(cfg, ws, snap, tok, trained, report)
         emb = run_embed(cfg, ws, snap, trained.model_dir, reg.version)
         idx = run_index(cfg, ws, emb)
         attach_index(ws, reg.name, reg.version, idx)
@@ -186,10 +179,7 @@ def test_searcher_is_safe_from_threads(tiny):
 
 
 def _ctxvec(home: Path, *args: str) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "PREFECT_"))}
-    env["CTXVEC_HOME"] = str(home)
-    return subprocess.run([sys.executable, "-m", "ctxvec.cli", *args], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=300)
+    return run_cli(home, *args, timeout=300)
 
 
 def test_cli_query_by_id_with_a_filter(tiny):

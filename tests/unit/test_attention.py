@@ -9,11 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
 
 from ctxvec.model.attention import AttentionError, attention_map, draw_attention
-from ctxvec.model.encoder import Encoder, EncoderSettings, save_encoder
-from ctxvec.tokenizer.trainer import SPECIALS, add_bert_template, to_fast_tokenizer
+from ctxvec.model.encoder import Encoder
+from tests.helpers import tiny_bert
 
 SENTENCES = ["I saw a saw in the shed.", "The river bank was muddy.",
              "She put her money in the bank.", "The saw was sharp."]
@@ -22,21 +21,7 @@ SENTENCES = ["I saw a saw in the shed.", "The river bank was muddy.",
 @pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory) -> Path:
     """A real two-layer, two-head BERT with its own WordPiece vocabulary (random weights)."""
-    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
-    tok.normalizer = normalizers.Lowercase()
-    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    tok.train_from_iterator(SENTENCES * 3, trainers.WordPieceTrainer(
-        vocab_size=120, special_tokens=SPECIALS, show_progress=False))
-    add_bert_template(tok)
-    tokenizer = to_fast_tokenizer(tok, 64)
-    from transformers import BertConfig, BertModel
-
-    torch.manual_seed(0)
-    config = BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2,
-                        num_attention_heads=2, intermediate_size=64, max_position_embeddings=64)
-    folder = tmp_path_factory.mktemp("tiny-attn")
-    save_encoder(BertModel(config), tokenizer, EncoderSettings(max_length=64), folder)
-    return folder
+    return tiny_bert(tmp_path_factory.mktemp("tiny-attn"), SENTENCES, vocab_size=120)
 
 
 @pytest.fixture(scope="module")

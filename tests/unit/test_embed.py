@@ -14,14 +14,15 @@ from ctxvec.embed import corpus as embed_corpus
 from ctxvec.embed.corpus import read_vectors, run_embed
 from ctxvec.ingest.snapshot import run_ingest
 from ctxvec.model.encoder import Encoder
-from tests.unit.test_evaluators import SENTENCES, _tiny_bert
+from tests.helpers import tiny_bert
+from tests.unit.test_evaluators import SENTENCES
 
 LONG = " ".join(SENTENCES * 4)  # longer than the 24-token window: several chunks
 
 
 @pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory) -> Path:
-    return _tiny_bert(tmp_path_factory.mktemp("tiny-bert"), with_head=False)
+    return tiny_bert(tmp_path_factory.mktemp("tiny-bert"), SENTENCES)
 
 
 @pytest.fixture

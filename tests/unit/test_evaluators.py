@@ -10,7 +10,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
 
 from ctxvec.errors import UserInputError
 from ctxvec.evaluate.perplexity import evaluate_perplexity, read_passages
@@ -25,8 +24,8 @@ from ctxvec.evaluate.retrieval import (
 from ctxvec.evaluate.sts import DataFormatError
 from ctxvec.evaluate.wic import best_threshold, evaluate_wic, read_wic
 from ctxvec.model.context_vectors import SpanError, span_vectors, word_span
-from ctxvec.model.encoder import Encoder, EncoderSettings, save_encoder
-from ctxvec.tokenizer.trainer import SPECIALS, add_bert_template, to_fast_tokenizer
+from ctxvec.model.encoder import Encoder
+from tests.helpers import tiny_bert
 
 SENTENCES = [
     "I saw a saw in the shed.",
@@ -41,22 +40,7 @@ SENTENCES = [
 
 
 def _tiny_bert(folder: Path, with_head: bool) -> Path:
-    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
-    tok.normalizer = normalizers.Lowercase()
-    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    tok.train_from_iterator(SENTENCES * 3, trainers.WordPieceTrainer(
-        vocab_size=150, special_tokens=SPECIALS, show_progress=False))
-    add_bert_template(tok)
-    tokenizer = to_fast_tokenizer(tok, 64)
-
-    from transformers import BertConfig, BertForMaskedLM, BertModel
-
-    torch.manual_seed(0)
-    config = BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2,
-                        num_attention_heads=2, intermediate_size=64, max_position_embeddings=64)
-    model = BertForMaskedLM(config) if with_head else BertModel(config)
-    save_encoder(model, tokenizer, EncoderSettings(max_length=64), folder)
-    return folder
+    return tiny_bert(folder, SENTENCES, with_head=with_head)
 
 
 @pytest.fixture(scope="module")

@@ -31,6 +31,7 @@ from tqdm.auto import tqdm
 from ctxvec.artifacts import Embeddings, Snapshot
 from ctxvec.config import CtxvecConfig
 from ctxvec.ingest.corpus import count_docs, iter_corpus
+from ctxvec.model.context_vectors import token_windows
 from ctxvec.model.encoder import Encoder
 from ctxvec.workspace import Workspace, sha256_text, write_manifest
 
@@ -57,27 +58,14 @@ def embeddings_schema(dim: int, dtype: str = "float32") -> pa.Schema:
 def chunk_documents(
     encoder: Encoder, texts: list[str], max_tokens: int, stride: int
 ) -> tuple[list[list[int]], list[int], list[int], list[tuple[int, int]]]:
-    """-> (token ids per chunk, doc index per chunk, chunk number, (start, end) char offsets)."""
-    enc = encoder.tokenizer(
-        texts,
-        truncation=True,
-        max_length=max_tokens,
-        stride=stride,
-        return_overflowing_tokens=True,
-        return_offsets_mapping=True,
-        return_special_tokens_mask=True,
-    )
-    doc_of = enc["overflow_to_sample_mapping"]
-    chunk_no, spans = [], []
-    last_doc, n = -1, 0
-    for i, doc in enumerate(doc_of):
-        n = n + 1 if doc == last_doc else 0
-        last_doc = doc
-        chunk_no.append(n)
-        offs = [o for o, sp in zip(enc["offset_mapping"][i], enc["special_tokens_mask"][i],
-                                   strict=True) if not sp]
-        spans.append((offs[0][0], offs[-1][1]) if offs else (0, 0))
-    return enc["input_ids"], list(doc_of), chunk_no, spans
+    """-> (token ids per chunk, doc index per chunk, chunk number, (start, end) char offsets).
+
+    The windows are ``token_windows``'s, the ones word vectors are read from too."""
+    win = token_windows(encoder, texts, max_tokens, stride)
+    chunk_no = []
+    for i, doc in enumerate(win.text_of):
+        chunk_no.append(chunk_no[-1] + 1 if i and win.text_of[i - 1] == doc else 0)
+    return win.ids, win.text_of, chunk_no, list(zip(win.lo, win.hi, strict=True))
 
 
 def iter_shards(corpus: list[str], shard_docs: int) -> Iterator[tuple[int, list[str], list[str]]]:
@@ -157,11 +145,12 @@ def write_shard(table: pa.Table, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def embed_worker(job: EmbedJob, device: str, rank: int = 0, world: int = 1) -> int:
+def embed_worker(job: EmbedJob, device: str, rank: int = 0, world: int = 1,
+                 encoder: Encoder | None = None) -> int:
     """Embed the shards ``rank, rank + world, ...`` that are not written yet; -> shards done."""
     if world > 1:
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
-    encoder = job.load_encoder(device)
+    encoder = encoder or job.load_encoder(device)
     total = count_docs(job.corpus)
     done = 0
     bar = tqdm(total=total, desc=f"embed[{device}]" if world > 1 else "embed", unit="doc",
@@ -183,10 +172,11 @@ def _spawned_worker(job: EmbedJob, device: str, rank: int, world: int) -> int:
     return embed_worker(job, device, rank, world)
 
 
-def run_workers(job: EmbedJob, devices: list[str]) -> int:
-    """One worker per device: in this process for one device, spawned processes for several."""
+def run_workers(job: EmbedJob, devices: list[str], encoder: Encoder | None = None) -> int:
+    """One worker per device: in this process for one device (with ``encoder`` if loaded
+    already), spawned processes for several."""
     if len(devices) == 1:
-        return embed_worker(job, devices[0])
+        return embed_worker(job, devices[0], encoder=encoder)
     ctx = mp.get_context("spawn")  # CUDA cannot be used in a forked child
     with ctx.Pool(len(devices)) as pool:
         results = [pool.apply_async(_spawned_worker, (job, d, r, len(devices)))
@@ -241,8 +231,11 @@ def run_embed(
         resumed = len(list(work.glob(SHARD_GLOB)))
         if resumed:
             log.info("embed: resuming, %d shard(s) already written in %s", resumed, work)
-        run_workers(job, devices)
-        encoder = job.load_encoder(devices[0])
+        # One device: this process embeds with the encoder words and the manifest use too.
+        # Several: the workers load their own; this one loads after them (no extra GPU copy).
+        encoder = job.load_encoder(devices[0]) if len(devices) == 1 else None
+        run_workers(job, devices, encoder)
+        encoder = encoder or job.load_encoder(devices[0])
         words = None
         if ecfg.words.enabled:
             from ctxvec.embed.words import run_words

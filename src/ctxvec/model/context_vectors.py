@@ -80,7 +80,7 @@ def layer_states(
 
 
 @dataclass
-class _Windows:
+class TokenWindows:
     """Token windows of several texts; per window its ids, token char offsets and text."""
 
     ids: list[list[int]]
@@ -91,8 +91,11 @@ class _Windows:
     hi: list[int]
 
 
-def _windows(encoder: Encoder, texts: Sequence[str], max_tokens: int, stride: int) -> _Windows:
-    """Cut texts into overlapping token windows, exactly as the corpus chunks are cut."""
+def token_windows(
+    encoder: Encoder, texts: Sequence[str], max_tokens: int, stride: int
+) -> TokenWindows:
+    """Cut texts into overlapping token windows (``stride`` tokens shared), keeping each token's
+    char offsets; corpus chunks (``embed.corpus.chunk_documents``) are these windows."""
     enc = encoder.tokenizer(
         list(texts),
         truncation=True,
@@ -102,7 +105,7 @@ def _windows(encoder: Encoder, texts: Sequence[str], max_tokens: int, stride: in
         return_offsets_mapping=True,
         add_special_tokens=True,
     )
-    win = _Windows([], [], [], [], [], [])
+    win = TokenWindows([], [], [], [], [], [])
     for ids, offsets, t in zip(enc["input_ids"], enc["offset_mapping"],
                                enc["overflow_to_sample_mapping"], strict=True):
         arr = np.asarray(offsets, dtype=np.int64).reshape(-1, 2)
@@ -116,7 +119,7 @@ def _windows(encoder: Encoder, texts: Sequence[str], max_tokens: int, stride: in
     return win
 
 
-def _place(win: _Windows, candidates: list[int], his: list[int], start: int, end: int):
+def _place(win: TokenWindows, candidates: list[int], his: list[int], start: int, end: int):
     """-> (window, token positions) for the span, or None if no token covers it.
 
     ``candidates`` are the text's windows in order and ``his`` their ``hi``. The best window
@@ -164,7 +167,7 @@ def occurrence_vectors(
         return out
     max_tokens = min(max_tokens or encoder.settings.max_length, encoder.settings.max_length)
     stride = min(max_tokens // 4 if stride is None else stride, max_tokens // 2)
-    win = _windows(encoder, [texts[i] for i in keep], max_tokens, stride)
+    win = token_windows(encoder, [texts[i] for i in keep], max_tokens, stride)
     by_text: list[list[int]] = [[] for _ in keep]
     for w, t in enumerate(win.text_of):
         by_text[t].append(w)
