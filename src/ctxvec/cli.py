@@ -172,6 +172,58 @@ def _format_run(s: dict) -> str:
     return "\n".join(lines)
 
 
+@app.command()
+@command
+def update(
+    config: Annotated[Path, typer.Option("--config", "-c", help="Recipe YAML; its ingest "
+                                         "sources bring the new data, its continual section "
+                                         "sets replay, regulariser and gate.")],
+    set_: Annotated[list[str] | None, typer.Option("--set", help="Override a key: "
+                    "--set continual.replay_ratio=0.3 (repeatable).")] = None,
+    as_json: JsonOpt = False,
+) -> str:
+    """Continual update as a Prefect flow: ingest what is new, train the champion on it with
+    replay and a regulariser, evaluate old and new domain, register the challenger, and promote
+    it (embed, index, switch) only if the gate passes. Re-running after a crash completes it."""
+    from ctxvec.config import load_config
+
+    load_config(config, set_)
+    ws = _workspace().ensure()
+    os.environ.setdefault("PREFECT_HOME", str(ws.root / "prefect"))
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    from ctxvec_flows.continual import continual
+
+    out = continual(str(config), list(set_ or []), str(ws.root))
+    if as_json:
+        return _dump(out)
+    return _format_update(out)
+
+
+def _format_update(s: dict) -> str:
+    plan = s["plan"]
+    lines = [f"parent      version {plan['parent_version']} (saw snapshot "
+             f"{plan['parent_snapshot']}); {plan['new_docs']} new, {plan['old_docs']} earlier "
+             "documents"]
+    if s["status"] == "nothing-new":
+        return "\n".join([*lines, "status      nothing new: the champion stays"])
+    lines.append(f"challenger  version {s['version']}")
+    for c in s["gate"]["checks"]:
+        lines.append(f"  {'ok  ' if c['passed'] else 'FAIL'} {c['metric']:<22} "
+                     f"{c['champion']:.4f} -> {c['challenger']:.4f} "
+                     f"({100 * c['relative_gain']:+.1f}%)  {c['rule']}")
+    if s["status"] == "rejected":
+        lines.append(f"status      rejected: {s['gate']['reason']}; the champion stays "
+                     f"version {plan['parent_version']}")
+    else:
+        lines.append(f"status      promoted: champion is version {s['version']} "
+                     f"(was {s['previous_champion']}), index {s['index']['path']}")
+        d = s.get("drift")
+        if d:
+            lines.append(f"drift       overlap@10 {d['overlap_at_10']:.3f}, similarity "
+                         f"spearman {d['similarity_spearman']:.3f}")
+    return "\n".join(lines)
+
+
 def _format_hits(hits: list[dict]) -> str:
     out = []
     for rank, h in enumerate(hits, 1):

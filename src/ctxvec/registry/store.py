@@ -321,6 +321,32 @@ def set_drift(ws: Workspace, name: str, version: str, report: dict) -> None:
         c.log_batch(run_id, metrics=[Metric(k, float(v), ts, 0) for k, v in numbers.items()])
 
 
+def set_version_tags(ws: Workspace, name: str, version: str, tags: dict[str, str]) -> None:
+    c = client(ws)
+    for k, v in tags.items():
+        c.set_model_version_tag(name, version, k, str(v))
+
+
+def alias_version(ws: Workspace, name: str, alias: str) -> str | None:
+    """The version ``alias`` points at, or None (no such alias or model)."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return str(client(ws).get_model_version_by_alias(name, alias).version)
+    except MlflowException:
+        return None
+
+
+def version_with_tag(ws: Workspace, name: str, tag: str, value: str) -> VersionInfo | None:
+    """The newest version whose tag ``tag`` equals ``value`` (e.g. the continual update that a
+    re-run must pick up instead of registering it twice)."""
+    try:
+        versions = list_versions(ws, name)
+    except ModelRefError:
+        return None
+    return next((v for v in versions if v.tags.get(tag) == value), None)
+
+
 def version_details(ws: Workspace, name: str, version: str) -> dict:
     """One version as ``ctxvec models show`` prints it: tags, aliases, its run's metrics and
     parameters, and its index manifest."""

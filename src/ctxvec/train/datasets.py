@@ -64,9 +64,14 @@ class Sampler:
 def corpus_sentences(corpus: list[str], limit: int | None) -> list[str]:
     from ctxvec.ingest.corpus import iter_texts
 
+    return sentences_of(iter_texts(corpus), limit)
+
+
+def sentences_of(texts, limit: int | None) -> list[str]:
+    """Sentences of 5 to 64 words from ``texts``, at most ``limit`` (default 200,000)."""
     out: list[str] = []
     cap = limit or MAX_CORPUS_SENTENCES
-    for text in iter_texts(corpus):
+    for text in texts:
         for s in _SENTENCE_END.split(text.replace("\n", " ")):
             if 5 <= len(s.split()) <= 64:
                 out.append(s)

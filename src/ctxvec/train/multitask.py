@@ -36,8 +36,13 @@ def batch_tokens(batch: Any) -> int:
 
 
 class MultiTask:
-    def __init__(self, tasks: list[Task]):
+    """``penalties``: extra terms of the loss that need no data, each with ``name`` and
+    ``__call__(model) -> scalar tensor`` (the continual update's L2-SP and EWC); their weight is
+    their own."""
+
+    def __init__(self, tasks: list[Task], penalties: list[Any] | None = None):
         self.tasks = tasks
+        self.penalties = list(penalties or [])
 
     def heads(self) -> dict[str, torch.nn.Module]:
         return {t.objective.name: t.objective.head for t in self.tasks
@@ -61,4 +66,8 @@ class MultiTask:
             parts[t.objective.name] = loss.detach()
             tokens += batch_tokens(batch)
             total = t.weight * loss if total is None else total + t.weight * loss
+        for p in self.penalties:
+            value = p(model)
+            parts[p.name] = value.detach()
+            total = total + value
         return total, parts, tokens
