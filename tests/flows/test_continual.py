@@ -1,0 +1,128 @@
+"""The continual update end to end (real Prefect flow, MLflow on SQLite, FAISS), through the CLI
+as a user runs it: the gate rejects a harmful update and leaves everything serving as it was; an
+update killed after training, after embedding and during the index switch always leaves a
+champion whose index matches it, and a re-run completes the update without training twice.
+
+Each ``ctxvec run``/``update`` of the tiny recipe brings 150 new documents: ingest stops at
+``ingest.max_docs`` and the next ingest picks up where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ctxvec.registry.store import alias_version, get_version, list_versions
+from ctxvec.workspace import Workspace, read_json
+from tests.helpers import REPO, TINY, run_cli
+
+
+def killed_run(home: Path, tmp: Path, point: str, *args: str) -> tuple[int, str]:
+    """Run the CLI until crash point ``point`` kills it (SIGKILL, as a power cut would). Output
+    goes to files and the process gets its own session: Prefect's local server, a child process
+    the kill orphans, would otherwise hold the pipes open; it is killed with its group after."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "PREFECT_"))}
+    env |= {"CTXVEC_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+            "CTXVEC_CRASH_AT": point}
+    err = tmp / f"{point}.err"
+    with open(tmp / f"{point}.out", "w") as o, open(err, "w") as e:
+        proc = subprocess.Popen([sys.executable, "-m", "ctxvec.cli", *args], cwd=REPO, env=env,
+                                stdout=o, stderr=e, start_new_session=True)
+        try:
+            rc = proc.wait(timeout=600)
+        finally:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+    return rc, err.read_text()
+
+
+def _ok(proc):
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout)
+
+
+def served_pair(ws: Workspace) -> tuple[str, str]:
+    """(champion version, the model version its linked index was built from)."""
+    champion = alias_version(ws, "ctxvec-encoder", "champion")
+    index_uri = get_version(ws, f"models:/ctxvec-encoder/{champion}").tags["index_uri"]
+    return champion, str(read_json(Path(index_uri) / "manifest.json")["model_version"])
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory):
+    home = tmp_path_factory.mktemp("continual") / "home"
+    _ok(run_cli(home, "run", "--config", str(TINY), "--json"))
+    return home
+
+
+def test_harmful_update_is_rejected(home):
+    ws = Workspace(home)
+    before = served_pair(ws)
+    index_before = get_version(ws, f"models:/ctxvec-encoder/{before[0]}").tags["index_uri"]
+    # no replay, no regulariser, a learning rate 50x the recipe's: it forgets
+    out = _ok(run_cli(home, "update", "--config", str(TINY), "--json",
+                      "--set", "train.lr=0.05", "--set", "train.steps=30",
+                      "--set", "continual.replay_ratio=0", "--set", "continual.regularizer=none"))
+    assert out["status"] == "rejected"
+    assert served_pair(ws) == before  # champion and its index untouched
+    assert get_version(ws, f"models:/ctxvec-encoder/{before[0]}").tags["index_uri"] == \
+        index_before
+    challenger = get_version(ws, "models:/ctxvec-encoder@challenger")
+    assert challenger.version == out["version"] != before[0]
+    assert challenger.tags["gate.decision"] == "rejected"
+    assert "index_uri" not in challenger.tags  # never embedded or indexed
+    failed = [c for c in json.loads(challenger.tags["gate.checks"]) if not c["passed"]]
+    assert failed and all(c["kind"] == "old-domain" for c in failed)
+    for c in failed:  # the metrics that explain why are the version's own tags
+        assert c["metric"] in challenger.tags["gate.reason"]
+        assert float(challenger.tags[f"eval.{c['metric']}"]) == pytest.approx(
+            c["challenger"], rel=1e-4)
+        assert float(challenger.tags[f"gate.champion.{c['metric']}"]) == pytest.approx(
+            c["champion"], rel=1e-4)
+
+
+def test_update_killed_at_each_stage_keeps_a_matching_pair_and_completes(home, tmp_path):
+    ws = Workspace(home)
+    champion_before = served_pair(ws)[0]
+    # EWC and distillation here, so that every regulariser path runs end to end; the gate's
+    # tolerance is wide open because this test is about crash safety, not the gate.
+    args = ["update", "--config", str(TINY), "--json", "--set", "continual.regularizer=ewc",
+            "--set", "continual.reg_weight=0.1", "--set", "continual.distill_weight=0.5",
+            "--set", "continual.gate.tolerance=10"]
+    killed_at = []
+    for point in ("after-train", "after-embed", "during-switch"):
+        rc, stderr = killed_run(home, tmp_path, point, *args)
+        assert rc == -signal.SIGKILL, stderr[-3000:]
+        assert f"crash point {point}" in stderr
+        killed_at.append(point)
+        champion, index_version = served_pair(ws)
+        assert champion == index_version == champion_before, killed_at
+    out = _ok(run_cli(home, *args))
+    assert out["status"] == "promoted"
+    new = out["version"]
+    assert served_pair(ws) == (new, new)
+    assert out["previous_champion"] == champion_before
+    # one training run, one registered version for this update, whatever the crashes
+    runs = [p for p in ws.runs.iterdir() if p.name.startswith("continual-")
+            and p.name.endswith(out["plan"]["key"])]
+    assert len(runs) == 1
+    assert (runs[0] / "manifest.json").is_file()
+    assert sum(v.tags.get("continual.key") == out["plan"]["key"]
+               for v in list_versions(ws, "ctxvec-encoder")) == 1
+    info = get_version(ws, f"models:/ctxvec-encoder/{new}")
+    assert info.tags["parent_version"] == champion_before
+    assert info.tags["continual.regularizer"] == "ewc"
+    assert info.tags["data_snapshot"] > get_version(
+        ws, f"models:/ctxvec-encoder/{champion_before}").tags["data_snapshot"]
+    assert json.loads(info.tags["drift"])["against"] == champion_before
+    # and rollback restores the previous champion with its own index
+    _ok(run_cli(home, "models", "rollback", "--json"))
+    assert served_pair(ws) == (champion_before, champion_before)

@@ -1,0 +1,132 @@
+"""The continual update's parts: the gate's rules, the penalties against forgetting, replay,
+distillation from stored vectors, and the label-free halves metric."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from ctxvec.config import ConfigError, GateConfig
+from ctxvec.continual.regularizers import EWC, L2SP, fisher_diagonal
+from ctxvec.continual.update import _replay_rows, decide, halves_mrr
+from tests.helpers import tiny_bert
+
+SENTENCES = ["the river bank was flooded after the storm",
+             "she deposited the cheque at the bank on monday",
+             "a saw cuts wood", "I saw a bird in the garden"] * 5
+
+
+def test_gate_promotes_only_if_new_improves_and_old_holds():
+    champion = {"new.mlm_loss": 4.0, "old.mlm_loss": 3.0, "sts_spearman": 0.80}
+    gate = GateConfig(tolerance=0.02)
+    ok = decide(gate, champion, {"new.mlm_loss": 3.5, "old.mlm_loss": 3.05, "sts_spearman": 0.79})
+    assert ok["promote"] and ok["new_metric"] == "new.mlm_loss"  # auto: MLM loss when present
+    # old loss up 5% (> 2%): rejected, and the reason names the metric and its numbers
+    bad = decide(gate, champion, {"new.mlm_loss": 3.5, "old.mlm_loss": 3.15,
+                                  "sts_spearman": 0.80})
+    assert not bad["promote"]
+    assert "old.mlm_loss worsened: 3 -> 3.15" in bad["reason"]
+    # higher-is-better metrics drop the other way
+    assert not decide(gate, champion, {"new.mlm_loss": 3.5, "old.mlm_loss": 3.0,
+                                       "sts_spearman": 0.75})["promote"]
+    # no gain on the new domain: rejected even with the old one intact
+    flat = decide(gate, champion, {"new.mlm_loss": 4.0, "old.mlm_loss": 3.0,
+                                   "sts_spearman": 0.80})
+    assert not flat["promote"] and "new.mlm_loss did not improve" in flat["reason"]
+    # a required improvement
+    assert not decide(GateConfig(min_improvement=0.2), champion,
+                      {"new.mlm_loss": 3.5, "old.mlm_loss": 3.0, "sts_spearman": 0.8})["promote"]
+    # without an MLM head the new-domain metric is the halves MRR
+    assert decide(gate, {"new.halves_mrr": 0.5}, {"new.halves_mrr": 0.6})["new_metric"] == \
+        "new.halves_mrr"
+    with pytest.raises(ConfigError, match="was not measured"):
+        decide(GateConfig(new_metric="new.wic"), champion, champion)
+
+
+def _model():
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.Linear(3, 2))
+
+
+def test_l2sp_is_zero_at_the_anchor_and_pulls_back():
+    model = _model()
+    pen = L2SP(model, weight=0.5)
+    assert float(pen(model)) == 0.0
+    with torch.no_grad():
+        model[0].weight += 0.1
+    value = pen(model)
+    assert float(value) == pytest.approx(0.5 * 12 * 0.01, rel=1e-5)
+    value.backward()
+    assert torch.all(model[0].weight.grad > 0)  # the gradient points back to the anchor
+
+
+def test_ewc_fisher_has_mean_one_and_weighs_what_the_old_data_used():
+    model = _model()
+    x = torch.zeros(8, 4)
+    x[:, 0] = torch.randn(8)  # the old data only ever uses input 0
+
+    def loss(m, batch):
+        return m(batch).pow(2).sum()
+
+    fisher = fisher_diagonal(model, loss, [x, x])
+    total = sum(float(f.sum()) for f in fisher)
+    assert total / sum(f.numel() for f in fisher) == pytest.approx(1.0)
+    assert float(fisher[0][:, 1:].abs().sum()) == 0.0  # weights of unused inputs: free
+    ewc = EWC(model, 1.0, loss, [x])
+    with torch.no_grad():
+        model[0].weight[:, 1:] += 1.0  # moving unused weights costs nothing
+    assert float(ewc(model)) == pytest.approx(0.0, abs=1e-9)
+    with torch.no_grad():
+        model[0].weight[:, 0] += 0.1  # moving used ones does
+    assert float(ewc(model)) > 0
+
+
+def test_replay_takes_the_ratio_of_earlier_rows():
+    new, old = np.zeros((30, 8), np.int32), np.arange(400 * 8, dtype=np.int32).reshape(400, 8)
+    assert len(_replay_rows(new, old, 0.5, 0)) == 30
+    assert len(_replay_rows(new, old, 0.25, 0)) == 10
+    assert len(_replay_rows(new, old, 0.0, 0)) == 0
+    assert len(_replay_rows(new, old[:5], 0.5, 0)) == 5  # all there is
+    a, b = _replay_rows(new, old, 0.5, 1), _replay_rows(new, old, 0.5, 1)
+    assert np.array_equal(a, b)  # seeded: a resumed run sees the same data
+
+
+def test_distillation_loss_is_zero_on_the_teachers_own_vectors(tmp_path):
+    from transformers import AutoModel
+
+    from ctxvec.model.encoder import EncoderSettings, load_tokenizer
+    from ctxvec.train.objectives.distill import EmbeddingDistillation
+    from ctxvec.train.objectives.sentences import SentenceView
+
+    folder = tiny_bert(tmp_path / "m", SENTENCES)
+    model = AutoModel.from_pretrained(folder).eval()
+    view = SentenceView(load_tokenizer(folder), 64, EncoderSettings().pooling)
+    texts = SENTENCES[:4]
+    with torch.no_grad():
+        teacher = view.embed(model, view.tokenize(texts)).numpy()
+    obj = EmbeddingDistillation(view)
+    with torch.no_grad():
+        same = obj.loss(model, obj.collate(list(zip(texts, teacher, strict=True))), None)
+        other = obj.loss(model, obj.collate(list(zip(texts, teacher[::-1], strict=True))), None)
+    assert float(same) == pytest.approx(0.0, abs=1e-5)
+    assert float(other) > 0.01
+
+
+def test_halves_mrr_finds_each_documents_other_half(tmp_path):
+    from ctxvec.model.encoder import Encoder
+
+    from ctxvec.model.refs import minilm_dir
+
+    enc = Encoder.load(minilm_dir())
+    docs = ["The Danube flows through Vienna and Budapest before it reaches the Black Sea. "
+            "Its delta is a wetland of reeds, pelicans and fishing villages.",
+            "A sourdough starter is flour and water colonised by wild yeast. "
+            "Bakers feed it daily and use it to leaven bread with a sour taste.",
+            "The violin has four strings tuned in fifths and is played with a bow. "
+            "Orchestras seat the first and second violins to the conductor's left.",
+            "Photosynthesis turns light, water and carbon dioxide into sugar. "
+            "Chlorophyll in the leaves absorbs red and blue light and reflects green."]
+    chance = (1 + 1 / 2 + 1 / 3 + 1 / 4) / 4  # 0.52: each half ranked at random among 4
+    assert halves_mrr(enc, docs, 8) >= 0.8 > chance
+    assert halves_mrr(enc, docs[:1], 8) is None  # one document ranks nothing
