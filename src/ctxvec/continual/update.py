@@ -215,11 +215,11 @@ def train_challenger(cfg: CtxvecConfig, ws: Workspace, plan: UpdatePlan,
     from ctxvec.continual.regularizers import L2SP
     from ctxvec.model.bert import build_model
     from ctxvec.train.datasets import Sampler, load_examples, sentences_of
-    from ctxvec.train.loop import train
     from ctxvec.train.multitask import MultiTask, Task
     from ctxvec.train.objectives import build_objective
     from ctxvec.train.objectives.distill import EmbeddingDistillation
     from ctxvec.train.objectives.sentences import SentenceView
+    from ctxvec.train.run import train_logged
 
     started = time.time()
     tcfg, ccfg = cfg.train, cfg.continual
@@ -282,18 +282,7 @@ def train_challenger(cfg: CtxvecConfig, ws: Workspace, plan: UpdatePlan,
     log.info("update: training from version %s: %s, %s", plan.parent_version,
              ", ".join(f"{k} {v}" for k, v in counts.items()),
              ccfg.regularizer if penalties else "no regulariser")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    metrics_file = run_dir / "metrics.jsonl"
-
-    def on_log(row: dict) -> None:
-        with open(metrics_file, "a") as f:
-            f.write(json.dumps(row) + "\n")
-
-    result = None
-    if tcfg.steps > 0 or tcfg.epochs:
-        result = train(model, MultiTask(tasks, penalties), tcfg, run_dir=run_dir, on_log=on_log)
-    else:
-        metrics_file.touch()
+    result = train_logged(run_dir, model, MultiTask(tasks, penalties), tcfg)
     with ws.stage_dir(run_dir / "model") as tmp:
         model.to("cpu")
         save_encoder(model, tokenizer, settings, tmp)

@@ -78,6 +78,22 @@ def _combine(evals: list[Evaluate]) -> Evaluate | None:
     return evaluate
 
 
+def train_logged(run_dir: Path, model, tasks: MultiTask, tcfg, evaluate: Evaluate | None = None):
+    """Run the loop with checkpoints in ``run_dir`` and every logged row appended to
+    ``run_dir/metrics.jsonl``; None (and an empty metrics file) when there are no steps."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    metrics_file = run_dir / "metrics.jsonl"
+    if not (tcfg.steps > 0 or tcfg.epochs):
+        metrics_file.touch()
+        return None
+
+    def on_log(row: dict) -> None:
+        with open(metrics_file, "a") as f:
+            f.write(json.dumps(row) + "\n")
+
+    return train(model, tasks, tcfg, evaluate=evaluate, run_dir=run_dir, on_log=on_log)
+
+
 def run_train(
     cfg: CtxvecConfig,
     ws: Workspace,
@@ -139,20 +155,9 @@ def run_train(
     if cfg.evaluate.sts and Path(cfg.evaluate.sts).is_file() and (
             tcfg.eval_every or tcfg.early_stopping):
         evals.append(_sts_eval(cfg.evaluate.sts, tokenizer, settings, cfg.evaluate.batch_size))
-    run_dir.mkdir(parents=True, exist_ok=True)
-    metrics_file = run_dir / "metrics.jsonl"
-
-    def on_log(row: dict) -> None:
-        with open(metrics_file, "a") as f:
-            f.write(json.dumps(row) + "\n")
-
-    result = None
-    if tcfg.steps > 0 or tcfg.epochs:
-        result = train(model, MultiTask(tasks), tcfg, evaluate=_combine(evals), run_dir=run_dir,
-                       on_log=on_log)
-    else:
+    result = train_logged(run_dir, model, MultiTask(tasks), tcfg, _combine(evals))
+    if result is None:
         log.info("train: train.steps=0, keeping %s's weights as they are", cfg.model.init)
-        metrics_file.touch()
     if not world.main:  # rank 0 saves; the others are done once training is
         return TrainedModel(str(run_dir), str(run_dir / "model"), result.steps if result else 0,
                             result.tokens_seen if result else 0, None, None, parent)
