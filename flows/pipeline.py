@@ -7,6 +7,11 @@ Run it with ``ctxvec run --config configs/tiny.yaml``, or with Prefect directly:
 ``python flows/pipeline.py configs/tiny.yaml`` or a deployment whose entrypoint is
 ``flows/pipeline.py:pipeline``. With no ``PREFECT_API_URL`` set, Prefect runs it against its local
 ephemeral server; with one set, the same code reports to that server.
+
+Stages whose inputs did not change are not run again: their results are cached in the workspace
+(``<home>/prefect-results``), keyed on their config sections and upstream artifacts; see
+``flows/caching.py`` for what each key holds and when a cached result is discarded. Ingest always
+runs (new files may have landed); it is incremental by itself.
 """
 
 from __future__ import annotations
@@ -14,7 +19,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from prefect import flow, task
+from ctxvec_flows import caching  # installed with ctxvec, so found however this file is loaded
+from prefect import Task, flow, task
 from prefect.cache_policies import NO_CACHE
 
 from ctxvec.artifacts import (
@@ -41,40 +47,47 @@ from ctxvec.workspace import Workspace
 
 # Stages write atomically and are cheap to re-check, so a transient failure (a locked SQLite
 # file, a busy disk) is retried; training is not: its failures are not transient.
-_IO = {"retries": 2, "retry_delay_seconds": 2, "cache_policy": NO_CACHE}
-_COMPUTE = {"retries": 0, "cache_policy": NO_CACHE}
+_IO = {"retries": 2, "retry_delay_seconds": 2}
+_COMPUTE = {"retries": 0}
+# A Prefect concurrency limit on this tag (`prefect concurrency-limit create gpu-train 1`) keeps
+# two trainings, from any flows and deployments, off one GPU at once (infra/README.md).
+GPU_TRAIN_TAG = "gpu-train"
 
 
-@task(name="ingest", **_IO)
+def _cached(policy: caching.StageCache) -> dict:
+    return {"cache_policy": policy, "persist_result": True}
+
+
+@task(name="ingest", cache_policy=NO_CACHE, **_IO)
 def ingest_task(cfg: CtxvecConfig, ws: Workspace) -> Snapshot:
     return run_ingest(cfg, ws)
 
 
-@task(name="tokenizer", **_COMPUTE)
+@task(name="tokenizer", **_COMPUTE, **_cached(caching.TOKENIZER))
 def tokenizer_task(cfg: CtxvecConfig, ws: Workspace, snap: Snapshot) -> TokenizerArtifact:
     return run_tokenizer(cfg, ws, snap)
 
 
-@task(name="pack", **_COMPUTE)
+@task(name="pack", **_COMPUTE, **_cached(caching.PACK))
 def pack_task(
     cfg: CtxvecConfig, ws: Workspace, snap: Snapshot, tok: TokenizerArtifact
 ) -> PackedData:
     return run_pack(cfg, ws, snap, tok)
 
 
-@task(name="train", **_COMPUTE)
+@task(name="train", tags=[GPU_TRAIN_TAG], **_COMPUTE, **_cached(caching.TRAIN))
 def train_task(
     cfg: CtxvecConfig, ws: Workspace, snap: Snapshot, tok: TokenizerArtifact, packed: PackedData
 ) -> TrainedModel:
     return run_train(cfg, ws, snap, tok, packed)
 
 
-@task(name="evaluate", **_COMPUTE)
+@task(name="evaluate", **_COMPUTE, **_cached(caching.EVALUATE))
 def evaluate_task(cfg: CtxvecConfig, ws: Workspace, trained: TrainedModel) -> EvalReport:
     return run_evaluate(cfg, ws, trained)
 
 
-@task(name="register", **_IO)
+@task(name="register", **_IO, **_cached(caching.REGISTER))
 def register_task(
     cfg: CtxvecConfig,
     ws: Workspace,
@@ -86,19 +99,19 @@ def register_task(
     return register_model(cfg, ws, snap, tok, trained, report)
 
 
-@task(name="embed", **_COMPUTE)
+@task(name="embed", **_COMPUTE, **_cached(caching.EMBED))
 def embed_task(
     cfg: CtxvecConfig, ws: Workspace, snap: Snapshot, trained: TrainedModel, reg: RegisteredModel
 ) -> Embeddings:
     return run_embed(cfg, ws, snap, trained.model_dir, reg.version)
 
 
-@task(name="index", **_COMPUTE)
+@task(name="index", **_COMPUTE, **_cached(caching.INDEX))
 def index_task(cfg: CtxvecConfig, ws: Workspace, emb: Embeddings) -> IndexArtifact:
     return run_index(cfg, ws, emb)
 
 
-@task(name="promote", **_IO)
+@task(name="promote", cache_policy=NO_CACHE, **_IO)
 def promote_task(
     cfg: CtxvecConfig, ws: Workspace, reg: RegisteredModel, idx: IndexArtifact
 ) -> str | None:
@@ -108,12 +121,17 @@ def promote_task(
     return promote(ws, reg.name, reg.version, "champion")
 
 
-@task(name="sample-query", **_COMPUTE)
+@task(name="sample-query", cache_policy=NO_CACHE, **_COMPUTE)
 def sample_query_task(cfg: CtxvecConfig, ws: Workspace) -> list[dict]:
     if not cfg.query.sample:
         return []
     searcher = Searcher(ws, f"models:/{cfg.registry.model_name}@champion", cfg)
     return [h.to_dict() for h in searcher.search(cfg.query.sample, cfg.query.k)]
+
+
+def _in(ws: Workspace, stage: Task) -> Task:
+    """The stage with its cached results kept in this run's workspace."""
+    return stage.with_options(result_storage=caching.results_dir(ws))
 
 
 @flow(name="ctxvec-pipeline")
@@ -122,15 +140,15 @@ def pipeline(config: str, overrides: list[str] | None = None, home: str | None =
     cfg = load_config(config, overrides)
     ws = (Workspace(Path(home)) if home else Workspace.from_env()).ensure()
     snap = ingest_task(cfg, ws)
-    tok = tokenizer_task(cfg, ws, snap)
+    tok = _in(ws, tokenizer_task)(cfg, ws, snap)
     needs_pack = any(o.name == "mlm" for o in cfg.train.objectives) and (
         cfg.train.steps > 0 or cfg.train.epochs)
-    packed = pack_task(cfg, ws, snap, tok) if needs_pack else None
-    trained = train_task(cfg, ws, snap, tok, packed)
-    report = evaluate_task(cfg, ws, trained)
-    reg = register_task(cfg, ws, snap, tok, trained, report)
-    emb = embed_task(cfg, ws, snap, trained, reg)
-    idx = index_task(cfg, ws, emb)
+    packed = _in(ws, pack_task)(cfg, ws, snap, tok) if needs_pack else None
+    trained = _in(ws, train_task)(cfg, ws, snap, tok, packed)
+    report = _in(ws, evaluate_task)(cfg, ws, trained)
+    reg = _in(ws, register_task)(cfg, ws, snap, tok, trained, report)
+    emb = _in(ws, embed_task)(cfg, ws, snap, trained, reg)
+    idx = _in(ws, index_task)(cfg, ws, emb)
     previous = promote_task(cfg, ws, reg, idx)
     hits = sample_query_task(cfg, ws) if cfg.registry.promote else []
     return {

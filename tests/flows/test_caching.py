@@ -1,0 +1,87 @@
+"""Stage caching in the pipeline flow (flows/caching.py), through real Prefect task runs.
+
+One workspace, one small corpus that ingest reads completely (so a second ingest finds nothing
+new and names the same corpus), four runs in Prefect's test harness:
+1. everything runs;
+2. the same inputs: every cached stage is ``Cached`` (train is not run again), the same model
+   version comes back and the registry holds no new one;
+3. the index folder deleted: index runs again (its cached result points at nothing), the rest
+   stays cached;
+4. ``train.steps`` changed: train runs again and a new version is registered.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from tests.flows.runs import small_run_overrides, task_runs, write_corpus
+from tests.helpers import TINY
+
+CACHED_STAGES = ["tokenizer", "pack", "train", "evaluate", "register", "embed", "index"]
+
+
+def run(home: Path, overrides: list[str]) -> tuple[dict, dict[str, str]]:
+    from ctxvec_flows.pipeline import pipeline
+
+    state = pipeline(str(TINY), overrides, str(home), return_state=True)
+    assert state.is_completed(), state.message
+    runs = task_runs(state.state_details.flow_run_id)
+    return state.result(), {name: r.state.name for name, r in runs.items()}
+
+
+@pytest.fixture(scope="module")
+def harness():
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness():
+        yield
+
+
+def test_unchanged_stages_are_cached_and_changed_ones_rerun(tmp_path, harness, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    corpus = write_corpus(tmp_path / "corpus", 300)
+    home = tmp_path / "home"
+    base = small_run_overrides(corpus)
+
+    first, states = run(home, base)
+    assert states["train"] == "Completed" and states["index"] == "Completed"
+    assert first["model"]["version"] == "1"
+    assert (home / "prefect-results").is_dir()  # results persist in the workspace
+
+    # 2. same inputs: ingest runs (and finds nothing new), everything after it is cached
+    second, states = run(home, base)
+    assert not second["snapshot"]["created"]
+    assert second["snapshot"]["snapshot_id"] == first["snapshot"]["snapshot_id"]
+    assert states["ingest"] == "Completed"
+    assert {s: states[s] for s in CACHED_STAGES} == dict.fromkeys(CACHED_STAGES, "Cached")
+    assert second["train"] == first["train"] and second["model"] == first["model"]
+    assert states["promote"] == "Completed"  # never cached: the alias may have moved
+    from mlflow import MlflowClient
+
+    db = f"sqlite:///{home / 'mlflow.db'}"
+    registry = MlflowClient(tracking_uri=db, registry_uri=db)
+    versions = registry.search_model_versions("name='ctxvec-encoder'")
+    assert [str(v.version) for v in versions] == ["1"]
+
+    # 3. a cached result whose files are gone is not used: the stage runs again
+    shutil.rmtree(first["index"]["path"])
+    third, states = run(home, base)
+    assert states["index"] == "Completed" and states["embed"] == "Cached"
+    assert Path(third["index"]["path"], "manifest.json").is_file()
+    assert third["sample_query"]["hits"]  # the rebuilt index serves
+
+    # 4. a train setting changed: train runs again, upstream stays cached, a new version
+    fourth, states = run(home, [*base, "train.steps=8"])
+    assert states["train"] == "Completed" and fourth["train"]["steps"] == 8
+    assert states["tokenizer"] == "Cached" and states["pack"] == "Cached"
+    assert states["register"] == "Completed" and fourth["model"]["version"] == "2"
+    assert fourth["champion"] == "2" and states["embed"] == "Completed"
+
+
+def test_train_carries_the_gpu_concurrency_tag():
+    from ctxvec_flows.pipeline import GPU_TRAIN_TAG, train_task
+
+    assert GPU_TRAIN_TAG in train_task.tags
