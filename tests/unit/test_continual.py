@@ -115,7 +115,6 @@ def test_distillation_loss_is_zero_on_the_teachers_own_vectors(tmp_path):
 
 def test_halves_mrr_finds_each_documents_other_half(tmp_path):
     from ctxvec.model.encoder import Encoder
-
     from ctxvec.model.refs import minilm_dir
 
     enc = Encoder.load(minilm_dir())
