@@ -91,7 +91,9 @@ def test_registry_version_alias_and_tags(first_run):
     home, s = first_run
     from mlflow import MlflowClient
 
-    client = MlflowClient(tracking_uri=f"sqlite:///{home / 'mlflow.db'}")
+    db = f"sqlite:///{home / 'mlflow.db'}"
+    # registry_uri too: an earlier in-process run has set mlflow's process-wide registry URI
+    client = MlflowClient(tracking_uri=db, registry_uri=db)
     mv = client.get_model_version_by_alias("ctxvec-encoder", "champion")
     assert str(mv.version) == "1" == s["model"]["version"] == s["champion"]
     tags = mv.tags
