@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ctxvec.errors import UserInputError
 
@@ -367,6 +367,12 @@ class ContinualConfig(_Section):
     eval_docs: int = Field(300, ge=2, description="Held-out documents per domain, at most.")
     min_new_docs: int = Field(1, ge=1, description="Fewer new documents: nothing to do.")
     gate: GateConfig = GateConfig()
+
+    @field_validator("parent", mode="before")
+    @classmethod
+    def _version_number(cls, v: Any) -> Any:
+        # `--set continual.parent=3` and `parent: 3` parse as YAML integers: a version number
+        return str(v) if isinstance(v, int) and not isinstance(v, bool) else v
 
 
 class CtxvecConfig(_Section):

@@ -112,3 +112,10 @@ def test_overrides_index_lists_and_rebase_paths_on_the_cwd(tmp_path, monkeypatch
         load_config(REPO / "configs" / "finetune-stsb.yaml", ["train.objectives.3.scale=1"])
     with pytest.raises(ConfigError, match=r"train\.objectives\.0\.name"):
         load_config(None, ["train.objectives=[{name: nope}]"])
+
+
+def test_continual_parent_takes_a_version_number():
+    # YAML reads `3` as an integer; the field means version 3
+    cfg = load_config(REPO / "configs" / "tiny.yaml", ["continual.parent=3"])
+    assert cfg.continual.parent == "3"
+    assert load_config(REPO / "configs" / "tiny.yaml").continual.parent == "champion"
