@@ -90,13 +90,7 @@ class Workspace:
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
-        if final.exists():
-            old = final.parent / f".old-{final.name}-{uuid.uuid4().hex[:8]}"
-            final.rename(old)
-            tmp.rename(final)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(final)
+        _move_into_place(tmp, final)
 
 
     @contextlib.contextmanager
@@ -108,13 +102,19 @@ class Workspace:
         work = final.parent / f".partial-{final.name}-{key[:16]}"
         work.mkdir(exist_ok=True)
         yield work
-        if final.exists():
-            old = final.parent / f".old-{final.name}-{uuid.uuid4().hex[:8]}"
-            final.rename(old)
-            work.rename(final)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            work.rename(final)
+        _move_into_place(work, final)
+
+
+def _move_into_place(src: Path, final: Path) -> None:
+    """Rename ``src`` to ``final``; an existing ``final`` is swapped out first and removed, so
+    readers see the old folder or the new one, never a mix."""
+    if final.exists():
+        old = final.parent / f".old-{final.name}-{uuid.uuid4().hex[:8]}"
+        final.rename(old)
+        src.rename(final)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        src.rename(final)
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:

@@ -171,12 +171,17 @@ def has_mlm_head(model_dir: str | Path) -> bool:
     return any(a.endswith("ForMaskedLM") for a in config.get("architectures") or [])
 
 
+def replay_count(n_new: int, ratio: float) -> int:
+    """Earlier examples to mix with ``n_new`` new ones so that they make ``ratio`` of the data."""
+    return int(round(n_new * ratio / (1 - ratio))) if ratio > 0 else 0
+
+
 def _replay_rows(new_rows: np.ndarray, old_rows: np.ndarray, ratio: float,
                  seed: int) -> np.ndarray:
     """``ratio / (1 - ratio)`` earlier rows per new row (fewer if that many do not exist)."""
     if ratio <= 0 or not len(old_rows):
         return old_rows[:0]
-    want = int(round(len(new_rows) * ratio / (1 - ratio)))
+    want = replay_count(len(new_rows), ratio)
     if want > len(old_rows):
         log.warning("update: replay wants %d earlier sequences, only %d exist: using all",
                     want, len(old_rows))
@@ -256,8 +261,7 @@ def train_challenger(cfg: CtxvecConfig, ws: Workspace, plan: UpdatePlan,
         elif ocfg.data.source == "corpus":
             new = sentences_of(domains.new_train.values(), ocfg.data.max_examples)
             old = sentences_of(domains.old_train.values(), None)
-            n_old = min(len(old), int(round(len(new) * ccfg.replay_ratio /
-                                            (1 - ccfg.replay_ratio))))
+            n_old = min(len(old), replay_count(len(new), ccfg.replay_ratio))
             rng = np.random.default_rng(tcfg.seed + i)
             examples = new + [old[j] for j in sorted(rng.choice(len(old), n_old, replace=False))]
             counts |= {f"{ocfg.name}_new": len(new), f"{ocfg.name}_replay": n_old}
