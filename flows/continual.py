@@ -13,7 +13,6 @@ by its update key, reuses finished embeddings and moves the alias only to a comp
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
@@ -75,7 +74,8 @@ def continual(config: str, overrides: list[str] | None = None, home: str | None 
     """Update the champion with the documents it has not seen; promote it only through the
     gate. ``home``: the workspace (default ``$CTXVEC_HOME``)."""
     cfg = load_config(config, overrides)
-    ws = (Workspace(Path(home)) if home else Workspace.from_env()).ensure()
+    # a folder or a store URI (s3://bucket/prefix): Workspace.at tells them apart
+    ws = (Workspace.at(home) if home else Workspace.from_env()).ensure()
     snap = ingest_task(cfg, ws)
     plan = plan_task(cfg, ws)
     if plan.status != "ready":
@@ -86,7 +86,7 @@ def continual(config: str, overrides: list[str] | None = None, home: str | None 
     reg = register_task(cfg, ws, plan, trained, report)
     decision = gate_task(cfg, ws, reg, champion, report)
     out = deploy_task(cfg, ws, plan, trained, reg, decision, champion, report)
-    return {**out, "snapshot": snap.to_dict(), "workspace": str(ws.root)}
+    return {**out, "snapshot": snap.to_dict(), "workspace": ws.home}
 
 
 if __name__ == "__main__":

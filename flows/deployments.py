@@ -62,7 +62,7 @@ class ScheduleSpec:
     cron: str | None = None  # e.g. "0 2 * * *": nightly at 02:00
     interval: float | None = None  # seconds between runs (instead of cron)
     timezone: str = "UTC"  # IANA name; cron times are read in it
-    home: str | None = None  # workspace; None: $CTXVEC_HOME where the run executes
+    home: str | None = None  # workspace folder or URI; None: $CTXVEC_HOME where it runs
     tags: tuple[str, ...] = DEFAULT_TAGS
     work_pool: str | None = None  # None: served by `ctxvec schedule` itself
     max_active_runs: int | None = 1  # runs of this deployment at once; later ones wait
@@ -80,7 +80,11 @@ class ScheduleSpec:
                                 "configs/demo.yaml)")
         object.__setattr__(self, "recipe", str(recipe.resolve()))
         if self.home is not None:
-            object.__setattr__(self, "home", str(Path(self.home).expanduser().resolve()))
+            from ctxvec.storage import is_uri
+
+            # a store URI (s3://bucket/prefix) is passed on as it is; a folder made absolute
+            object.__setattr__(self, "home", self.home if is_uri(self.home)
+                               else str(Path(self.home).expanduser().resolve()))
         object.__setattr__(self, "overrides", tuple(self.overrides))
         object.__setattr__(self, "tags", tuple(dict.fromkeys([*DEFAULT_TAGS, *self.tags])))
         self._check_schedule()

@@ -17,11 +17,11 @@ runs (new files may have landed); it is incremental by itself.
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 from ctxvec_flows import caching  # installed with ctxvec, so found however this file is loaded
 from prefect import Task, flow, task
 from prefect.cache_policies import NO_CACHE
+from prefect.logging import get_run_logger
 
 from ctxvec.artifacts import (
     Embeddings,
@@ -42,7 +42,7 @@ from ctxvec.registry.store import attach_index, promote, register_model
 from ctxvec.serve.search import Searcher
 from ctxvec.tokenizer.packing import run_pack
 from ctxvec.tokenizer.trainer import run_tokenizer
-from ctxvec.train.run import run_train
+from ctxvec.train.launch import train_with_launch
 from ctxvec.workspace import Workspace
 
 # Stages write atomically and are cheap to re-check, so a transient failure (a locked SQLite
@@ -79,7 +79,9 @@ def pack_task(
 def train_task(
     cfg: CtxvecConfig, ws: Workspace, snap: Snapshot, tok: TokenizerArtifact, packed: PackedData
 ) -> TrainedModel:
-    return run_train(cfg, ws, snap, tok, packed)
+    # train.nproc_per_node > 1 (or auto, on several GPUs): DDP ranks under torchrun, their
+    # output streamed into this task's log; otherwise in this process, as before
+    return train_with_launch(cfg, ws, snap, tok, packed, on_line=get_run_logger().info)
 
 
 @task(name="evaluate", **_COMPUTE, **_cached(caching.EVALUATE))
@@ -138,7 +140,8 @@ def _in(ws: Workspace, stage: Task) -> Task:
 def pipeline(config: str, overrides: list[str] | None = None, home: str | None = None) -> dict:
     """Run every stage of a recipe into the workspace ``home`` (default: ``$CTXVEC_HOME``)."""
     cfg = load_config(config, overrides)
-    ws = (Workspace(Path(home)) if home else Workspace.from_env()).ensure()
+    # a folder or a store URI (s3://bucket/prefix): Workspace.at tells them apart
+    ws = (Workspace.at(home) if home else Workspace.from_env()).ensure()
     snap = ingest_task(cfg, ws)
     tok = _in(ws, tokenizer_task)(cfg, ws, snap)
     needs_pack = any(o.name == "mlm" for o in cfg.train.objectives) and (
@@ -152,7 +155,7 @@ def pipeline(config: str, overrides: list[str] | None = None, home: str | None =
     previous = promote_task(cfg, ws, reg, idx)
     hits = sample_query_task(cfg, ws) if cfg.registry.promote else []
     return {
-        "workspace": str(ws.root),
+        "workspace": ws.home,
         "snapshot": snap.to_dict(),
         "tokenizer": tok.to_dict(),
         "pack": packed.to_dict() if packed else None,

@@ -4,16 +4,25 @@ spawned) when the block exits, whatever happened inside it.
 
     with running(prefect_spec(tmp / "prefect"), mlflow_spec(tmp / "mlflow")) as (api, uri):
         ...  # PREFECT_API_URL=api, MLFLOW_TRACKING_URI=uri
+
+And a throwaway PostgreSQL cluster (the system's, e.g. Debian's ``postgresql`` package), for
+MLflow's backend store as it runs beyond one machine:
+
+    with postgres_server() as db, running(mlflow_spec(tmp / "mlflow", backend=db)) as (uri,):
+        ...
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import pwd
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -107,13 +116,15 @@ def prefect_spec(folder: Path) -> Server:
     return Server(args, env, folder, url, f"{url}/health")
 
 
-def mlflow_spec(folder: Path) -> Server:
-    """``mlflow server`` on SQLite under ``folder``, serving artifacts itself (clients upload and
+def mlflow_spec(folder: Path, backend: str | None = None) -> Server:
+    """``mlflow server`` on SQLite under ``folder`` (or on the backend store URI ``backend``,
+    e.g. a ``postgres_server``'s), serving artifacts itself from ``folder`` (clients upload and
     download through it, as with a remote store); its URL is the tracking URI."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
+    backend = backend or f"sqlite:///{folder / 'mlflow.db'}"
     args = [str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
-            "--workers", "1", "--backend-store-uri", f"sqlite:///{folder / 'mlflow.db'}",
+            "--workers", "1", "--backend-store-uri", backend,
             "--serve-artifacts", "--artifacts-destination", (folder / "artifacts").as_uri()]
     return Server(args, clean_env(), folder, url, f"{url}/health")
 
@@ -158,3 +169,122 @@ def mlflow_server(folder: Path, timeout: float = 120.0) -> Iterator[str]:
     """A real MLflow tracking server (see ``mlflow_spec``); yields its tracking URI."""
     with running(mlflow_spec(folder), timeout=timeout) as (url,):
         yield url
+
+
+# --- PostgreSQL -----------------------------------------------------------------------------
+
+PG_PROGRAMS = ("initdb", "pg_ctl", "postgres")
+PG_LIB = Path("/usr/lib/postgresql")  # Debian: one <major>/bin folder per installed version
+PG_INSTALL = ("install PostgreSQL's server programs: `apt-get install -y postgresql` on Debian "
+              "or Ubuntu (.ci/run does so when it runs as root), or put the folder that holds "
+              "initdb and pg_ctl on PATH")
+
+
+class PostgresMissing(RuntimeError):
+    """PostgreSQL's server programs are not installed. Tests that need them fail with this
+    (they do not skip): CI installs them, so a missing server is a broken machine."""
+
+
+def postgres_bindir() -> Path:
+    """The folder holding ``initdb``, ``pg_ctl`` and ``postgres``: on PATH, else
+    ``pg_config --bindir``, else the newest ``/usr/lib/postgresql/<major>/bin`` (Debian keeps
+    the server programs off PATH there)."""
+    candidates: list[Path] = []
+    if found := shutil.which("initdb"):
+        candidates.append(Path(found).resolve().parent)
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        out = subprocess.run(["pg_config", "--bindir"], capture_output=True, text=True,
+                             timeout=10, check=True).stdout.strip()
+        candidates.append(Path(out))
+    majors = PG_LIB.glob("*/bin")
+    candidates += sorted(majors, key=lambda p: int(p.parent.name) if p.parent.name.isdigit()
+                         else -1, reverse=True)
+    for folder in candidates:
+        if all(os.access(folder / p, os.X_OK) for p in PG_PROGRAMS):
+            return folder
+    raise PostgresMissing(f"PostgreSQL not found (looked for {', '.join(PG_PROGRAMS)} on PATH, "
+                          f"in `pg_config --bindir` and {PG_LIB}/*/bin): {PG_INSTALL}")
+
+
+def _cluster_owner() -> tuple[list[str], pwd.struct_passwd | None]:
+    """How to run PostgreSQL's programs, which refuse to run as root: as ``postgres`` (through
+    ``runuser``) when this process is root, as ourselves otherwise -> (command prefix, the
+    user whose files the cluster's are, or None for ourselves)."""
+    if os.geteuid() != 0:
+        return [], None
+    runuser = shutil.which("runuser")
+    try:
+        user = pwd.getpwnam("postgres")
+    except KeyError:
+        user = None
+    if runuser is None or user is None:
+        raise PostgresMissing("PostgreSQL refuses to run as root and there is no `postgres` user "
+                              f"(or no runuser) to run it as: {PG_INSTALL} (it creates the user), "
+                              "or run the tests as a normal user")
+    return [runuser, "-u", user.pw_name, "--"], user
+
+
+def _run_pg(prefix: list[str], args: list[str], cwd: Path, timeout: float,
+            log: Path | None = None) -> None:
+    proc = subprocess.run([*prefix, *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=timeout)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{Path(args[0]).name} {' '.join(args[1:])} exited "
+                           f"{proc.returncode}:\n{proc.stdout}{proc.stderr}"
+                           + (f"\nserver log:\n{tail(log)}" if log else ""))
+
+
+@contextlib.contextmanager
+def postgres_server(db: str = "mlflow", user: str = "ctxvec",
+                    timeout: float = 60.0) -> Iterator[str]:
+    """A throwaway PostgreSQL cluster: ``initdb`` into a fresh temporary folder, the server on
+    a free port of 127.0.0.1 (and a Unix socket in that folder), database ``db`` owned by
+    ``user`` (trust authentication: nothing but this host reaches it); yields its URL
+    ``postgresql://USER@127.0.0.1:PORT/DB``. On exit the server stops (immediate shutdown: the
+    data is thrown away) and the folder goes.
+
+    The folder is made with ``tempfile``, not under pytest's ``tmp_path``, whose parents are
+    private to the user running the tests: as root the cluster belongs to ``postgres``, which
+    must reach it. Durability is off (fsync, full-page writes): it is a test's state."""
+    import psycopg2
+
+    bindir = postgres_bindir()
+    prefix, owner = _cluster_owner()
+    root = Path(tempfile.mkdtemp(prefix="ctxvec-postgres-"))
+    data, log = root / "data", root / "server.log"
+    try:
+        if owner is not None:
+            os.chown(root, owner.pw_uid, owner.pw_gid)
+        _run_pg(prefix, [str(bindir / "initdb"), "-D", str(data), "-U", user, "--auth=trust",
+                         "-E", "UTF8", "--locale=C", "--no-sync", "--no-instructions"],
+                root, timeout)
+        port = free_port()
+        options = (f"-c listen_addresses=127.0.0.1 -p {port} -k {root} -c fsync=off "
+                   "-c full_page_writes=off -c synchronous_commit=off")
+        # -w: pg_ctl returns once the server accepts connections (or fails with its log)
+        _run_pg(prefix, [str(bindir / "pg_ctl"), "start", "-D", str(data), "-l", str(log),
+                         "-w", "-t", str(int(timeout)), "-o", options], root, timeout + 10, log)
+        try:
+            deadline = time.monotonic() + timeout
+            while True:  # pg_ctl has waited already; this is the first real client
+                try:
+                    conn = psycopg2.connect(host="127.0.0.1", port=port, user=user,
+                                            dbname="postgres", connect_timeout=5)
+                    break
+                except psycopg2.OperationalError:
+                    if time.monotonic() > deadline:
+                        raise TimeoutError(f"postgres on :{port} refuses connections after "
+                                           f"{timeout:.0f} s:\n{tail(log)}") from None
+                    time.sleep(0.2)
+            try:
+                conn.autocommit = True  # CREATE DATABASE runs outside a transaction
+                with conn.cursor() as cur:
+                    cur.execute(f'CREATE DATABASE "{db}" OWNER "{user}"')
+            finally:
+                conn.close()
+            yield f"postgresql://{user}@127.0.0.1:{port}/{db}"
+        finally:
+            _run_pg(prefix, [str(bindir / "pg_ctl"), "stop", "-D", str(data), "-m",
+                             "immediate", "-w"], root, 60, log)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)

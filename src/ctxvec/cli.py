@@ -26,7 +26,8 @@ from ctxvec.errors import UserInputError
 app = typer.Typer(
     name="ctxvec",
     help="Train contextual encoders, embed corpora into Parquet + FAISS, track versions in "
-    "MLflow, and query nearest neighbours. Workspace: $CTXVEC_HOME (default ./.ctxvec).",
+    "MLflow, and query nearest neighbours. Workspace: $CTXVEC_HOME (default ./.ctxvec; or "
+    "s3://BUCKET/PREFIX, cached in $CTXVEC_CACHE).",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -144,7 +145,7 @@ def run(
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     from ctxvec_flows.pipeline import pipeline
 
-    summary = pipeline(str(config), list(set_ or []), str(ws.root))
+    summary = pipeline(str(config), list(set_ or []), ws.home)  # a folder or a store URI
     if as_json:
         return _dump(summary)
     return _format_run(summary)
@@ -193,7 +194,7 @@ def update(
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     from ctxvec_flows.continual import continual
 
-    out = continual(str(config), list(set_ or []), str(ws.root))
+    out = continual(str(config), list(set_ or []), ws.home)
     if as_json:
         return _dump(out)
     return _format_update(out)
@@ -287,7 +288,7 @@ def _corpus_snapshot(snapshot_id: str | None):
     ws = _workspace()
     snaps = committed_snapshots(ws)
     if not snaps:
-        raise UserError(f"no snapshot in {ws.root}: run `ctxvec ingest SOURCE...` first")
+        raise UserError(f"no snapshot in {ws.home}: run `ctxvec ingest SOURCE...` first")
     sid = snapshot_id or snaps[-1].name
     try:
         corpus = corpus_upto(ws, sid)
@@ -973,13 +974,18 @@ def schedule(
         if limit is not None and (limit < 1 or work_pool):
             raise UserError("--limit is a positive number of runs, and applies when serving "
                             "(without --work-pool)")
-        ws_root = home.expanduser().resolve() if home else _workspace().root
+        from ctxvec_flows import deployments as d
+
+        # checked before anything is written, and in a dry run too: what it plans must be true
+        if work_pool and d.api_url() is None:
+            raise UserError("--work-pool needs a Prefect server that workers reach: start one "
+                            "(prefect server start) and set PREFECT_API_URL")
+        ws = None if home else _workspace()  # a store URI stays one: flows get ws.home
+        ws_root = home.expanduser().resolve() if home else ws.root
         if not dry_run:  # as `ctxvec run`: Prefect's local state in the workspace by default
             ws_root.mkdir(parents=True, exist_ok=True)
             os.environ.setdefault("PREFECT_HOME", str(ws_root / "prefect"))
         os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-        from ctxvec_flows import deployments as d
-
         for kind, rec, when, every, nm, sets in (
                 ("pipeline", recipe, cron, interval, name, set_),
                 ("continual", continual_recipe, continual_cron, continual_interval,
@@ -987,7 +993,8 @@ def schedule(
             if rec is not None:
                 specs.append(d.ScheduleSpec(
                     name=nm or rec.stem, flow=kind, recipe=str(rec), overrides=tuple(sets or ()),
-                    cron=when, interval=every, timezone=timezone, home=str(ws_root),
+                    cron=when, interval=every, timezone=timezone,
+                    home=str(ws_root) if ws is None else ws.home,
                     tags=tuple(tags or ()), work_pool=work_pool))
             elif when or every or nm or sets:
                 flag = "--recipe" if kind == "pipeline" else "--continual-recipe"
@@ -995,9 +1002,6 @@ def schedule(
         for s in specs:
             s.to_deployment()  # fails here (exit 2) if a flow cannot be loaded
         local = d.api_url() is None
-        if local and work_pool and not dry_run:
-            raise UserError("--work-pool needs a Prefect server that workers reach: start one "
-                            "(prefect server start) and set PREFECT_API_URL")
         if local and serving:  # the ephemeral server has no scheduler: run a real one
             stack.enter_context(d.local_server())
         registered = d.apply(specs) if work_pool and not dry_run else [s.to_dict()
@@ -1027,7 +1031,9 @@ def _format_schedule(out: dict) -> str:
         sets = " ".join(f"--set {o}" for o in dep["parameters"]["overrides"])
         lines.append(f"  {dep['name']:<32} {when} ({s['timezone']})  "
                      f"{dep['parameters']['config']} {sets}".rstrip())
-    head = {"dry-run": f"would register on {api} (dry run):",
+    pool = f", work pool {out['deployments'][0]['work_pool']}" if out["deployments"] and \
+        out["deployments"][0].get("work_pool") else ""
+    head = {"dry-run": f"would register on {api}{pool} (dry run):",
             "work-pool": f"registered on {api}, work pool {out['deployments'][0]['work_pool']}"
                          " (its workers run them):",
             "serve": f"serving on {api}; Ctrl-C stops and pauses the schedules:"}[out["mode"]]

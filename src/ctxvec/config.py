@@ -7,6 +7,7 @@ in ``--set`` fails loudly with the key's full dotted path instead of being ignor
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -212,6 +213,17 @@ class TrainConfig(_Section):
     )
     peak_tflops: float = Field(989.0, gt=0, description="For MFU: the device's dense peak.")
     threads: int | None = Field(None, ge=1, description="torch CPU threads (default: torch's).")
+    nproc_per_node: int | Literal["auto"] = Field(
+        1, description="Training processes the pipeline launches with torchrun (DDP): 1 trains "
+        "in process; 'auto' one per visible GPU (1 without GPUs).",
+    )
+
+    @field_validator("nproc_per_node")
+    @classmethod
+    def _positive_nproc(cls, v: int | str) -> int | str:
+        if isinstance(v, int) and v < 1:
+            raise ValueError("train.nproc_per_node must be >= 1 or 'auto'")
+        return v
 
     @model_validator(mode="after")
     def _objectives(self) -> TrainConfig:
@@ -249,6 +261,38 @@ class WordsConfig(_Section):
     )
 
 
+class RayEmbedConfig(_Section):
+    """Where and how ``embed.engine: ray`` runs: Ray Data ``map_batches`` over an actor pool."""
+
+    address: str | None = Field(
+        None, description="null: start a local Ray inside this process; 'auto': join the cluster "
+        "this machine is a node of; 'ray://HOST:10001' (Ray Client) or 'HOST:6379': join that.",
+    )
+    actors: int | None = Field(
+        None, ge=1, description="Embedding actors, each loading the encoder once (default: one "
+        "per num_gpus of the cluster's GPUs, else (cluster CPUs - 1) // num_cpus).",
+    )
+    num_gpus: float | None = Field(
+        None, ge=0, description="GPUs per actor (default: 1 when the cluster has GPUs and "
+        "train.device is not cpu, else 0).",
+    )
+    num_cpus: float = Field(
+        1.0, gt=0, description="CPUs reserved per actor; also its torch threads on a CPU."
+    )
+    batch_size: int = Field(
+        256, ge=1, description="Documents per map_batches batch; each batch is written as one "
+        "Parquet part file, the unit of resume.",
+    )
+
+    @field_validator("address")
+    @classmethod
+    def _address(cls, v: str | None) -> str | None:
+        if v is not None and v != "auto" and not re.fullmatch(r"(ray://)?[\w.\-]+:\d+", v):
+            raise ValueError(f"embed.ray.address {v!r}: use null (a local Ray), 'auto', "
+                             "'ray://HOST:10001' or 'HOST:6379'")
+        return v
+
+
 class EmbedConfig(_Section):
     batch_size: int = Field(64, ge=1)
     max_tokens: int | None = Field(
@@ -271,6 +315,11 @@ class EmbedConfig(_Section):
         None, ge=1, description="GPUs to embed on in parallel (default: all visible)."
     )
     words: WordsConfig = WordsConfig()
+    engine: Literal["local", "ray"] = Field(
+        "local", description="local: this machine (one worker per visible GPU); ray: Ray Data "
+        "actors on a Ray cluster (embed.ray), the same embeddings.",
+    )
+    ray: RayEmbedConfig = RayEmbedConfig()
 
 
 class IndexConfig(_Section):
@@ -294,6 +343,14 @@ class IndexConfig(_Section):
         ["source", "title"], description="Document fields kept for --filter KEY=VALUE."
     )
     bm25: bool = Field(True, description="Also build a BM25 index for hybrid search.")
+    build_device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="Where IVF indexes are trained and filled: auto = a GPU when faiss "
+        "sees one (faiss-gpu), else the CPU; cuda without one is an error.",
+    )
+    shards: int = Field(
+        1, ge=1, description="Indexes, one per corpus shard (documents split by a hash of "
+        "doc_id), searched together and merged; 1: one index.",
+    )
 
 
 class RegistryConfig(_Section):

@@ -3,6 +3,15 @@
 Each stage writes into a staging folder and renames it into place when it is complete, so a crash
 never leaves a half-written stage where a reader could find it. Every stage folder carries a
 ``manifest.json`` (config hash, inputs, counts, versions, timings).
+
+``CTXVEC_HOME`` may also be a URI (``s3://bucket/prefix``: ``ctxvec.storage``). ``root`` is then
+a local cache folder (``CTXVEC_CACHE``, default ``~/.cache/ctxvec/<hash of the URI>``) where the
+code that needs local files works as before; each stage folder of ``snapshots/``,
+``tokenizers/``, ``embeddings/`` and ``indexes/`` is uploaded to the same key under the URI before
+it is renamed into place, and readers go through ``local_dir``, which takes a local path or a URI
+and fetches what the cache lacks. References that outlive the process (the ``index_uri`` tag,
+the ``corpus`` and ``embeddings`` of manifests) are written with ``uri_for``: store URIs when the
+workspace is remote, so that another machine with an empty cache can follow them.
 """
 
 from __future__ import annotations
@@ -20,23 +29,65 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ctxvec.storage import (
+    MANIFEST,
+    PUBLISHED_STAGES,
+    IncompleteStageError,
+    ObjectStore,
+    StoreError,
+    is_uri,
+    normalize_uri,
+    open_store,
+)
+
+# Schemes MLflow has an artifact repository for: a remote workspace keeps artifacts there.
+MLFLOW_ARTIFACT_SCHEMES = ("s3", "gs", "wasbs", "abfss", "hdfs", "file")
 DEFAULT_HOME = ".ctxvec"
 
 
 def home_from_env() -> Path:
-    return Path(os.environ.get("CTXVEC_HOME", DEFAULT_HOME)).expanduser().resolve()
+    """The local root of ``$CTXVEC_HOME``: the folder itself, or the cache of a URI home."""
+    return Workspace.from_env().root
+
+
+def cache_root(uri: str) -> Path:
+    """The local cache of a remote workspace: ``$CTXVEC_CACHE``, else one folder per URI under
+    ``$XDG_CACHE_HOME/ctxvec`` (``~/.cache/ctxvec``)."""
+    if os.environ.get("CTXVEC_CACHE"):
+        return Path(os.environ["CTXVEC_CACHE"]).expanduser()
+    base = Path(os.environ.get("XDG_CACHE_HOME") or "~/.cache").expanduser()
+    return base / "ctxvec" / sha256_text(uri)[:12]
 
 
 @dataclass(frozen=True)
 class Workspace:
-    root: Path
+    root: Path  # local folder; for a remote workspace, its cache
+    uri: str | None = None  # the store URI when CTXVEC_HOME is one (s3://bucket/prefix)
 
     @classmethod
     def from_env(cls) -> Workspace:
-        return cls(home_from_env())
+        return cls.at(os.environ.get("CTXVEC_HOME", DEFAULT_HOME))
+
+    @classmethod
+    def at(cls, home: str | Path) -> Workspace:
+        """The workspace a ``CTXVEC_HOME`` value names: a local folder, or a store URI."""
+        if is_uri(home):
+            uri = normalize_uri(str(home))
+            return cls(cache_root(uri), uri)
+        return cls(Path(home).expanduser())
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "root", Path(self.root).resolve())
+
+    @property
+    def home(self) -> str:
+        """What names this workspace to another process: the URI, else the folder."""
+        return self.uri or str(self.root)
+
+    @property
+    def store(self) -> ObjectStore:
+        assert self.uri, "a local workspace has no store"
+        return open_store(self.uri)
 
     # Where each stage lives; one folder per stage output, named by id.
     @property
@@ -71,9 +122,118 @@ class Workspace:
     def mlflow_artifacts(self) -> Path:
         return self.root / "mlartifacts"
 
+    @property
+    def mlflow_artifact_location(self) -> str:
+        """Where the embedded MLflow puts artifacts: on the store for a remote workspace (when
+        MLflow has an artifact repository for its scheme), so that another machine can download
+        the registered models; else the local folder."""
+        if self.uri and self.uri.split("://", 1)[0].lower() in MLFLOW_ARTIFACT_SCHEMES:
+            return f"{self.uri}/mlartifacts"
+        return self.mlflow_artifacts.as_uri()
+
     def ensure(self) -> Workspace:
+        if self.uri:
+            self.store  # noqa: B018 - opening checks scheme, endpoint and bucket, before any write
         self.root.mkdir(parents=True, exist_ok=True)
         return self
+
+    # --- stage folders on the store (a remote workspace); the identity for a local one -------
+
+    def uri_for(self, path: str | Path) -> str:
+        """How a stage folder (or a path inside one) is named for other machines: its store URI
+        when the workspace is remote, else the path as it is."""
+        key = self._stage_key(path)
+        return f"{self.uri}/{key}" if key else str(path)
+
+    def local_dir(self, ref: str | Path) -> Path:
+        """A local folder for a stage folder reference (a local path or a URI of this
+        workspace's store), fetched into the cache when the cache lacks it or holds an older
+        version (the manifests differ). Other local paths come back unchanged."""
+        key = self._key_of_uri(str(ref)) if is_uri(ref) else self._stage_key(ref)
+        if key is None:
+            return Path(ref)
+        stage, sub = _split_key(key)
+        folder = self._fetch(stage)
+        return folder / sub if sub else folder
+
+    def stage_manifest(self, ref: str | Path) -> dict[str, Any] | None:
+        """The manifest of a committed stage folder (local path or URI), read without fetching
+        the folder; None when there is none (absent, or its publish was interrupted)."""
+        key = self._key_of_uri(str(ref)) if is_uri(ref) else self._stage_key(ref)
+        if key is None:
+            path = Path(ref) / MANIFEST
+            return read_json(path) if path.is_file() else None
+        data = self.store.manifest(key)
+        return json.loads(data) if data is not None else None
+
+    def committed_dirs(self, kind: str) -> list[Path]:
+        """Local copies of every committed stage folder of one kind (``snapshots``) of a
+        remote workspace, in name order; a folder whose publish was interrupted is skipped."""
+        return [self._fetch(f"{kind}/{name}") for name in self.store.committed(kind)]
+
+    def _stage_key(self, path: str | Path) -> str | None:
+        """``kind/name[/sub]`` for a path inside a published stage folder of a remote
+        workspace's cache, else None (local workspace, or a folder that stays local)."""
+        if not self.uri or is_uri(path):
+            return None
+        try:
+            rel = Path(os.path.abspath(path)).relative_to(self.root)
+        except ValueError:
+            return None
+        parts = rel.parts
+        if len(parts) < 2 or parts[0] not in PUBLISHED_STAGES or parts[1].startswith("."):
+            return None
+        return rel.as_posix()
+
+    def _key_of_uri(self, uri: str) -> str:
+        if not self.uri:
+            raise StoreError(f"{uri} is in an object store, but this workspace is the local "
+                             f"folder {self.root}: set CTXVEC_HOME to that store's workspace URI")
+        uri = uri.rstrip("/")
+        key = uri[len(self.uri) + 1:] if uri.startswith(self.uri + "/") else ""
+        if not key:
+            raise StoreError(f"{uri} is not in this workspace ({self.uri}): set CTXVEC_HOME to "
+                             "the workspace that wrote it")
+        parts = key.split("/")
+        if (parts[0] not in PUBLISHED_STAGES or len(parts) < 2 or parts[1].startswith(".")
+                or any(p in ("", ".", "..") for p in parts)):
+            raise StoreError(f"{uri} is no stage folder of {self.uri} (one of "
+                             f"{', '.join(PUBLISHED_STAGES)})")
+        return key
+
+    def _fetch(self, stage: str) -> Path:
+        """The cache's copy of one committed stage folder (``indexes/v3``), made current."""
+        remote = self.store.manifest(stage)
+        final = self.root / stage
+        if remote is None:
+            uri = self.store.uri_of(stage)
+            if self.store.has_files(stage):
+                raise IncompleteStageError(
+                    f"{uri} is incomplete: it has no {MANIFEST}, so its upload was interrupted; "
+                    "run the stage that writes it again")
+            raise StoreError(f"{uri} does not exist")
+        local = final / MANIFEST
+        if local.is_file() and local.read_bytes() == remote:
+            return final
+        final.parent.mkdir(parents=True, exist_ok=True)
+        tmp = final.parent / f".fetch-{final.name}-{uuid.uuid4().hex[:8]}"
+        tmp.mkdir()
+        try:
+            self.store.download(stage, tmp, remote)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        _move_into_place(tmp, final)
+        return final
+
+    def _publish(self, tmp: Path, final: Path) -> None:
+        """Upload a finished staging folder when ``final`` is a published stage folder of a
+        remote workspace (before it is renamed into place: a failed upload leaves no local
+        folder that claims to be published)."""
+        key = self._stage_key(final)
+        if key is not None:
+            assert "/" not in key.split("/", 1)[1], f"{final} is not a stage folder"
+            self.store.publish(tmp, key)
 
     @contextlib.contextmanager
     def stage_dir(self, final: Path) -> Iterator[Path]:
@@ -87,6 +247,7 @@ class Workspace:
         tmp.mkdir()
         try:
             yield tmp
+            self._publish(tmp, final)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
@@ -102,7 +263,15 @@ class Workspace:
         work = final.parent / f".partial-{final.name}-{key[:16]}"
         work.mkdir(exist_ok=True)
         yield work
+        self._publish(work, final)
         _move_into_place(work, final)
+
+
+def _split_key(key: str) -> tuple[str, str]:
+    """``indexes/v3/senses`` -> (``indexes/v3``, ``senses``): the stage folder, whose manifest
+    commits it, and the path inside it."""
+    parts = key.split("/")
+    return "/".join(parts[:2]), "/".join(parts[2:])
 
 
 def _move_into_place(src: Path, final: Path) -> None:

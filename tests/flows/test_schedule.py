@@ -312,6 +312,9 @@ def test_schedule_dry_run_prints_the_deployments(tmp_path):
     (["--recipe", "configs/tiny.yaml", "--cron", "0 2 * *"], "invalid cron string '0 2 * *'"),
     (["--recipe", "configs/nope.yaml", "--cron", "0 2 * * *"], "recipe not found"),
     (["--continual-interval", "60"], "nothing to schedule"),
+    # a dry run must not promise what the real command refuses (no PREFECT_API_URL here)
+    (["--recipe", "configs/tiny.yaml", "--cron", "0 2 * * *", "--work-pool", "ctxvec-cpu"],
+     "--work-pool needs a Prefect server"),
 ])
 def test_schedule_rejects_bad_input_with_exit_code_2(tmp_path, args, message):
     proc = schedule_cli(*args, "--dry-run", home=tmp_path)

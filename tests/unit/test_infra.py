@@ -464,6 +464,41 @@ def test_prefect_server_image_keeps_pyprojects_server_pins():
     assert set(re.findall(r'"([^"]+)"', install.group(1))) == server_pins
 
 
+def test_mlflow_server_keeps_its_metadata_in_postgres_with_the_driver_its_image_installs():
+    """The `mlflow` service's backend store is a postgresql:// URL to the compose Postgres, as
+    its user, in a database postgres-init.sql creates, handed over in MLFLOW_BACKEND_STORE_URI
+    (which `mlflow server` reads for --backend-store-uri); its image installs the driver and
+    boto3 at pyproject.toml's `postgres` and `s3` extras' bounds. A real MLflow on a real
+    PostgreSQL runs in tests/flows/test_mlflow_postgres.py."""
+    import tomllib
+    from urllib.parse import urlsplit
+
+    import mlflow.cli
+
+    path = COMPOSE_DIR / "compose.yaml"
+    _, compose, _ = load_compose(path)
+    services = compose["services"]
+    service = services["mlflow"]
+    args = argv(service)
+    assert option(args, "--backend-store-uri") is None  # one source: the environment (off `ps`)
+    url = urlsplit(environment(service)["MLFLOW_BACKEND_STORE_URI"])
+    assert url.scheme == "postgresql" and url.hostname in services
+    db_env = environment(services[url.hostname])
+    assert (url.username, url.password) == (db_env["POSTGRES_USER"], db_env["POSTGRES_PASSWORD"])
+    created = re.findall(r"^CREATE DATABASE (\w+);", (COMPOSE_DIR / "postgres-init.sql")
+                         .read_text(), re.M | re.I)
+    assert url.path.lstrip("/") in created
+    store = next(p for p in mlflow.cli.server.params if p.name == "backend_store_uri")
+    assert store.envvar == "MLFLOW_BACKEND_STORE_URI"
+    assert (option(args, "--artifacts-destination") or "").startswith("s3://")
+    dockerfile = path.parent / service["build"]["context"] / service["build"]["dockerfile"]
+    install = re.search(r"pip install (.+)$", dockerfile.read_text(), re.M)
+    assert install, f"{dockerfile.name} installs nothing"
+    extras = tomllib.loads((REPO / "pyproject.toml").read_text())["project"][
+        "optional-dependencies"]
+    assert {*extras["postgres"], *extras["s3"]} <= set(re.findall(r'"([^"]+)"', install.group(1)))
+
+
 # --- kubernetes --------------------------------------------------------------------------------
 
 

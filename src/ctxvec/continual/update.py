@@ -197,11 +197,12 @@ def _distill_examples(ws: Workspace, plan: UpdatePlan, domains: Domains, n: int,
 
     index_uri = get_version(ws, f"models:/{plan.name}/{plan.parent_version}").tags.get(
         "index_uri")
-    if not index_uri or not (Path(index_uri) / "manifest.json").is_file():
+    index_manifest = ws.stage_manifest(index_uri) if index_uri else None
+    if index_manifest is None:
         raise UserInputError(f"distillation needs version {plan.parent_version}'s stored "
                              "embeddings, and it has no index on disk; set "
                              "continual.distill_weight=0 or rebuild them with ctxvec embed")
-    vectors, meta = read_vectors(read_json(Path(index_uri) / "manifest.json")["embeddings"])
+    vectors, meta = read_vectors(ws.local_dir(index_manifest["embeddings"]))
     doc_ids = meta.column("doc_id").to_pylist()
     starts, ends = meta.column("start").to_pylist(), meta.column("end").to_pylist()
     usable = [i for i, d in enumerate(doc_ids) if d in domains.old_train]
@@ -508,8 +509,8 @@ def deploy(cfg: CtxvecConfig, ws: Workspace, plan: UpdatePlan, trained: TrainedM
 
     info = get_version(ws, f"models:/{reg.name}/{reg.version}")
     index_uri = info.tags.get("index_uri")
-    if index_uri and (Path(index_uri) / "manifest.json").is_file():
-        m = read_json(Path(index_uri) / "manifest.json")
+    m = ws.stage_manifest(index_uri) if index_uri else None
+    if m is not None:
         log.info("update: version %s has its index already (%s)", reg.version, index_uri)
         idx = IndexArtifact(index_uri, m["factory"], m["count"], m["dim"], m["recall_at_10"],
                             reg.version)

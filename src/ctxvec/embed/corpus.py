@@ -223,9 +223,13 @@ def run_embed(
         stride=ecfg.stride, pooling=ecfg.pooling, precision=ecfg.precision, dtype=ecfg.dtype,
         batch_size=ecfg.batch_size, shard_docs=ecfg.shard_docs,
     )
-    devices = devices or embed_devices(cfg)
     final = ws.embeddings / f"v{model_version}"
     key = job_key(job, _model_fingerprint(job.model_dir))
+    if ecfg.engine == "ray":  # Ray Data actors on a Ray cluster: the same files and manifest
+        from ctxvec.embed.ray_engine import embed_on_ray
+
+        return embed_on_ray(cfg, ws, snapshot, job, final, key, started)
+    devices = devices or embed_devices(cfg)
     with ws.resumable_dir(final, key) as work:
         job = replace(job, work_dir=str(work))
         resumed = len(list(work.glob(SHARD_GLOB)))
@@ -243,7 +247,8 @@ def run_embed(
             words = run_words(cfg, encoder, job.corpus, work / WORDS_DIR, job.model_version)
         rows, docs = _count(work)
         write_manifest(
-            work, "embed", started, snapshot=snapshot.snapshot_id, corpus=job.corpus,
+            work, "embed", started, snapshot=snapshot.snapshot_id,
+            corpus=[ws.uri_for(c) for c in job.corpus],
             model_dir=job.model_dir, model_version=job.model_version, rows=rows, docs=docs,
             dim=encoder.dim, dtype=ecfg.dtype, max_tokens=encoder.settings.max_length,
             stride=min(job.stride, encoder.settings.max_length // 2),

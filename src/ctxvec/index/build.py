@@ -4,8 +4,11 @@ The folder holds ``index.faiss`` (+ ``index.json``), ``ids.parquet`` (stable int
 chunk, char offsets and the metadata columns filters use), optionally ``bm25/`` for hybrid search
 and ``senses/`` (word-occurrence vectors, ``ctxvec.index.senses``), and a manifest with the
 factory string actually built (``auto`` resolved), metric, dim, count, model version, build
-time, the search parameters and the recall@10 measured with them against exact search.
-Everything is written into a staging folder and renamed into place at the end.
+time, where it was built (``build_device``), the search parameters and the recall@10 measured
+with them against exact search. With ``index.shards`` > 1 the dense index is one index per
+corpus shard under ``shards/<k>/`` (``ctxvec.index.sharded``), the manifest lists them, and the
+recall@10 is the merged index's. Everything is written into a staging folder and renamed into
+place at the end.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from ctxvec.index.bm25 import BM25Index
 from ctxvec.index.faiss_index import FaissIndex, recall_at_k, resolve_factory
 from ctxvec.index.id_map import IDS_FILE, chunk_ids, chunk_metadata, id_map_table
 from ctxvec.index.senses import index_senses
+from ctxvec.index.sharded import ShardedIndex, build_sharded
 from ctxvec.workspace import Workspace, read_json, write_manifest
 
 log = logging.getLogger(__name__)
@@ -36,21 +40,29 @@ def run_index(cfg: CtxvecConfig, ws: Workspace, emb: Embeddings) -> IndexArtifac
     if versions - {emb.model_version}:
         raise ValueError(f"embeddings mix model versions {sorted(versions)}: refusing to index")
     emb_manifest = read_json(Path(emb.path) / "manifest.json")
-    corpus = emb_manifest["corpus"]
+    corpus = emb_manifest["corpus"]  # as other machines name it (URIs in a remote workspace)
+    local_corpus = [str(ws.local_dir(c)) for c in corpus]
 
     # Ids, metadata and (for BM25) chunk texts: one pass over the corpus.
     doc_ids = meta.column("doc_id").to_pylist()
     ids = chunk_ids(doc_ids, meta.column("chunk").to_numpy())
     metadata, texts = chunk_metadata(
-        corpus, doc_ids, meta.column("start").to_pylist(), meta.column("end").to_pylist(),
+        local_corpus, doc_ids, meta.column("start").to_pylist(), meta.column("end").to_pylist(),
         icfg.metadata, with_text=icfg.bm25,
     )
 
     # The dense index, and its recall against exact search with the parameters it will serve.
-    factory = resolve_factory(icfg.factory, len(vectors), vectors.shape[1], icfg)
     t0 = time.perf_counter()
-    index = FaissIndex.build(vectors, ids, factory, train_size=icfg.train_sample,
-                             nprobe=icfg.nprobe, ef_search=icfg.ef_search)
+    index: FaissIndex | ShardedIndex
+    shards = None
+    if icfg.shards > 1:  # one index per corpus shard; the factory resolved per shard's size
+        index, shards = build_sharded(vectors, ids, doc_ids, icfg)
+        factory = index.factory
+    else:
+        factory = resolve_factory(icfg.factory, len(vectors), vectors.shape[1], icfg)
+        index = FaissIndex.build(vectors, ids, factory, train_size=icfg.train_sample,
+                                 nprobe=icfg.nprobe, ef_search=icfg.ef_search,
+                                 build_device=icfg.build_device)
     build_s = time.perf_counter() - t0
     recall = recall_at_k(index, vectors, ids, icfg.recall_sample)
     bm25, bm25_s = None, 0.0
@@ -73,10 +85,11 @@ def run_index(cfg: CtxvecConfig, ws: Workspace, emb: Embeddings) -> IndexArtifac
             model_version=emb.model_version, build_seconds=round(build_s, 3),
             recall_at_10=recall, recall_queries=min(icfg.recall_sample, index.count),
             nprobe=index.nprobe, ef_search=index.ef_search, train_sample=icfg.train_sample,
+            build_device=index.build_device, shards=shards,
             bm25=bm25 is not None, bm25_seconds=round(bm25_s, 3),
             metadata=list(icfg.metadata), id_scheme="blake2b-63(doc_id, chunk)",
             senses=senses["count"] if senses else None,
-            embeddings=emb.path, corpus=corpus, max_tokens=emb_manifest["max_tokens"],
+            embeddings=ws.uri_for(emb.path), corpus=corpus, max_tokens=emb_manifest["max_tokens"],
             pooling=emb_manifest.get("pooling"), precision=emb_manifest.get("precision"),
         )
     log.info(

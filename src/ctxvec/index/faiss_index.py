@@ -28,6 +28,7 @@ import faiss
 import numpy as np
 
 from ctxvec.errors import UserInputError
+from ctxvec.index.gpu_build import build_on_gpu, resolve_build_device
 from ctxvec.workspace import read_json, write_json
 
 if TYPE_CHECKING:
@@ -119,6 +120,7 @@ class FaissIndex:
         self.read_only = read_only
         self._removed = np.unique(np.asarray(removed if removed is not None else [], np.int64))
         self._gpu: faiss.Index | None = None
+        self.build_device = "unknown"  # cpu or cuda when built here (see ``build``)
         self._set_index(index)
 
     def _set_index(self, index: faiss.Index) -> None:
@@ -140,17 +142,28 @@ class FaissIndex:
     def build(
         cls, vectors: np.ndarray, ids: np.ndarray, factory: str = "Flat",
         train_size: int = 100_000, nprobe: int = 32, ef_search: int = 128,
+        build_device: str = "cpu",
     ) -> FaissIndex:
-        """vectors (N, D) float32, ids (N,) int64 -> a trained, filled index."""
+        """vectors (N, D) float32, ids (N,) int64 -> a trained, filled index.
+
+        ``build_device`` (``index.build_device``: auto, cpu, cuda): where an IVF index is
+        trained and filled (``ctxvec.index.gpu_build``); ``.build_device`` says where it was.
+        """
         vectors, ids = _as_arrays(vectors, ids)
         if len(np.unique(ids)) != len(ids):
             raise ValueError("duplicate ids: every vector needs its own id")
         index = _new_index(vectors.shape[1], factory)
-        if not index.is_trained:
-            _train(index, vectors, factory, train_size)
-        index.add_with_ids(vectors, ids)
+        device = resolve_build_device(build_device, index)
+        if device == "cuda":
+            index = build_on_gpu(index, vectors, ids,
+                                 lambda gpu: _train(gpu, vectors, factory, train_size))
+        else:
+            if not index.is_trained:
+                _train(index, vectors, factory, train_size)
+            index.add_with_ids(vectors, ids)
         out = cls(index, factory)
         out.nprobe, out.ef_search = nprobe, ef_search
+        out.build_device = device
         return out
 
     @property

@@ -19,7 +19,10 @@ DOCS_GLOB = "docs-*.parquet"
 
 
 def committed_snapshots(ws: Workspace) -> list[Path]:
-    """Snapshot folders in creation order; staging folders (dot-names) are not snapshots."""
+    """Snapshot folders in creation order; staging folders (dot-names) are not snapshots. In a
+    remote workspace the store says which exist (local copies, fetched as needed)."""
+    if ws.uri:
+        return ws.committed_dirs("snapshots")
     if not ws.snapshots.is_dir():
         return []
     return sorted(p for p in ws.snapshots.iterdir() if p.is_dir() and not p.name.startswith("."))

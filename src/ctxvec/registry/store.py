@@ -2,7 +2,9 @@
 
 Embedded default: with no ``MLFLOW_TRACKING_URI`` set, tracking and the registry live in
 ``sqlite:///$CTXVEC_HOME/mlflow.db`` with artifacts under ``$CTXVEC_HOME/mlartifacts``. Pointing
-``MLFLOW_TRACKING_URI`` at a server changes nothing else.
+``MLFLOW_TRACKING_URI`` at a server changes nothing else. A workspace on an object store
+(``CTXVEC_HOME=s3://...``) keeps the SQLite file in its local cache and new experiments'
+artifacts on the store; ``index_uri`` tags then hold store URIs, read through the workspace.
 """
 
 from __future__ import annotations
@@ -75,8 +77,10 @@ def _experiment_id(ws: Workspace, name: str) -> str:
         return exp.experiment_id
     location = None
     if not os.environ.get("MLFLOW_TRACKING_URI"):
-        ws.mlflow_artifacts.mkdir(parents=True, exist_ok=True)
-        location = ws.mlflow_artifacts.as_uri()  # not ./mlruns of whatever cwd we run in
+        if not ws.uri:
+            ws.mlflow_artifacts.mkdir(parents=True, exist_ok=True)
+        # not ./mlruns of whatever cwd we run in; on the store for a remote workspace
+        location = ws.mlflow_artifact_location
     return mlflow.create_experiment(name, artifact_location=location)
 
 
@@ -239,7 +243,8 @@ def _requirements() -> list[str]:
 def attach_index(ws: Workspace, name: str, version: str, index: IndexArtifact) -> None:
     """Link a version to its embeddings and index (tags), so a server can find its pair."""
     c = client(ws)
-    c.set_model_version_tag(name, version, "index_uri", index.path)
+    # a store URI for a remote workspace: another machine, with an empty cache, can fetch it
+    c.set_model_version_tag(name, version, "index_uri", ws.uri_for(index.path))
     c.set_model_version_tag(name, version, "index.recall_at_10", f"{index.recall_at_10:.4f}")
     c.set_model_version_tag(name, version, "index.count", str(index.count))
 
@@ -280,7 +285,7 @@ def _set_champion_history(c, name: str, history: list[str]) -> None:
 
 def rollback(ws: Workspace, name: str) -> tuple[str, str]:
     """Point ``champion`` back at the version that was champion before the current one, if its
-    index is still on disk; -> (version rolled back from, version now serving)."""
+    index is still on disk (or on the store); -> (version rolled back from, version now serving)."""
     from mlflow.exceptions import MlflowException
 
     c = client(ws)
@@ -296,7 +301,7 @@ def rollback(ws: Workspace, name: str) -> tuple[str, str]:
                             "roll back to")
     target = history[-2]
     index_uri = c.get_model_version(name, target).tags.get("index_uri")
-    if not index_uri or not Path(index_uri, "manifest.json").is_file():
+    if not index_uri or ws.stage_manifest(index_uri) is None:
         raise ModelRefError(f"cannot roll back to version {target}: its index "
                             f"({index_uri or 'none'}) is gone; rebuild it with "
                             f"`ctxvec embed --model models:/{name}/{target} --index`")
@@ -350,15 +355,13 @@ def version_with_tag(ws: Workspace, name: str, tag: str, value: str) -> VersionI
 def version_details(ws: Workspace, name: str, version: str) -> dict:
     """One version as ``ctxvec models show`` prints it: tags, aliases, its run's metrics and
     parameters, and its index manifest."""
-    from ctxvec.workspace import read_json
-
     info = get_version(ws, f"models:/{name}/{version}")
     c = client(ws)
     run = c.get_run(info.run_id) if info.run_id else None
     index_uri = info.tags.get("index_uri")
     index = None
-    if index_uri and Path(index_uri, "manifest.json").is_file():
-        m = read_json(Path(index_uri) / "manifest.json")
+    m = ws.stage_manifest(index_uri) if index_uri else None
+    if m is not None:
         index = {k: m.get(k) for k in ("factory", "count", "dim", "recall_at_10", "bm25",
                                        "senses", "build_seconds", "created_at")}
     drift = info.tags.get("drift")

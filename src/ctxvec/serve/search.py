@@ -28,9 +28,10 @@ import numpy as np
 from ctxvec.config import CtxvecConfig
 from ctxvec.errors import UserInputError
 from ctxvec.index.bm25 import BM25Index
-from ctxvec.index.faiss_index import FaissIndex, on_device
+from ctxvec.index.faiss_index import on_device
 from ctxvec.index.fusion import reciprocal_rank_fusion
 from ctxvec.index.id_map import Filters, IdMap
+from ctxvec.index.sharded import load_index
 from ctxvec.ingest.corpus import iter_corpus, read_docs
 from ctxvec.model.encoder import Encoder
 from ctxvec.registry.store import get_version, materialize
@@ -76,7 +77,7 @@ class Searcher:
         if not index_uri:
             raise SearchError(f"{ref} (version {info.version}) has no index: run the pipeline")
         self.version = info.version
-        self.index_dir = Path(index_uri)
+        self.index_dir = ws.local_dir(index_uri)  # a URI when the workspace is on a store
         self.manifest = read_json(self.index_dir / "manifest.json")
         if str(self.manifest["model_version"]) != info.version:
             raise RuntimeError(
@@ -91,14 +92,14 @@ class Searcher:
         self.encoder.settings = replace(
             self.encoder.settings, max_length=self.manifest["max_tokens"],
             pooling=self.manifest.get("pooling") or self.encoder.settings.pooling)
-        self.faiss = FaissIndex.load(self.index_dir, self.manifest["factory"],
-                                     mmap=cfg.index.mmap)
+        # one FaissIndex, or a ShardedIndex (index.shards > 1) that searches its shards together
+        self.faiss = load_index(self.index_dir, self.manifest["factory"], mmap=cfg.index.mmap)
         self.faiss.live_ids()  # computed once here, not by the first concurrent queries
         self.index = on_device(self.faiss, cfg.index.device)
         self.id_map = IdMap.load(self.index_dir)
         self.bm25 = (BM25Index.load(self.index_dir, mmap=cfg.index.mmap)
                      if BM25Index.exists(self.index_dir) else None)
-        self.corpus = self.manifest["corpus"]
+        self.corpus = [str(ws.local_dir(c)) for c in self.manifest["corpus"]]
         self.rrf_k = cfg.query.rrf_k
         self.max_k = min(cfg.serve.max_k, MAX_K)
         self._tokenizer_lock = threading.Lock()

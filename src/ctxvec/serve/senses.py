@@ -19,7 +19,7 @@ from ctxvec.errors import UserInputError
 from ctxvec.index.senses import SENSES_DIR, SenseIndex
 from ctxvec.ingest.corpus import read_docs
 from ctxvec.model.encoder import Encoder
-from ctxvec.workspace import Workspace
+from ctxvec.workspace import Workspace, read_json
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +63,10 @@ def snippet(text: str, start: int, end: int, width: int = SNIPPET_CHARS) -> tupl
 class SenseSearcher:
     """An encoder and the sense index built from its word vectors."""
 
-    def __init__(self, encoder: Encoder, senses_dir: str | Path, version: str | None = None):
+    def __init__(self, encoder: Encoder, senses_dir: str | Path, version: str | None = None,
+                 corpus: list[str] | None = None):
+        """``corpus``: the snapshot folders to read texts from, when not the ones the sense
+        manifest names (those are another machine's paths when the workspace is remote)."""
         self.encoder = encoder
         self.index = SenseIndex.load(senses_dir)
         m = self.index.manifest
@@ -76,7 +79,7 @@ class SenseSearcher:
             raise RuntimeError(f"sense index {senses_dir} has dimension {self.index.dim}, the "
                                f"encoder {encoder.dim}")
         self.version = str(m["model_version"])
-        self.corpus = m["corpus"]
+        self.corpus = corpus if corpus is not None else m["corpus"]
         log.info("senses: version %s, %d occurrences of %d words", self.version,
                  self.index.count, len(self.index.slices))
 
@@ -92,7 +95,8 @@ class SenseSearcher:
         if not index_uri:
             raise SenseSearchError(f"{ref} (version {info.version}) has no index: run the "
                                    "pipeline")
-        folder = Path(index_uri) / SENSES_DIR
+        index_dir = ws.local_dir(index_uri)  # fetched when the workspace is on a store
+        folder = index_dir / SENSES_DIR
         if not (folder / "manifest.json").is_file():
             raise SenseSearchError(
                 f"{ref} (version {info.version}) has no sense index in {folder}: run the "
@@ -100,7 +104,10 @@ class SenseSearcher:
             )
         if encoder is None:
             encoder = Encoder.load(materialize(ref, ws.root))
-        return cls(encoder, folder, info.version)
+        # the index's own corpus references: the same snapshots, named so that this machine
+        # can resolve them
+        corpus = [str(ws.local_dir(c)) for c in read_json(index_dir / "manifest.json")["corpus"]]
+        return cls(encoder, folder, info.version, corpus)
 
     def senses(self, word: str, context: str, k: int = 10, occurrence: int = 1
                ) -> list[SenseHit]:

@@ -33,7 +33,9 @@ log = logging.getLogger(__name__)
 def run_key(cfg: CtxvecConfig, snapshot: Snapshot | None, tok: TokenizerArtifact | None) -> str:
     what = {
         "model": cfg.model.model_dump(mode="json"),
-        "train": cfg.train.model_dump(mode="json", exclude={"resume", "device", "threads"}),
+        # how a run is executed (where, how many processes, threads) is not what it trains
+        "train": cfg.train.model_dump(mode="json", exclude={"resume", "device", "threads",
+                                                            "nproc_per_node"}),
         "snapshot": snapshot.snapshot_id if snapshot else None,
         "tokenizer": tok.sha256 if tok else None,
     }
@@ -94,6 +96,27 @@ def train_logged(run_dir: Path, model, tasks: MultiTask, tcfg, evaluate: Evaluat
     return train(model, tasks, tcfg, evaluate=evaluate, run_dir=run_dir, on_log=on_log)
 
 
+def _run_dir(cfg: CtxvecConfig, ws: Workspace, snapshot: Snapshot | None,
+             tokenizer_art: TokenizerArtifact | None) -> Path:
+    key = run_key(cfg, snapshot, tokenizer_art)
+    return ws.runs / (f"{cfg.name}-{key}" if cfg.train.resume
+                      else f"{cfg.name}-{key}-{time.strftime('%Y%m%dT%H%M%S')}")
+
+
+def finished_run(cfg: CtxvecConfig, ws: Workspace, snapshot: Snapshot | None,
+                 tokenizer_art: TokenizerArtifact | None) -> TrainedModel | None:
+    """The finished run of this recipe on this data, when ``train.resume`` lets it be reused:
+    checked before launching training processes that would only find it again."""
+    run_dir = _run_dir(cfg, ws, snapshot, tokenizer_art)
+    if not (cfg.train.resume and (run_dir / "manifest.json").is_file()):
+        return None
+    m = read_json(run_dir / "manifest.json")
+    log.info("train: %s already trained this recipe on this data; reusing it "
+             "(train.resume=false trains again)", run_dir.name)
+    return TrainedModel(str(run_dir), str(run_dir / "model"), m["steps"], m["tokens_seen"],
+                        m["final_loss"], m["eval_loss"], m["parent"], m.get("metrics", {}))
+
+
 def run_train(
     cfg: CtxvecConfig,
     ws: Workspace,
@@ -106,16 +129,12 @@ def run_train(
     torch.manual_seed(tcfg.seed)
     if tcfg.threads:
         torch.set_num_threads(tcfg.threads)
-    key = run_key(cfg, snapshot, tokenizer_art)
-    run_dir = ws.runs / (f"{cfg.name}-{key}" if tcfg.resume
-                         else f"{cfg.name}-{key}-{time.strftime('%Y%m%dT%H%M%S')}")
-    if tcfg.resume and (run_dir / "manifest.json").is_file():
-        m = read_json(run_dir / "manifest.json")
-        log.info("train: %s already trained this recipe on this data; reusing it "
-                 "(train.resume=false trains again)", run_dir.name)
-        return TrainedModel(str(run_dir), str(run_dir / "model"), m["steps"], m["tokens_seen"],
-                            m["final_loss"], m["eval_loss"], m["parent"], m.get("metrics", {}))
+    done = finished_run(cfg, ws, snapshot, tokenizer_art)
+    if done is not None:
+        return done
     world = distributed.setup(tcfg.device)
+    # rank 0's folder for every rank: with train.resume=false its name holds a timestamp
+    run_dir = distributed.broadcast(_run_dir(cfg, ws, snapshot, tokenizer_art))
     has_mlm = any(o.name == "mlm" for o in tcfg.objectives)
     tokenizer, model, settings, parent = build_model(cfg, ws.root, tokenizer_art, mlm=has_mlm)
     device = pick_device(distributed.local_device(tcfg.device))
