@@ -105,8 +105,10 @@ class SenseSearcher:
         if encoder is None:
             encoder = Encoder.load(materialize(ref, ws.root))
         # the index's own corpus references: the same snapshots, named so that this machine
-        # can resolve them
-        corpus = [str(ws.local_dir(c)) for c in read_json(index_dir / "manifest.json")["corpus"]]
+        # can resolve them (a sense index without its dense index's manifest keeps its own)
+        manifest = index_dir / "manifest.json"
+        corpus = ([str(ws.local_dir(c)) for c in read_json(manifest)["corpus"]]
+                  if manifest.is_file() else None)
         return cls(encoder, folder, info.version, corpus)
 
     def senses(self, word: str, context: str, k: int = 10, occurrence: int = 1
