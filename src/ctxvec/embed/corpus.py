@@ -21,6 +21,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -245,22 +246,43 @@ def run_embed(
             from ctxvec.embed.words import run_words
 
             words = run_words(cfg, encoder, job.corpus, work / WORDS_DIR, job.model_version)
-        rows, docs = _count(work)
-        write_manifest(
-            work, "embed", started, snapshot=snapshot.snapshot_id,
-            corpus=[ws.uri_for(c) for c in job.corpus],
-            model_dir=job.model_dir, model_version=job.model_version, rows=rows, docs=docs,
-            dim=encoder.dim, dtype=ecfg.dtype, max_tokens=encoder.settings.max_length,
-            stride=min(job.stride, encoder.settings.max_length // 2),
-            pooling=encoder.settings.pooling, normalized=encoder.settings.normalize,
-            precision=encoder.precision, devices=devices, shard_docs=job.shard_docs,
-            shards=len(list(work.glob(SHARD_GLOB))), resumed_shards=resumed, words=words,
+        rows, docs = count_embedded(work)
+        write_embed_manifest(
+            work, started, ws, snapshot, job, output_settings(encoder), rows, docs,
+            resumed=resumed, words=words, devices=devices, shard_docs=job.shard_docs,
         )
     log.info("embed: %d chunks from %d documents in %.1fs", rows, docs, time.time() - started)
     return Embeddings(str(final), rows, docs, encoder.dim, str(model_version))
 
 
-def _count(folder: Path) -> tuple[int, int]:
+def output_settings(encoder: Encoder) -> dict[str, Any]:
+    """What an encoder's vectors are (dimension, window, pooling, ...), as the manifest says."""
+    s = encoder.settings
+    return {"dim": encoder.dim, "max_tokens": s.max_length, "pooling": s.pooling,
+            "normalized": s.normalize, "precision": encoder.precision,
+            "device": str(encoder.device)}
+
+
+def write_embed_manifest(
+    work: Path, started: float, ws: Workspace, snapshot: Snapshot, job: EmbedJob,
+    settings: dict[str, Any], rows: int, docs: int, resumed: int, words: Any, **fields: Any,
+) -> None:
+    """The embeddings folder's manifest, the same whichever engine wrote it (plus ``fields``:
+    the engine's own figures)."""
+    write_manifest(
+        work, "embed", started, snapshot=snapshot.snapshot_id,
+        corpus=[ws.uri_for(c) for c in job.corpus],
+        model_dir=job.model_dir, model_version=job.model_version, rows=rows, docs=docs,
+        dim=settings["dim"], dtype=job.dtype, max_tokens=settings["max_tokens"],
+        stride=min(job.stride, settings["max_tokens"] // 2),
+        pooling=settings["pooling"], normalized=settings["normalized"],
+        precision=settings["precision"], shards=len(list(work.glob(SHARD_GLOB))),
+        resumed_shards=resumed, words=words, **fields,
+    )
+
+
+def count_embedded(folder: Path) -> tuple[int, int]:
+    """(chunk rows, documents) of the shard files in an embeddings folder."""
     rows = docs = 0
     for f in sorted(folder.glob(SHARD_GLOB)):
         meta = pq.ParquetFile(f)

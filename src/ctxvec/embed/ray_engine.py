@@ -44,14 +44,16 @@ from ctxvec.embed.corpus import (
     SHARD_GLOB,
     WORDS_DIR,
     EmbedJob,
-    _count,
+    count_embedded,
     embed_devices,
     embed_shard,
+    output_settings,
+    write_embed_manifest,
     write_shard,
 )
 from ctxvec.errors import UserInputError
 from ctxvec.ingest.corpus import DOCS_GLOB, count_docs
-from ctxvec.workspace import Workspace, sha256_text, write_manifest
+from ctxvec.workspace import Workspace, sha256_text
 
 log = logging.getLogger(__name__)
 
@@ -338,7 +340,7 @@ def embed_on_ray(
                     bar.update(row["docs"])
                 bar.close()
                 run_s = time.perf_counter() - t1
-            rows, docs = _count(work)
+            rows, docs = count_embedded(work)
             if docs != corpus.docs:  # every file reported written must be here, each doc once
                 raise RuntimeError(f"embed: the Ray run's files in {work} hold {docs} documents, "
                                    f"the corpus {corpus.docs}")
@@ -353,10 +355,7 @@ def embed_on_ray(
                 # word vectors are a sample (embed.words.sample_docs): the driver takes them
                 words = run_words(cfg, encoder, job.corpus, work / WORDS_DIR, job.model_version)
             if settings is None:  # nothing embedded now (all resumed): the driver's encoder
-                s = encoder.settings
-                settings = {"dim": encoder.dim, "max_tokens": s.max_length, "pooling": s.pooling,
-                            "normalized": s.normalize, "precision": encoder.precision,
-                            "device": str(encoder.device)}
+                settings = output_settings(encoder)
             ray_figures = {
                 "address": rcfg.address, "started_here": started_ray,
                 "startup_seconds": round(startup_s, 3), "plan_seconds": round(plan_s, 3),
@@ -374,17 +373,11 @@ def embed_on_ray(
                 "cluster": {k: resources.get(k, 0) for k in ("CPU", "GPU")},
                 "resumed_docs": len(done),
             }
-            write_manifest(
-                work, "embed", started, snapshot=snapshot.snapshot_id,
-                corpus=[ws.uri_for(c) for c in job.corpus],
-                model_dir=job.model_dir, model_version=job.model_version, rows=rows, docs=docs,
-                dim=settings["dim"], dtype=ecfg.dtype, max_tokens=settings["max_tokens"],
-                stride=min(job.stride, settings["max_tokens"] // 2),
-                pooling=settings["pooling"], normalized=settings["normalized"],
-                precision=settings["precision"],
-                devices=sorted({s["device"] for s in summaries} or {settings["device"]}),
-                shard_docs=rcfg.batch_size, shards=len(list(work.glob(SHARD_GLOB))),
-                resumed_shards=resumed, words=words, engine="ray", ray=ray_figures,
+            write_embed_manifest(
+                work, started, ws, snapshot, job, settings, rows, docs, resumed=resumed,
+                words=words, devices=sorted({s["device"] for s in summaries}
+                                            or {settings["device"]}),
+                shard_docs=rcfg.batch_size, engine="ray", ray=ray_figures,
             )
     log.info("embed[ray]: %d chunks from %d documents in %.1fs (Ray start %.1fs, plan %.1fs, "
              "run %.1fs, %d actor(s))", rows, docs, time.time() - started, startup_s, plan_s,
