@@ -5,7 +5,14 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from ctxvec.config import ConfigError, CtxvecConfig, apply_override, flatten, load_config
+from ctxvec.config import (
+    MODEL_SIZES,
+    ConfigError,
+    CtxvecConfig,
+    apply_override,
+    flatten,
+    load_config,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIGS = sorted((REPO / "configs").glob("*.yaml"))
@@ -119,3 +126,65 @@ def test_continual_parent_takes_a_version_number():
     cfg = load_config(REPO / "configs" / "tiny.yaml", ["continual.parent=3"])
     assert cfg.continual.parent == "3"
     assert load_config(REPO / "configs" / "tiny.yaml").continual.parent == "champion"
+
+
+PAIRS = "data: {source: pairs, path: x.jsonl}"
+
+
+@pytest.mark.parametrize(("objective", "key", "message"), [
+    (f"{{name: mnrl, mask_prob: 0.5, {PAIRS}}}", "mask_prob",
+     "a key of mlm, not of mnrl: remove it; mnrl takes .*scale, symmetric"),
+    ("{name: mlm, scale: 5}", "scale", "a key of mnrl and simcse and cosent, not of mlm"),
+    ("{name: simcse, num_labels: 3}", "num_labels", "a key of classification, not of simcse"),
+    (f"{{name: mnrl, scal: 5, {PAIRS}}}", "scal", "not a key of mnrl \\(check the spelling\\)"),
+])
+def test_an_objective_refuses_keys_of_other_objectives(objective, key, message):
+    with pytest.raises(ConfigError, match=rf"train\.objectives\.0\.{key}: {message}"):
+        load_config(None, [f"train.objectives=[{objective}]"])
+
+
+def test_an_objective_refuses_a_data_source_it_cannot_read():
+    with pytest.raises(ConfigError, match=r"train\.objectives\.1: data\.source=pairs does not "
+                                          r"fit objective cosent: use data\.source=sts"):
+        load_config(None, [f"train.objectives=[{{name: mlm}}, {{name: cosent, {PAIRS}}}]"])
+    with pytest.raises(ConfigError, match="does not fit objective classification"):
+        load_config(None, ["train.objectives=[{name: classification}]"])  # default: corpus
+    with pytest.raises(ConfigError, match=r"train\.objectives\.0\.name: missing; choose one of "
+                                          r"mlm, mnrl, simcse, cosent, classification"):
+        load_config(None, ["train.objectives=[{weight: 2}]"])
+
+
+def test_each_objective_carries_only_its_own_keys():
+    cfg = load_config(REPO / "configs" / "adapt-minilm.yaml",
+                      ["train.objectives.0.mask_prob=0.3", "train.objectives.1.scale=10"])
+    mlm, simcse = cfg.train.objectives
+    assert (mlm.name, mlm.mask_prob, mlm.whole_word) == ("mlm", 0.3, True)
+    assert (simcse.name, simcse.scale) == ("simcse", 10.0)
+    assert not hasattr(mlm, "scale") and not hasattr(simcse, "mask_prob")
+    dumped = flatten(cfg)["train.objectives"]  # manifests and MLflow show only real keys
+    assert "mask_prob" in dumped[0] and "scale" not in dumped[0] and "scale" in dumped[1]
+    assert load_config(None, [f"train.objectives=[{{name: mnrl, symmetric: true, {PAIRS}}}]"]
+                       ).train.objectives[0].symmetric is True
+
+
+def test_a_model_size_is_a_preset_that_refuses_other_dimensions():
+    tiny = load_config(None, ["model.size=tiny"]).model
+    assert tiny.dims() == MODEL_SIZES["tiny"] and tiny.hidden_size == 128  # what is built
+    with pytest.raises(ConfigError, match=r"model\.hidden_size=999 conflicts with model\.size="
+                                          r"tiny \(whose hidden_size is 128\): remove "
+                                          r"model\.hidden_size, or set model\.size=custom"):
+        load_config(None, ["model.size=tiny", "model.hidden_size=999"])
+    with pytest.raises(ConfigError, match=r"model\.num_heads=16 conflicts with model\.size=base"):
+        load_config(None, ["model.size=base", "model.num_heads=16"])
+    # repeating a preset's own value is fine (the old unused default hidden_size refused this)
+    base = load_config(None, ["model.size=base", "model.num_heads=12"]).model
+    assert base.dims() == MODEL_SIZES["base"]
+    assert load_config(REPO / "configs" / "scratch-mini.yaml").model.dims() == MODEL_SIZES["mini"]
+
+
+def test_a_custom_size_validates_what_it_uses():
+    custom = load_config(None, ["model.hidden_size=96", "model.num_heads=3"]).model
+    assert custom.size == "custom" and custom.dims()["hidden_size"] == 96
+    with pytest.raises(ConfigError, match=r"model: model\.hidden_size \(30\) must be divisible "
+                                          r"by model\.num_heads \(4\)"):
+        load_config(None, ["model.size=custom", "model.hidden_size=30"])

@@ -7,7 +7,13 @@ import pytest
 import torch
 from tokenizers import Tokenizer, models, pre_tokenizers
 
-from ctxvec.config import EarlyStoppingConfig, FreezeConfig, TrainConfig
+from ctxvec.config import (
+    OBJECTIVES,
+    EarlyStoppingConfig,
+    FreezeConfig,
+    TrainConfig,
+    objective_config,
+)
 from ctxvec.model.encoder import EncoderSettings
 from ctxvec.tokenizer.trainer import SPECIALS, add_bert_template, to_fast_tokenizer
 from ctxvec.train.datasets import Sampler
@@ -39,9 +45,16 @@ def tiny_bert(tokenizer, layers=2, seed=0):
 
 
 def objective(name, tokenizer, **kw):
-    from ctxvec.config import ObjectiveConfig
+    source = OBJECTIVES[name].sources[0]  # the examples come from the test, not from data
+    data = {"source": source, "path": None if source == "corpus" else "unused"}
+    return build_objective(objective_config(name, data=data, **kw), tokenizer,
+                           EncoderSettings(), 32)
 
-    return build_objective(ObjectiveConfig(name=name, **kw), tokenizer, EncoderSettings(), 32)
+
+@pytest.mark.parametrize("name", list(OBJECTIVES))
+def test_every_objective_config_builds_its_loss(name, tokenizer):
+    obj = objective(name, tokenizer)
+    assert obj.name == name
 
 
 def sentence(rng, topic, n=6):

@@ -11,7 +11,17 @@ from ctxvec.config.continual import ContinualConfig, GateConfig
 from ctxvec.config.ingest import IngestConfig, NearDupConfig, PackConfig, TokenizerConfig
 from ctxvec.config.loader import apply_override, config_to_yaml, flatten, load_config
 from ctxvec.config.model import MODEL_SIZES, ModelConfig
-from ctxvec.config.objectives import DataConfig, ObjectiveConfig
+from ctxvec.config.objectives import (
+    OBJECTIVES,
+    ClassificationObjective,
+    CoSENTObjective,
+    DataConfig,
+    MLMObjective,
+    MNRLObjective,
+    ObjectiveConfig,
+    SimCSEObjective,
+    objective_config,
+)
 from ctxvec.config.serving import (
     EmbedConfig,
     EvaluateConfig,
@@ -26,9 +36,11 @@ from ctxvec.config.train import EarlyStoppingConfig, FreezeConfig, TrainConfig
 from ctxvec.config.tree import CtxvecConfig
 
 __all__ = [
-    "MODEL_SIZES", "ConfigError", "ContinualConfig", "CtxvecConfig", "DataConfig",
-    "EarlyStoppingConfig", "EmbedConfig", "EvaluateConfig", "FreezeConfig", "GateConfig",
-    "IndexConfig", "IngestConfig", "ModelConfig", "NearDupConfig", "ObjectiveConfig", "PackConfig",
-    "QueryConfig", "RayEmbedConfig", "RegistryConfig", "ServeConfig", "TokenizerConfig",
-    "TrainConfig", "WordsConfig", "apply_override", "config_to_yaml", "flatten", "load_config",
+    "MODEL_SIZES", "OBJECTIVES", "ClassificationObjective", "CoSENTObjective", "ConfigError",
+    "ContinualConfig", "CtxvecConfig", "DataConfig", "EarlyStoppingConfig", "EmbedConfig",
+    "EvaluateConfig", "FreezeConfig", "GateConfig", "IndexConfig", "IngestConfig", "MLMObjective",
+    "MNRLObjective", "ModelConfig", "NearDupConfig", "ObjectiveConfig", "PackConfig",
+    "QueryConfig", "RayEmbedConfig", "RegistryConfig", "ServeConfig", "SimCSEObjective",
+    "TokenizerConfig", "TrainConfig", "WordsConfig", "apply_override", "config_to_yaml", "flatten",
+    "load_config", "objective_config",
 ]

@@ -11,6 +11,7 @@ import yaml
 from pydantic import ValidationError
 
 from ctxvec.config.base import ConfigError
+from ctxvec.config.objectives import OBJECTIVES, objective_key_error, objective_names
 from ctxvec.config.tree import CtxvecConfig
 
 
@@ -55,12 +56,30 @@ def apply_override(tree: dict[str, Any], assignment: str) -> None:
 def _format_errors(err: ValidationError) -> str:
     lines = []
     for e in err.errors():
-        key = ".".join(str(p) for p in e["loc"]) or "<root>"
-        msg = e["msg"]
+        loc, tag = _untag(e["loc"])
+        key = ".".join(str(p) for p in loc) or "<root>"
+        msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
-            msg = "unknown key (check the spelling; see configs/tiny.yaml for every key)"
+            if tag is not None and isinstance(loc[-2], int):  # a key of the objective itself
+                msg = objective_key_error(tag, str(loc[-1]))
+            else:
+                msg = "unknown key (check the spelling; see configs/tiny.yaml for every key)"
+        elif e["type"] == "union_tag_invalid":
+            key, msg = f"{key}.name", (f"unknown objective {e['ctx']['tag']!r}; choose one of "
+                                       f"{objective_names()}")
+        elif e["type"] == "union_tag_not_found":
+            key, msg = f"{key}.name", f"missing; choose one of {objective_names()}"
         lines.append(f"  {key}: {msg}")
     return "invalid config:\n" + "\n".join(lines)
+
+
+def _untag(loc: tuple[Any, ...]) -> tuple[tuple[Any, ...], str | None]:
+    """Drop the union tag pydantic puts in an objective's error location
+    (``train.objectives.0.mnrl.scale`` -> ``train.objectives.0.scale``) and return it."""
+    for i in range(2, len(loc)):
+        if loc[i] in OBJECTIVES and loc[i - 2] == "objectives" and isinstance(loc[i - 1], int):
+            return loc[:i] + loc[i + 1:], str(loc[i])
+    return loc, None
 
 
 def _resolve_paths(tree: dict[str, Any], base: Path) -> None:

@@ -1,8 +1,14 @@
-"""The encoder's shape: a named BERT size or custom dimensions."""
+"""The encoder's shape: a named BERT size (a preset) or custom dimensions.
+
+A preset fixes the four dimensions: a recipe may repeat a preset's value, but a different one is
+refused (it would otherwise be silently ignored). ``size: custom`` uses the four fields, with
+defaults, and checks that the heads divide the width. Either way the validated config carries the
+dimensions that are built, so manifests and MLflow params show them.
+"""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
@@ -24,7 +30,8 @@ class ModelConfig(_Section):
         "tokenizer; anything else is a model reference (minilm, a folder, models:/...).",
     )
     size: Literal["tiny", "mini", "small", "base", "custom"] = Field(
-        "custom", description="A named BERT size; 'custom' uses the four fields below."
+        "custom", description="A named BERT size (a preset: its four dimensions are fixed); "
+        "'custom' uses the four fields below.",
     )
     hidden_size: int = Field(256, ge=8)
     num_layers: int = Field(4, ge=1)
@@ -32,6 +39,24 @@ class ModelConfig(_Section):
     intermediate_size: int = Field(1024, ge=8)
     max_position: int = Field(512, ge=16)
     dropout: float = Field(0.1, ge=0.0, lt=1.0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _preset(cls, data: Any) -> Any:
+        """Fill a preset's dimensions in, refusing a user value that disagrees with it."""
+        if not isinstance(data, dict) or data.get("size", "custom") not in MODEL_SIZES:
+            return data
+        size = data["size"]
+        preset = MODEL_SIZES[size]
+        for key, value in preset.items():
+            given = data.get(key)
+            if given is not None and not _same_int(given, value):
+                raise ValueError(
+                    f"model.{key}={given} conflicts with model.size={size} (whose {key} is "
+                    f"{value}): remove model.{key}, or set model.size=custom to choose "
+                    "hidden_size, num_layers, num_heads and intermediate_size yourself"
+                )
+        return {**data, **preset}
 
     @model_validator(mode="after")
     def _heads_divide_hidden(self) -> ModelConfig:
@@ -43,7 +68,13 @@ class ModelConfig(_Section):
         return self
 
     def dims(self) -> dict[str, int]:
-        if self.size != "custom":
-            return dict(MODEL_SIZES[self.size])
+        """The four dimensions the model is built with (a preset's, or the custom fields)."""
         return {"hidden_size": self.hidden_size, "num_layers": self.num_layers,
                 "num_heads": self.num_heads, "intermediate_size": self.intermediate_size}
+
+
+def _same_int(given: Any, value: int) -> bool:
+    try:
+        return int(given) == value and float(given) == value
+    except (TypeError, ValueError):
+        return False

@@ -1,18 +1,28 @@
-"""Training objectives and where their examples come from."""
+"""Training objectives and where their examples come from.
+
+``train.objectives`` is a list of a discriminated union keyed by ``name``: each objective is its
+own section with only its own keys, so ``{name: mnrl, mask_prob: 0.5}`` is refused (mask_prob is
+an MLM key) instead of being carried along and ignored. Each objective also says which
+``data.source`` it can read, so a recipe that could not produce examples fails at load time
+rather than minutes into a run. Adding an objective: a class here, one entry in ``OBJECTIVES``
+and the union, and its loss in ``ctxvec.train.objectives``.
+"""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, TypeAdapter, model_validator
 
 from ctxvec.config.base import _Section
+
+Source = Literal["corpus", "sts", "pairs", "labels"]
 
 
 class DataConfig(_Section):
     """Where an objective's examples come from."""
 
-    source: Literal["corpus", "sts", "pairs", "labels"] = Field(
+    source: Source = Field(
         "corpus", description="corpus: the workspace corpus (packed for mlm, sentences "
         "otherwise); sts: an STS Benchmark TSV; pairs: JSONL/TSV of two texts; labels: "
         "JSONL/TSV of text and label.",
@@ -34,13 +44,94 @@ class DataConfig(_Section):
         return self
 
 
-class ObjectiveConfig(_Section):
-    name: Literal["mlm", "mnrl", "simcse", "cosent", "classification"]
+class _Objective(_Section):
+    """The keys every objective has. ``sources``: the ``data.source`` values it can train on."""
+
+    sources: ClassVar[tuple[str, ...]] = ("corpus",)
+    name: str
     weight: float = Field(1.0, gt=0)
     data: DataConfig = DataConfig()
     batch_size: int | None = Field(None, ge=2, description="Default: train.batch_size.")
-    mask_prob: float = Field(0.15, gt=0, lt=1, description="mlm")
-    whole_word: bool = Field(False, description="mlm: mask every subword of a chosen word.")
-    scale: float = Field(20.0, gt=0, description="mnrl/simcse/cosent: 1 / temperature.")
-    symmetric: bool = Field(False, description="mnrl: also rank anchors given positives.")
-    num_labels: int = Field(2, ge=2, description="classification")
+
+    @model_validator(mode="after")
+    def _source_fits(self) -> _Objective:
+        # after, not a field validator: the default data (corpus) must be checked too
+        if self.data.source not in self.sources:
+            raise ValueError(f"data.source={self.data.source} does not fit objective "
+                             f"{self.name}: use data.source={' or '.join(self.sources)}")
+        return self
+
+
+class MLMObjective(_Objective):
+    """Masked-language modelling on the packed corpus."""
+
+    name: Literal["mlm"] = "mlm"
+    mask_prob: float = Field(0.15, gt=0, lt=1)
+    whole_word: bool = Field(False, description="Mask every subword of a chosen word.")
+
+
+class MNRLObjective(_Objective):
+    """Multiple-negatives ranking on (anchor, positive) pairs."""
+
+    sources: ClassVar[tuple[str, ...]] = ("pairs", "sts")
+    name: Literal["mnrl"] = "mnrl"
+    scale: float = Field(20.0, gt=0, description="1 / temperature of the cosine scores.")
+    symmetric: bool = Field(False, description="Also rank anchors given positives.")
+
+
+class SimCSEObjective(_Objective):
+    """Unsupervised SimCSE on single sentences of the corpus."""
+
+    name: Literal["simcse"] = "simcse"
+    scale: float = Field(20.0, gt=0, description="1 / temperature of the cosine scores.")
+
+
+class CoSENTObjective(_Objective):
+    """CoSENT on pairs with a graded similarity score."""
+
+    sources: ClassVar[tuple[str, ...]] = ("sts",)
+    name: Literal["cosent"] = "cosent"
+    scale: float = Field(20.0, gt=0, description="1 / temperature of the cosine scores.")
+
+
+class ClassificationObjective(_Objective):
+    """A linear head over the pooled sentence vector, on (text, label) examples."""
+
+    sources: ClassVar[tuple[str, ...]] = ("labels",)
+    name: Literal["classification"] = "classification"
+    num_labels: int = Field(2, ge=2)
+
+
+OBJECTIVES: dict[str, type[_Objective]] = {
+    "mlm": MLMObjective,
+    "mnrl": MNRLObjective,
+    "simcse": SimCSEObjective,
+    "cosent": CoSENTObjective,
+    "classification": ClassificationObjective,
+}
+
+ObjectiveConfig = Annotated[
+    MLMObjective | MNRLObjective | SimCSEObjective | CoSENTObjective | ClassificationObjective,
+    Field(discriminator="name"),
+]
+"""One entry of ``train.objectives`` (a type: build one with :func:`objective_config`)."""
+
+_ADAPTER: TypeAdapter[Any] = TypeAdapter(ObjectiveConfig)
+
+
+def objective_config(name: str, **fields: Any) -> ObjectiveConfig:
+    """The validated config of objective ``name`` (a plain constructor for code and tests)."""
+    return _ADAPTER.validate_python({"name": name, **fields})
+
+
+def objective_key_error(name: str, key: str) -> str:
+    """Why ``key`` is refused in an objective called ``name``, and what to do instead."""
+    own = list(OBJECTIVES[name].model_fields)
+    owners = [n for n, c in OBJECTIVES.items() if n != name and key in c.model_fields]
+    why = (f"a key of {' and '.join(owners)}, not of {name}: remove it" if owners
+           else f"not a key of {name} (check the spelling)")
+    return f"{why}; {name} takes {', '.join(own)}"
+
+
+def objective_names() -> str:
+    return ", ".join(OBJECTIVES)

@@ -7,7 +7,7 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from ctxvec.config.base import _Section
-from ctxvec.config.objectives import ObjectiveConfig
+from ctxvec.config.objectives import MLMObjective, ObjectiveConfig
 
 
 class EarlyStoppingConfig(_Section):
@@ -27,7 +27,7 @@ class FreezeConfig(_Section):
 
 class TrainConfig(_Section):
     objectives: list[ObjectiveConfig] = Field(
-        default_factory=lambda: [ObjectiveConfig(name="mlm")],
+        default_factory=lambda: [MLMObjective()],
         description="One or more; several make a multi-task weighted sum over interleaved data.",
     )
     steps: int = Field(100, ge=0, description="Optimizer steps; 0 skips training.")

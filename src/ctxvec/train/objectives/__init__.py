@@ -18,8 +18,21 @@ from typing import Any, Protocol
 
 import torch
 
-from ctxvec.config import ObjectiveConfig
+from ctxvec.config import (
+    ClassificationObjective,
+    CoSENTObjective,
+    MLMObjective,
+    MNRLObjective,
+    ObjectiveConfig,
+    SimCSEObjective,
+)
 from ctxvec.model.encoder import EncoderSettings
+from ctxvec.train.objectives.classification import Classification
+from ctxvec.train.objectives.cosent import CoSENT
+from ctxvec.train.objectives.mlm import MaskedLM
+from ctxvec.train.objectives.mnrl import MultipleNegativesRanking
+from ctxvec.train.objectives.sentences import SentenceView
+from ctxvec.train.objectives.simcse import SimCSE
 
 
 class Objective(Protocol):
@@ -33,20 +46,16 @@ class Objective(Protocol):
 
 def build_objective(ocfg: ObjectiveConfig, tokenizer, settings: EncoderSettings,
                     max_length: int) -> Objective:
-    from ctxvec.train.objectives.classification import Classification
-    from ctxvec.train.objectives.cosent import CoSENT
-    from ctxvec.train.objectives.mlm import MaskedLM
-    from ctxvec.train.objectives.mnrl import MultipleNegativesRanking
-    from ctxvec.train.objectives.sentences import SentenceView
-    from ctxvec.train.objectives.simcse import SimCSE
-
-    if ocfg.name == "mlm":
+    """The loss of one ``train.objectives`` entry; each config type carries only its own keys."""
+    if isinstance(ocfg, MLMObjective):
         return MaskedLM(tokenizer, ocfg.mask_prob, whole_word=ocfg.whole_word)
     view = SentenceView(tokenizer, max_length, settings.pooling)
-    if ocfg.name == "mnrl":
+    if isinstance(ocfg, MNRLObjective):
         return MultipleNegativesRanking(view, ocfg.scale, ocfg.symmetric)
-    if ocfg.name == "simcse":
+    if isinstance(ocfg, SimCSEObjective):
         return SimCSE(view, ocfg.scale)
-    if ocfg.name == "cosent":
+    if isinstance(ocfg, CoSENTObjective):
         return CoSENT(view, ocfg.scale)
-    return Classification(view, ocfg.num_labels)
+    if isinstance(ocfg, ClassificationObjective):
+        return Classification(view, ocfg.num_labels)
+    raise TypeError(f"no loss for objective config {type(ocfg).__name__}")
