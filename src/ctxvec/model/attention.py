@@ -23,6 +23,8 @@ import torch
 
 from ctxvec.errors import UserInputError
 from ctxvec.model.encoder import Encoder
+from ctxvec.model.refs import resolve_model_ref
+from ctxvec.refs import ModelRef
 
 MAX_TOKENS = 64  # beyond this a heatmap's labels stop being readable
 
@@ -86,14 +88,14 @@ def eager_attention(model) -> Iterator[None]:
         model.set_attn_implementation(before)
 
 
-def load_encoder(model: str | Path | Encoder, workspace_root: Path | None = None) -> Encoder:
-    """An Encoder as is; a model reference (minilm, a folder, models:/...) loaded eager."""
+def load_encoder(model: str | Path | ModelRef | Encoder, workspace_root: Path | None = None
+                 ) -> Encoder:
+    """An Encoder as is; a model folder (or ``minilm``) loaded eager. A registry reference is
+    resolved into a folder by the caller (``Registry(ws).local_dir``)."""
     if isinstance(model, Encoder):
         return model
-    from ctxvec.model.refs import resolve_model_ref
-
-    return Encoder.load(resolve_model_ref(str(model), workspace_root),
-                        attn_implementation="eager")
+    # forwarder: removed once callers pass folders (resolve_model_ref reaches the registry)
+    return Encoder.load(resolve_model_ref(model, workspace_root), attn_implementation="eager")
 
 
 @torch.inference_mode()

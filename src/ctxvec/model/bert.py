@@ -1,5 +1,6 @@
 """Build a BERT-family model for training: from scratch at a named size with a trained
-tokenizer's vocabulary, or from any model reference (minilm, a folder, models:/...).
+tokenizer's vocabulary, or from a pretrained model folder (``model.init``: minilm, a folder, or a
+registry version which the caller resolves into a folder and passes as ``init_dir``).
 
 With an MLM objective the model is an ``*ForMaskedLM`` (its encoder is ``.base_model``); without
 one it is the bare encoder. A sentence encoder such as MiniLM has no trained MLM head: its head
@@ -20,8 +21,11 @@ log = logging.getLogger(__name__)
 
 
 def build_model(cfg: CtxvecConfig, workspace_root: Path, tokenizer_art: TokenizerArtifact | None,
-                mlm: bool):
-    """-> (tokenizer, model, encoder settings, parent reference or None)."""
+                mlm: bool, init_dir: Path | None = None):
+    """-> (tokenizer, model, encoder settings, parent reference or None).
+
+    ``init_dir``: the local folder of ``model.init``, resolved by the caller (a registry
+    reference can only be resolved above the model layer)."""
     from transformers import AutoModel, AutoModelForMaskedLM, BertConfig, BertForMaskedLM, BertModel
     from transformers.utils import logging as hf_logging
 
@@ -45,7 +49,9 @@ def build_model(cfg: CtxvecConfig, workspace_root: Path, tokenizer_art: Tokenize
         model = BertForMaskedLM(config) if mlm else BertModel(config, add_pooling_layer=False)
         settings = EncoderSettings(max_length=min(mcfg.max_position, 512))
         return tokenizer, model, settings, None
-    init_dir = resolve_model_ref(mcfg.init, workspace_root)
+    if init_dir is None:
+        # forwarder: removed once callers pass init_dir (resolve_model_ref reaches the registry)
+        init_dir = resolve_model_ref(mcfg.init, workspace_root)
     tokenizer = load_tokenizer(init_dir)
     if tokenizer_art is not None and tokenizer_art.kind != "model":
         raise ConfigError(f"model.init={mcfg.init} brings its own vocabulary: set "

