@@ -8,8 +8,10 @@ import pytest
 import torch
 
 from ctxvec.config import ConfigError, GateConfig
+from ctxvec.continual.evaluate import halves_mrr
+from ctxvec.continual.gate import decide
 from ctxvec.continual.regularizers import EWC, L2SP, fisher_diagonal
-from ctxvec.continual.update import _replay_rows, decide, halves_mrr
+from ctxvec.continual.train import replay_rows
 from tests.helpers import tiny_bert
 
 SENTENCES = ["the river bank was flooded after the storm",
@@ -84,11 +86,11 @@ def test_ewc_fisher_has_mean_one_and_weighs_what_the_old_data_used():
 
 def test_replay_takes_the_ratio_of_earlier_rows():
     new, old = np.zeros((30, 8), np.int32), np.arange(400 * 8, dtype=np.int32).reshape(400, 8)
-    assert len(_replay_rows(new, old, 0.5, 0)) == 30
-    assert len(_replay_rows(new, old, 0.25, 0)) == 10
-    assert len(_replay_rows(new, old, 0.0, 0)) == 0
-    assert len(_replay_rows(new, old[:5], 0.5, 0)) == 5  # all there is
-    a, b = _replay_rows(new, old, 0.5, 1), _replay_rows(new, old, 0.5, 1)
+    assert len(replay_rows(new, old, 0.5, 0)) == 30
+    assert len(replay_rows(new, old, 0.25, 0)) == 10
+    assert len(replay_rows(new, old, 0.0, 0)) == 0
+    assert len(replay_rows(new, old[:5], 0.5, 0)) == 5  # all there is
+    a, b = replay_rows(new, old, 0.5, 1), replay_rows(new, old, 0.5, 1)
     assert np.array_equal(a, b)  # seeded: a resumed run sees the same data
 
 

@@ -9,9 +9,10 @@ process) is one process; torchrun is the engine that starts, watches and tears d
 What crosses the process boundary, in a temporary folder:
 - ``config.yaml``: the resolved recipe (every override applied, paths absolute), so the ranks
   train exactly what the flow would have trained in process;
-- ``inputs.json``: the workspace and the upstream artifacts (snapshot, tokenizer, packed data)
-  the flow already has, so the ranks run no data stage at all: nothing is ingested, tokenized or
-  packed twice;
+- ``inputs.json``: the workspace, the upstream artifacts (snapshot, tokenizer, packed data) the
+  flow already has, and the local folder of ``model.init`` when that names a registry version
+  (resolved by the caller, so the ranks never talk to the registry): the ranks run no data stage
+  at all, nothing is ingested, tokenized, packed or downloaded twice;
 - ``result.json``: written by rank 0 alone (it alone saves the model and the run's manifest),
   the same ``TrainedModel`` record ``run_train`` returns in process, so registering, embedding
   and indexing downstream do not know how training ran.
@@ -89,18 +90,21 @@ def train_with_launch(
     tokenizer_art: TokenizerArtifact | None,
     packed: PackedData | None,
     on_line: Callable[[str], None] | None = None,
+    init_dir: str | Path | None = None,
 ) -> TrainedModel:
     """``run_train`` in this process, or under torchrun when ``train.nproc_per_node`` asks for
-    more than one process; the same record comes back either way."""
+    more than one process; the same record comes back either way. ``init_dir``: the local folder
+    of a registry ``model.init`` (see ``run_train``)."""
+    # lazy: ctxvec.train.run imports torch and transformers; resolve_nproc callers need neither
     from ctxvec.train.run import finished_run, run_train
 
     nproc = resolve_nproc(cfg)
     if nproc <= 1 or int(os.environ.get("WORLD_SIZE", "1")) > 1:  # already one of the ranks
-        return run_train(cfg, ws, snapshot, tokenizer_art, packed)
+        return run_train(cfg, ws, snapshot, tokenizer_art, packed, init_dir)
     done = finished_run(cfg, ws, snapshot, tokenizer_art)
     if done is not None:  # nothing to train: no processes to start
         return done
-    return launch(cfg, ws, snapshot, tokenizer_art, packed, nproc, on_line)
+    return launch(cfg, ws, snapshot, tokenizer_art, packed, nproc, on_line, init_dir)
 
 
 def launch(
@@ -111,6 +115,7 @@ def launch(
     packed: PackedData | None,
     nproc: int,
     on_line: Callable[[str], None] | None = None,
+    init_dir: str | Path | None = None,
 ) -> TrainedModel:
     """Train with ``nproc`` torchrun ranks on the given inputs; rank 0's record comes back."""
     emit = on_line or (lambda line: log.info("torchrun: %s", line))
@@ -123,6 +128,7 @@ def launch(
             "snapshot": snapshot.to_dict() if snapshot else None,
             "tokenizer": tokenizer_art.to_dict() if tokenizer_art else None,
             "packed": packed.to_dict() if packed else None,
+            "init_dir": str(init_dir) if init_dir is not None else None,
         })
         cmd = torchrun_command(nproc, folder)
         log.info("train: launching %d processes: %s", nproc, " ".join(cmd))

@@ -3,6 +3,15 @@
 The run folder is named after the recipe and its inputs (config, snapshot, tokenizer), so running
 the same recipe on the same data again resumes an interrupted run from its last checkpoint, or
 reuses a finished one, instead of starting over; ``train.resume=false`` always starts afresh.
+
+The setup every training shares (seed and threads, the model on its device, one task per
+objective, saving the model, reading a finished run back) is here as small functions, so the
+continual update (``ctxvec.continual.train``) trains through the same steps with its own data.
+
+Training never resolves a registry reference itself: ``model.init`` may name one
+(``models:/...``), and whoever calls ``run_train`` above the registry layer (``ctxvec.stages``)
+passes the downloaded folder as ``init_dir``. The run key and the recorded parent still name
+the reference the recipe gave.
 """
 
 from __future__ import annotations
@@ -11,14 +20,16 @@ import json
 import logging
 import math
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from ctxvec.artifacts import PackedData, Snapshot, TokenizerArtifact, TrainedModel
 from ctxvec.config import ConfigError, CtxvecConfig
 from ctxvec.model.bert import build_model
-from ctxvec.model.encoder import Encoder, pick_device, save_encoder
+from ctxvec.model.encoder import Encoder, EncoderSettings, pick_device, save_encoder
 from ctxvec.train import distributed
 from ctxvec.train.datasets import Sampler, load_examples, split_heldout
 from ctxvec.train.loop import Evaluate, train
@@ -40,6 +51,74 @@ def run_key(cfg: CtxvecConfig, snapshot: Snapshot | None, tok: TokenizerArtifact
         "tokenizer": tok.sha256 if tok else None,
     }
     return sha256_text(json.dumps(what, sort_keys=True))[:10]
+
+
+# --- the setup every training shares -------------------------------------------------------
+
+
+@dataclass
+class Setup:
+    """A model ready to train: its tokenizer, encoder settings, device, and the reference it
+    starts from (None from scratch)."""
+
+    tokenizer: Any
+    model: torch.nn.Module
+    settings: EncoderSettings
+    device: torch.device
+    parent: str | None
+
+
+def seed_and_threads(tcfg) -> None:
+    torch.manual_seed(tcfg.seed)
+    if tcfg.threads:
+        torch.set_num_threads(tcfg.threads)
+
+
+def wants_mlm(cfg: CtxvecConfig) -> bool:
+    return any(o.name == "mlm" for o in cfg.train.objectives)
+
+
+def prepare_model(cfg: CtxvecConfig, ws: Workspace, tokenizer_art: TokenizerArtifact | None,
+                  init_dir: str | Path | None = None, device: str | None = None) -> Setup:
+    """Build (scratch) or load (``init_dir``, else ``model.init``) the model, with an MLM head
+    when an objective is MLM, on ``device`` (default: this rank's ``train.device``)."""
+    tokenizer, model, settings, parent = build_model(
+        cfg, ws.root, tokenizer_art, mlm=wants_mlm(cfg),
+        init_dir=Path(init_dir) if init_dir is not None else None)
+    dev = pick_device(device or distributed.local_device(cfg.train.device))
+    model.to(dev)
+    if cfg.train.seq_len > model.config.max_position_embeddings:
+        raise ConfigError(f"train.seq_len={cfg.train.seq_len} exceeds the model's "
+                          f"{model.config.max_position_embeddings} positions")
+    return Setup(tokenizer, model, settings, dev, parent)
+
+
+def objective_task(setup: Setup, ocfg, objective, examples, index: int, tcfg,
+                   world: distributed.World | None = None) -> Task:
+    """One objective's task: its head attached to the model, its batch size, its sampler (this
+    rank's share under DDP)."""
+    world = world or distributed.World()
+    if getattr(objective, "attach", None):
+        objective.attach(setup.model.config.hidden_size, setup.device)
+    bs = ocfg.batch_size or tcfg.batch_size
+    sampler = Sampler(len(examples), tcfg.seed + index, rank=world.rank, world=world.size)
+    log.info("train: objective %s, %d examples, batch %d, weight %g",
+             ocfg.name, len(examples), bs, ocfg.weight)
+    return Task(objective, examples, ocfg.weight, bs, sampler)
+
+
+def save_model(ws: Workspace, run_dir: Path, setup: Setup) -> None:
+    """The trained encoder, tokenizer and settings as ``run_dir/model`` (atomically)."""
+    with ws.stage_dir(run_dir / "model") as tmp:
+        setup.model.to("cpu")
+        save_encoder(setup.model, setup.tokenizer, setup.settings, tmp)
+
+
+def finished_record(run_dir: Path) -> TrainedModel:
+    """The record of a finished run, read back from its manifest."""
+    m = read_json(run_dir / "manifest.json")
+    return TrainedModel(str(run_dir), str(run_dir / "model"), m["steps"], m["tokens_seen"],
+                        m["final_loss"], m.get("eval_loss"), m["parent"], m.get("metrics", {}))
 
 
 def _mlm_eval(objective: MaskedLM, rows, batch_size: int, seed: int) -> Evaluate:
@@ -96,6 +175,9 @@ def train_logged(run_dir: Path, model, tasks: MultiTask, tcfg, evaluate: Evaluat
     return train(model, tasks, tcfg, evaluate=evaluate, run_dir=run_dir, on_log=on_log)
 
 
+# --- the recipe's training -------------------------------------------------------------------
+
+
 def _run_dir(cfg: CtxvecConfig, ws: Workspace, snapshot: Snapshot | None,
              tokenizer_art: TokenizerArtifact | None) -> Path:
     key = run_key(cfg, snapshot, tokenizer_art)
@@ -110,11 +192,28 @@ def finished_run(cfg: CtxvecConfig, ws: Workspace, snapshot: Snapshot | None,
     run_dir = _run_dir(cfg, ws, snapshot, tokenizer_art)
     if not (cfg.train.resume and (run_dir / "manifest.json").is_file()):
         return None
-    m = read_json(run_dir / "manifest.json")
     log.info("train: %s already trained this recipe on this data; reusing it "
              "(train.resume=false trains again)", run_dir.name)
-    return TrainedModel(str(run_dir), str(run_dir / "model"), m["steps"], m["tokens_seen"],
-                        m["final_loss"], m["eval_loss"], m["parent"], m.get("metrics", {}))
+    return finished_record(run_dir)
+
+
+def _recipe_examples(ocfg, objective, snapshot: Snapshot | None, packed: PackedData | None,
+                     tcfg, evals: list[Evaluate]):
+    """An objective's examples as the recipe names them: MLM reads the packed sequences (and
+    holds some out for ``evals``), the others their data source."""
+    if ocfg.name != "mlm":
+        return load_examples(ocfg, snapshot.corpus if snapshot else None)
+    if packed is None:
+        raise ConfigError("an mlm objective needs packed corpus data (run the pack "
+                          "stage: `ctxvec pretrain` or `ctxvec run` do)")
+    if packed.mode == "pair":
+        raise ConfigError("pack.mode=pair makes sentence pairs; mlm trains on concat or doc")
+    from ctxvec.tokenizer.packing import read_packed  # lazy: pyarrow shards, only for MLM
+
+    rows, heldout = split_heldout(read_packed(packed.path), tcfg.eval_fraction, tcfg.seed)
+    if len(heldout):
+        evals.append(_mlm_eval(objective, heldout, tcfg.batch_size, tcfg.seed))
+    return rows
 
 
 def run_train(
@@ -123,81 +222,55 @@ def run_train(
     snapshot: Snapshot | None,
     tokenizer_art: TokenizerArtifact | None,
     packed: PackedData | None,
+    init_dir: str | Path | None = None,
 ) -> TrainedModel:
+    """Train the recipe on the given inputs. ``init_dir``: the local folder of ``model.init``
+    when that names a registry version (resolved by the caller)."""
     started = time.time()
     tcfg = cfg.train
-    torch.manual_seed(tcfg.seed)
-    if tcfg.threads:
-        torch.set_num_threads(tcfg.threads)
+    seed_and_threads(tcfg)
     done = finished_run(cfg, ws, snapshot, tokenizer_art)
     if done is not None:
         return done
     world = distributed.setup(tcfg.device)
     # rank 0's folder for every rank: with train.resume=false its name holds a timestamp
     run_dir = distributed.broadcast(_run_dir(cfg, ws, snapshot, tokenizer_art))
-    has_mlm = any(o.name == "mlm" for o in tcfg.objectives)
-    tokenizer, model, settings, parent = build_model(cfg, ws.root, tokenizer_art, mlm=has_mlm)
-    device = pick_device(distributed.local_device(tcfg.device))
-    model.to(device)
-    if tcfg.seq_len > model.config.max_position_embeddings:
-        raise ConfigError(f"train.seq_len={tcfg.seq_len} exceeds the model's "
-                          f"{model.config.max_position_embeddings} positions")
-    n_params = sum(p.numel() for p in model.parameters())
-    log.info("train: %s, %.1fM parameters, on %s", cfg.model.init, n_params / 1e6, device)
+    setup = prepare_model(cfg, ws, tokenizer_art, init_dir)
+    n_params = sum(p.numel() for p in setup.model.parameters())
+    log.info("train: %s, %.1fM parameters, on %s", cfg.model.init, n_params / 1e6, setup.device)
 
     # data: one task per objective; MLM reads the packed sequences and holds some out
     tasks, evals = [], []
     for i, ocfg in enumerate(tcfg.objectives):
-        objective = build_objective(ocfg, tokenizer, settings, tcfg.seq_len)
-        if ocfg.name == "mlm":
-            if packed is None:
-                raise ConfigError("an mlm objective needs packed corpus data (run the pack "
-                                  "stage: `ctxvec pretrain` or `ctxvec run` do)")
-            if packed.mode == "pair":
-                raise ConfigError("pack.mode=pair makes sentence pairs; mlm trains on concat "
-                                  "or doc")
-            from ctxvec.tokenizer.packing import read_packed
-
-            rows, heldout = split_heldout(read_packed(packed.path), tcfg.eval_fraction, tcfg.seed)
-            examples = rows
-            if len(heldout):
-                evals.append(_mlm_eval(objective, heldout, tcfg.batch_size, tcfg.seed))
-        else:
-            examples = load_examples(ocfg, snapshot.corpus if snapshot else None)
-        if getattr(objective, "attach", None):
-            objective.attach(model.config.hidden_size, device)
-        bs = ocfg.batch_size or tcfg.batch_size
-        sampler = Sampler(len(examples), tcfg.seed + i, rank=world.rank, world=world.size)
-        tasks.append(Task(objective, examples, ocfg.weight, bs, sampler))
-        log.info("train: objective %s, %d examples, batch %d, weight %g",
-                 ocfg.name, len(examples), bs, ocfg.weight)
+        objective = build_objective(ocfg, setup.tokenizer, setup.settings, tcfg.seq_len)
+        examples = _recipe_examples(ocfg, objective, snapshot, packed, tcfg, evals)
+        tasks.append(objective_task(setup, ocfg, objective, examples, i, tcfg, world))
     if cfg.evaluate.sts and Path(cfg.evaluate.sts).is_file() and (
             tcfg.eval_every or tcfg.early_stopping):
-        evals.append(_sts_eval(cfg.evaluate.sts, tokenizer, settings, cfg.evaluate.batch_size))
-    result = train_logged(run_dir, model, MultiTask(tasks), tcfg, _combine(evals))
+        evals.append(_sts_eval(cfg.evaluate.sts, setup.tokenizer, setup.settings,
+                               cfg.evaluate.batch_size))
+    result = train_logged(run_dir, setup.model, MultiTask(tasks), tcfg, _combine(evals))
     if result is None:
         log.info("train: train.steps=0, keeping %s's weights as they are", cfg.model.init)
     if not world.main:  # rank 0 saves; the others are done once training is
         return TrainedModel(str(run_dir), str(run_dir / "model"), result.steps if result else 0,
-                            result.tokens_seen if result else 0, None, None, parent)
+                            result.tokens_seen if result else 0, None, None, setup.parent)
 
-    with ws.stage_dir(run_dir / "model") as tmp:
-        model.to("cpu")
-        save_encoder(model, tokenizer, settings, tmp)
+    save_model(ws, run_dir, setup)
     metrics = result.metrics if result else {}
     summary = {
         "steps": result.steps if result else 0,
         "tokens_seen": result.tokens_seen if result else 0,
         "final_loss": result.final_loss if result else None,
         "eval_loss": metrics.get("eval_loss"),
-        "parent": parent,
+        "parent": setup.parent,
         "metrics": metrics,
     }
     write_manifest(
         run_dir, "train", started, **summary,
         snapshot=snapshot.snapshot_id if snapshot else None,
         tokenizer_sha256=tokenizer_art.sha256 if tokenizer_art else None,
-        packed=packed.path if packed else None, parameters=n_params, device=str(device),
+        packed=packed.path if packed else None, parameters=n_params, device=str(setup.device),
         stopped_early=result.stopped_early if result else False,
         resumed_from=result.resumed_from if result else None, world_size=world.size,
         config={"model": cfg.model.model_dump(mode="json"),

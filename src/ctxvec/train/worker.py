@@ -3,11 +3,11 @@
     python -m torch.distributed.run --standalone --nproc_per_node N -m ctxvec.train.worker \\
         --folder DIR
 
-Reads the resolved recipe, the workspace and the upstream artifacts from ``DIR`` (see
-``launch``), runs ``run_train`` (which joins the process group torchrun describes and trains a
-DDP replica), and on rank 0 writes the ``TrainedModel`` record to ``DIR/result.json``. It runs no
-data stage: its inputs are what the flow already made. Only rank 0 logs at INFO, so the flow's
-log reads as one training, not N.
+Reads the resolved recipe, the workspace, the upstream artifacts and the local folder of a
+registry ``model.init`` from ``DIR`` (see ``launch``), runs ``run_train`` (which joins the process
+group torchrun describes and trains a DDP replica), and on rank 0 writes the ``TrainedModel``
+record to ``DIR/result.json``. It runs no data stage: its inputs are what the flow already made.
+Only rank 0 logs at INFO, so the flow's log reads as one training, not N.
 """
 
 from __future__ import annotations
@@ -49,6 +49,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _train(folder: Path) -> None:
+    # lazy: inside main's try, so a rank that fails even to import reports it in error-rank*.json
     from ctxvec.config import CtxvecConfig
     from ctxvec.train import distributed
     from ctxvec.train.launch import CONFIG_FILE, INPUTS_FILE, RESULT_FILE
@@ -61,7 +62,7 @@ def _train(folder: Path) -> None:
     tok = TokenizerArtifact(**inputs["tokenizer"]) if inputs["tokenizer"] else None
     packed = PackedData(**inputs["packed"]) if inputs["packed"] else None
     ws = Workspace(**inputs["workspace"])
-    trained = run_train(cfg, ws, snap, tok, packed)
+    trained = run_train(cfg, ws, snap, tok, packed, inputs.get("init_dir"))
     if distributed.current().main:  # rank 0 alone saved the model; it alone reports
         write_json(folder / RESULT_FILE, trained.to_dict())
         log.info("train: rank 0 wrote %s", folder / RESULT_FILE)

@@ -1,0 +1,76 @@
+"""The gate: promote the challenger only if it learned the new domain without forgetting.
+
+``decide`` passes when the new-domain metric improves by more than ``gate.min_improvement`` and
+no old-domain metric worsens by more than ``gate.tolerance`` (relative). The decision and every
+check, with its numbers, become tags of the challenger's version (``record_decision``), so why a
+version was or was not promoted can be read in the registry.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+from ctxvec.artifacts import RegisteredModel
+from ctxvec.config import ConfigError, GateConfig
+from ctxvec.registry import Registry
+from ctxvec.workspace import Workspace
+
+log = logging.getLogger(__name__)
+
+
+def lower_is_better(metric: str) -> bool:
+    return metric.endswith(("loss", "perplexity"))
+
+
+def decide(gcfg: GateConfig, champion: dict[str, float],
+           challenger: dict[str, float]) -> dict[str, Any]:
+    """The gate: every check with its numbers, and ``promote`` True only if all pass."""
+    def gain(m: str) -> float:  # relative improvement; negative: worse
+        a, b = champion[m], challenger[m]
+        d = (a - b) if lower_is_better(m) else (b - a)
+        return d / max(abs(a), 1e-12)
+
+    new_metric = gcfg.new_metric
+    if new_metric == "auto":
+        new_metric = "new.mlm_loss" if "new.mlm_loss" in champion else "new.halves_mrr"
+    if new_metric not in champion or new_metric not in challenger:
+        raise ConfigError(f"continual.gate.new_metric={new_metric} was not measured (measured: "
+                          f"{sorted(champion)})")
+    checks = [{
+        "metric": new_metric, "kind": "new-domain", "champion": champion[new_metric],
+        "challenger": challenger[new_metric], "relative_gain": gain(new_metric),
+        "rule": f"improves by more than {gcfg.min_improvement:g}",
+        "passed": gain(new_metric) > gcfg.min_improvement,
+    }]
+    skip = {"mlm_eval_loss", "mlm_perplexity"}  # training's own held-out loss: not comparable
+    for m in sorted(champion.keys() & challenger.keys()):
+        if m.startswith("new.") or m in skip or m.endswith("perplexity"):
+            continue
+        g = gain(m)
+        checks.append({
+            "metric": m, "kind": "old-domain", "champion": champion[m],
+            "challenger": challenger[m], "relative_gain": g,
+            "rule": f"worsens by at most {gcfg.tolerance:g}", "passed": g >= -gcfg.tolerance,
+        })
+    failed = [c for c in checks if not c["passed"]]
+    reasons = []
+    for c in failed:
+        verb = "did not improve" if c["kind"] == "new-domain" else "worsened"
+        reasons.append(f"{c['metric']} {verb}: {c['champion']:.4g} -> {c['challenger']:.4g} "
+                       f"({100 * c['relative_gain']:+.1f}%; rule: {c['rule']})")
+    return {"promote": not failed, "new_metric": new_metric, "checks": checks,
+            "reason": "; ".join(reasons) if reasons else "every check passed"}
+
+
+def record_decision(ws: Workspace, reg: RegisteredModel, champion: dict[str, float],
+                    decision: dict[str, Any]) -> None:
+    tags = {"gate.decision": "promote" if decision["promote"] else "rejected",
+            "gate.reason": decision["reason"][:5000],
+            "gate.checks": json.dumps(decision["checks"])[:5000]}
+    tags |= {f"gate.champion.{k}": f"{v:.6g}" for k, v in champion.items()}
+    Registry(ws).set_tags(reg.name, reg.version, tags)
+    log.log(logging.INFO if decision["promote"] else logging.WARNING,
+            "update: gate %s version %s: %s", "promotes" if decision["promote"] else "rejects",
+            reg.version, decision["reason"])

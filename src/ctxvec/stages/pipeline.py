@@ -1,0 +1,180 @@
+"""The pipeline's stages, declared once, and the decisions of which of them a run needs.
+
+ingest -> tokenizer -> pack -> train -> evaluate -> register -> embed -> index -> promote
+-> sample-query
+
+``plan(cfg, target)`` is the one place that decides which stages a run takes: ``pipeline`` (what
+``ctxvec run`` and the ``ctxvec-pipeline`` flow run) or ``train`` (``ctxvec pretrain`` and
+``finetune``: up to register). Packing runs when an objective is MLM (``needs_pack``); the
+corpus is read when the pipeline embeds it, when packing needs it, when a scratch model needs a
+tokenizer trained on it, or when an objective reads its sentences (``needs_corpus``); the
+tokenizer stage runs when there is a corpus to train it on or the recipe takes the model's own.
+
+The run functions here are thin: each calls one ``run_<stage>`` (or the registry, through
+``ctxvec.stages.versions``) and returns its record.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ctxvec.artifacts import (
+    Embeddings,
+    EvalReport,
+    IndexArtifact,
+    PackedData,
+    RegisteredModel,
+    Snapshot,
+    TokenizerArtifact,
+    TrainedModel,
+)
+from ctxvec.config import CtxvecConfig
+from ctxvec.embed.corpus import run_embed
+from ctxvec.evaluate.run import run_evaluate
+from ctxvec.index.build import run_index
+from ctxvec.ingest.snapshot import load_snapshot, run_ingest
+from ctxvec.serve.search import Searcher
+from ctxvec.stages import keys, versions
+from ctxvec.stages.graph import Key, OnLine, Stage
+from ctxvec.tokenizer.packing import run_pack
+from ctxvec.tokenizer.trainer import run_tokenizer
+from ctxvec.train.launch import train_with_launch
+from ctxvec.train.run import finished_run, wants_mlm
+from ctxvec.workspace import Workspace
+
+PIPELINE = "pipeline"  # every stage: ctxvec run, the ctxvec-pipeline flow
+TRAIN = "train"  # up to register: ctxvec pretrain / finetune
+# A Prefect concurrency limit on this tag (`prefect concurrency-limit create gpu-train 1`) keeps
+# two trainings, from any flows and deployments, off one GPU at once (infra/README.md).
+GPU_TRAIN_TAG = "gpu-train"
+
+
+# --- the decisions ------------------------------------------------------------------------------
+
+
+def needs_pack(cfg: CtxvecConfig) -> bool:
+    """MLM trains on packed token sequences; no other objective reads them."""
+    return wants_mlm(cfg)
+
+
+def needs_corpus(cfg: CtxvecConfig, target: str) -> bool:
+    """Whether the run reads the corpus (so ingest runs, or the newest snapshot is taken)."""
+    return (target == PIPELINE or needs_pack(cfg) or cfg.model.init == "scratch"
+            or any(o.data.source == "corpus" for o in cfg.train.objectives))
+
+
+def needs_tokenizer(cfg: CtxvecConfig, has_corpus: bool) -> bool:
+    return has_corpus or cfg.tokenizer.source == "model"
+
+
+# --- the run functions ------------------------------------------------------------------------
+
+
+def ingest(cfg: CtxvecConfig, ws: Workspace) -> Snapshot:
+    """Ingest the recipe's sources; a recipe without sources takes the workspace's corpus."""
+    return run_ingest(cfg, ws) if cfg.ingest.sources else load_snapshot(ws)
+
+
+def model_init_dir(cfg: CtxvecConfig, ws: Workspace) -> Path | None:
+    """The local folder of a registry ``model.init`` (training gets folders, never references);
+    None for scratch, minilm and folders, which the model layer resolves itself."""
+    init = cfg.model.init
+    if init == "scratch" or not versions.is_registry_ref(init):
+        return None
+    return versions.local_model_dir(ws, init)
+
+
+def tokenizer(cfg: CtxvecConfig, ws: Workspace, snap: Snapshot | None) -> TokenizerArtifact:
+    """Train the recipe's tokenizer on the corpus, or take the model's own (a registry
+    ``model.init`` downloaded here, so the tokenizer stage gets a folder)."""
+    init_dir = model_init_dir(cfg, ws) if cfg.tokenizer.source == "model" else None
+    if init_dir is not None:
+        cfg = cfg.model_copy(update={"model": cfg.model.model_copy(
+            update={"init": str(init_dir)})})
+    return run_tokenizer(cfg, ws, snap)
+
+
+def train(cfg: CtxvecConfig, ws: Workspace, snap: Snapshot | None, tok: TokenizerArtifact | None,
+          packed: PackedData | None, on_line: OnLine | None = None) -> TrainedModel:
+    """Train in this process, or under torchrun when ``train.nproc_per_node`` > 1 (the ranks'
+    output to ``on_line``). A registry ``model.init`` is downloaded here and handed down as a
+    folder, unless a finished run of the same recipe on the same data makes that needless."""
+    init_dir = None
+    if cfg.model.init != "scratch" and versions.is_registry_ref(cfg.model.init):
+        done = finished_run(cfg, ws, snap, tok)
+        if done is not None:
+            return done
+        init_dir = model_init_dir(cfg, ws)
+    return train_with_launch(cfg, ws, snap, tok, packed, on_line=on_line, init_dir=init_dir)
+
+
+def register(cfg: CtxvecConfig, ws: Workspace, snap: Snapshot | None,
+             tok: TokenizerArtifact | None, trained: TrainedModel,
+             report: EvalReport) -> RegisteredModel:
+    return versions.register(cfg, ws, snap, tok, trained, report)
+
+
+def embed(cfg: CtxvecConfig, ws: Workspace, snap: Snapshot, trained: TrainedModel,
+          reg: RegisteredModel) -> Embeddings:
+    return run_embed(cfg, ws, snap, trained.model_dir, reg.version)
+
+
+def promote(cfg: CtxvecConfig, ws: Workspace, reg: RegisteredModel,
+            idx: IndexArtifact) -> str | None:
+    """Link the version to its index; move ``champion`` to it when ``registry.promote``.
+    -> the previous champion (None when the alias was not moved)."""
+    versions.link_index(ws, reg.name, reg.version, idx)
+    if not cfg.registry.promote:
+        return None
+    return versions.move_champion(ws, reg.name, reg.version)
+
+
+def sample_query(cfg: CtxvecConfig, ws: Workspace) -> list[dict]:
+    """The recipe's sample query against the champion (the model and index just promoted)."""
+    if not cfg.query.sample:
+        return []
+    searcher = Searcher(ws, f"models:/{cfg.registry.model_name}@champion", cfg)
+    return [h.to_dict() for h in searcher.search(cfg.query.sample, cfg.query.k)]
+
+
+# --- the declared stages ------------------------------------------------------------------------
+
+INGEST = Stage("ingest", ("ingest",), (), ingest, kind="io")
+TOKENIZER = Stage("tokenizer", ("tokenizer", "model.max_position"), ("ingest",), tokenizer,
+                  Key(skip=keys.no_model_tokenizer))
+PACK = Stage("pack", ("pack", "train.seq_len"), ("ingest", "tokenizer"), run_pack, Key())
+TRAIN_STAGE = Stage("train", ("model", "train"), ("ingest", "tokenizer", "pack"), train,
+                    Key(data=keys.train_data, extra=keys.parent_model,
+                        skip=keys.no_fresh_training),
+                    tags=(GPU_TRAIN_TAG,), streams=True)
+EVALUATE = Stage("evaluate", ("evaluate",), ("train",), run_evaluate, Key(data=keys.eval_data))
+# A new model (other weights, or another run) has another key, so it is always registered; the
+# same model is registered once per registry (MLflow URIs) while that version exists.
+REGISTER = Stage("register", ("registry",), ("ingest", "tokenizer", "train", "evaluate"),
+                 register, Key(extra=keys.mlflow_uris), reusable=keys.version_registered,
+                 kind="io")
+EMBED = Stage("embed", ("embed",), ("ingest", "train", "register"), embed, Key())
+INDEX = Stage("index", ("index",), ("embed",), run_index, Key())
+PROMOTE = Stage("promote", ("registry",), ("register", "index"), promote, kind="io")
+SAMPLE_QUERY = Stage("sample-query", ("query",), (), sample_query)
+
+STAGES: tuple[Stage, ...] = (INGEST, TOKENIZER, PACK, TRAIN_STAGE, EVALUATE, REGISTER, EMBED,
+                             INDEX, PROMOTE, SAMPLE_QUERY)
+BY_NAME = {s.name: s for s in STAGES}
+
+
+def plan(cfg: CtxvecConfig, target: str = PIPELINE) -> tuple[Stage, ...]:
+    """The stages a run of ``target`` takes, in order: the one place that decides whether a run
+    ingests, trains a tokenizer, packs, and (for the pipeline) queries the new champion."""
+    if target not in (PIPELINE, TRAIN):
+        raise ValueError(f"unknown target {target!r}: {PIPELINE} or {TRAIN}")
+    corpus = needs_corpus(cfg, target)
+    wanted = {
+        "ingest": corpus,
+        "tokenizer": needs_tokenizer(cfg, corpus),
+        "pack": needs_pack(cfg),
+        "train": True, "evaluate": True, "register": True,
+        "embed": target == PIPELINE, "index": target == PIPELINE, "promote": target == PIPELINE,
+        "sample-query": target == PIPELINE and cfg.registry.promote,
+    }
+    return tuple(s for s in STAGES if wanted[s.name])
