@@ -23,6 +23,7 @@ from ctxvec.evaluate.retrieval import (
 )
 from ctxvec.evaluate.sts import DataFormatError
 from ctxvec.evaluate.wic import best_threshold, evaluate_wic, read_wic
+from ctxvec.index.factory import index_candidates
 from ctxvec.model.context_vectors import SpanError, span_vectors, word_span
 from ctxvec.model.encoder import Encoder
 from tests.helpers import tiny_bert
@@ -106,9 +107,11 @@ def test_index_search_ranks_exactly_like_exact_search_even_with_ties():
     doc_ids = [f"d{i}" for i in range(500)]
     query_ids = [f"d{i}" if i % 2 else f"q{i}" for i in range(60)]  # some are their own docs
     exact = exact_search(queries, docs, query_ids, doc_ids, k=100)
-    assert exact == index_search(queries, docs, query_ids, doc_ids, k=100, factory="Flat")
+    assert exact == index_search(queries, docs, query_ids, doc_ids, k=100,
+                                 candidates=index_candidates("Flat"))
     # An approximate index is allowed to differ, and it does through the same code path.
-    approx = index_search(queries, docs, query_ids, doc_ids, k=100, factory="IVF16,Flat")
+    approx = index_search(queries, docs, query_ids, doc_ids, k=100,
+                          candidates=index_candidates("IVF16,Flat"))
     assert all(0 < len(v) <= 100 and set(v) <= set(doc_ids) for v in approx.values())
 
 

@@ -9,17 +9,11 @@ import pytest
 
 from ctxvec.config import IndexConfig
 from ctxvec.errors import UserInputError
-from ctxvec.index.faiss_index import FaissIndex, recall_at_k
+from ctxvec.index.factory import build_index, open_index
+from ctxvec.index.faiss_index import FaissIndex
 from ctxvec.index.id_map import chunk_ids
-from ctxvec.index.sharded import (
-    SHARDS_DIR,
-    SHARDS_FILE,
-    ShardedIndex,
-    build_sharded,
-    load_index,
-    merge_topk,
-    shard_of,
-)
+from ctxvec.index.recall import recall_at_k
+from ctxvec.index.sharded import SHARDS_DIR, SHARDS_FILE, ShardedIndex, merge_topk, shard_of
 from ctxvec.index.torch_exact import TorchExactIndex
 
 
@@ -36,8 +30,8 @@ def pair():
     """(one Flat index, the same vectors in 3 Flat shards, vectors, ids, doc_ids)."""
     x, ids, docs = _corpus()
     single = FaissIndex.build(x, ids, "Flat")
-    sharded, info = build_sharded(x, ids, docs, IndexConfig(factory="Flat", shards=3,
-                                                            recall_sample=50))
+    sharded, info = build_index(IndexConfig(factory="Flat", shards=3, recall_sample=50),
+                                x, ids, docs)
     return single, sharded, info, x, ids, docs
 
 
@@ -50,7 +44,7 @@ def test_shard_of_is_stable_keeps_documents_whole_and_balances():
     assert counts.min() > 0.8 * 750 and counts.max() < 1.2 * 750
     # a hash of doc_id, not of the chunk ids: every chunk of a document in one shard
     x, ids, docs = _corpus(50)
-    _, sharded_info = build_sharded(x, ids, docs, IndexConfig(factory="Flat", shards=2))
+    _, sharded_info = build_index(IndexConfig(factory="Flat", shards=2), x, ids, docs)
     assert sum(s["count"] for s in sharded_info) == len(ids)
 
 
@@ -59,7 +53,7 @@ def test_sharded_flat_answers_exactly_as_one_flat(pair):
     assert [s["count"] for s in info] == [s.count for s in sharded.shards]
     assert len(info) == 3 and all(s.count > 0 for s in sharded.shards)
     assert sharded.count == single.count == len(ids) and sharded.dim == 32
-    assert sharded.factory == "Flat" and all(s["recall_at_10"] == 1.0 for s in info)
+    assert sharded.describe()["factory"] == "Flat" and all(s["recall_at_10"] == 1.0 for s in info)
     rng = np.random.default_rng(1)
     queries = rng.standard_normal((12, 32)).astype(np.float32)
     for k in (1, 10, 57):
@@ -99,13 +93,13 @@ def test_save_load_roundtrip(pair, tmp_path):
     assert sorted(p.name for p in (tmp_path / SHARDS_DIR).iterdir()) == ["0", "1", "2"]
     assert all((tmp_path / SHARDS_DIR / k / "index.faiss").is_file() for k in "012")
     for mmap in (False, True):
-        loaded = load_index(tmp_path, mmap=mmap)
-        assert isinstance(loaded, ShardedIndex) and loaded.read_only == mmap
+        loaded = open_index(tmp_path, {"factory": "Flat"}, IndexConfig(mmap=mmap))
+        assert isinstance(loaded, ShardedIndex)
         assert [s.count for s in loaded.shards] == [s.count for s in sharded.shards]
         assert np.array_equal(loaded.search(x[:7], 10)[1], single.search(x[:7], 10)[1])
     (tmp_path / "one").mkdir()
     single.save(tmp_path / "one")
-    assert isinstance(load_index(tmp_path / "one", "Flat"), FaissIndex)
+    assert isinstance(open_index(tmp_path / "one", {"factory": "Flat"}), FaissIndex)
 
 
 def test_torch_exact_over_shards_matches(pair):
@@ -120,27 +114,17 @@ def test_ivf_shards_resolve_auto_per_shard_and_keep_recall():
     x, ids, docs = _corpus(1500, 2)
     cfg = IndexConfig(factory="auto", auto_exact_max=1000, shards=2, nprobe=16,
                       recall_sample=100)
-    sharded, info = build_sharded(x, ids, docs, cfg)
+    sharded, info = build_index(cfg, x, ids, docs)
     assert all(s["factory"].startswith("IVF") and s["factory"].endswith(",Flat") for s in info)
-    assert sharded.family == "ivf" and sharded.nprobe == 16
+    assert sharded.describe()["family"] == "ivf" and sharded.params() == {"nprobe": 16}
     assert recall_at_k(sharded, x, ids, 100) >= 0.9
     assert all(s["build_device"] == "cpu" for s in info)  # faiss-cpu: no GPU build
-
-
-def test_removing_works_adding_is_refused(pair):
-    _, _, _, x, ids, docs = pair
-    sharded, _ = build_sharded(x, ids, docs, IndexConfig(factory="Flat", shards=3))
-    assert sharded.remove(ids[:10]) == 10 and sharded.count == len(ids) - 10
-    assert not sharded.contains(ids[:10]).any()
-    assert not set(sharded.search(x[:10], 5)[1].ravel()) & set(ids[:10])
-    with pytest.raises(UserInputError, match="rebuild it with run_index"):
-        sharded.add(x[:1], np.array([1]))
 
 
 def test_too_many_shards_for_the_documents_is_a_clear_error():
     x, ids, docs = _corpus(2)
     with pytest.raises(UserInputError, match="use fewer shards"):
-        build_sharded(x, ids, docs, IndexConfig(factory="Flat", shards=8))
+        build_index(IndexConfig(factory="Flat", shards=8), x, ids, docs)
 
 
 def test_merge_pads_and_puts_empty_slots_last():

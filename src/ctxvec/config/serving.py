@@ -101,6 +101,10 @@ class EmbedConfig(_Section):
 
 
 class IndexConfig(_Section):
+    backend: Literal["faiss", "torch-exact"] = Field(
+        "faiss", description="faiss: a FAISS index from index.factory; torch-exact: the vectors, "
+        "searched exactly as a matmul (on a GPU when torch sees one) (ctxvec.index.factory).",
+    )
     factory: str = Field(
         "auto",
         description="FAISS index_factory string (Flat, HNSW32, IVF1024,PQ48, ...) or 'auto': "

@@ -11,7 +11,10 @@ Choices that keep the figures comparable with published BEIR / MTEB numbers:
 - documents are embedded as ``title + " " + text`` (just ``text`` when the title is empty), which
   is what BEIR's sentence-transformers wrapper does; queries as their text;
 - search is exact (inner product on L2-normalised vectors, i.e. cosine), so the figure measures
-  the encoder and nothing else;
+  the encoder and nothing else; a caller may pass ``candidates`` instead, a search that proposes
+  candidate rows (``ctxvec.index.factory.index_candidates``: a FAISS index as the pipeline
+  builds one), to measure what an approximate index costs. Taking the search as a function keeps
+  evaluation below the index package;
 - a hit whose doc id equals the query id is dropped before cutting at k. BEIR does this for
   ArguAna, whose queries are themselves corpus arguments; elsewhere ids never collide, so it is
   always on;
@@ -27,7 +30,7 @@ import json
 import logging
 import math
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,6 +47,9 @@ RECALL_K = 100
 MRR_K = 10
 QUERY_BLOCK = 1024  # queries scored per matmul: (1024, N) float32 stays small for any corpus
 CANDIDATE_MARGIN = 16  # extra candidates re-scored exactly before the cut at k (see _take)
+
+# (doc vectors (N, D), query vectors (Q, D), take) -> candidate rows (Q, take), -1 when empty
+CandidateSearch = Callable[[np.ndarray, np.ndarray, int], np.ndarray]
 
 
 @dataclass(frozen=True)
@@ -204,16 +210,13 @@ def index_search(
     query_ids: Sequence[str],
     doc_ids: Sequence[str],
     k: int,
-    factory: str = "Flat",
+    candidates: CandidateSearch,
 ) -> dict[str, list[str]]:
-    """The same ranking through a FAISS index built as the pipeline builds one: with ``Flat`` it
-    equals ``exact_search``; with an approximate factory the difference is what it costs."""
-    from ctxvec.index.faiss_index import FaissIndex
-
+    """The same ranking over the rows ``candidates`` proposes: with an exact search it equals
+    ``exact_search``; with an approximate index the difference is what it costs."""
     k = min(k, len(doc_ids))
-    index = FaissIndex.build(doc_vecs, np.arange(len(doc_ids), dtype=np.int64), factory)
-    candidates = index.search(query_vecs, _take(k, len(doc_ids)))[1]
-    return _rank_candidates(query_vecs, doc_vecs, candidates, query_ids, doc_ids, k)
+    rows = candidates(doc_vecs, query_vecs, _take(k, len(doc_ids)))
+    return _rank_candidates(query_vecs, doc_vecs, rows, query_ids, doc_ids, k)
 
 
 def retrieval_metrics(
@@ -249,28 +252,27 @@ def retrieval_metrics(
 
 def rank_beir(
     encoder: Encoder, data: BeirData, batch_size: int = 64, k_max: int = RECALL_K,
-    search: str = "exact", factory: str = "Flat",
+    candidates: CandidateSearch | None = None,
 ) -> dict[str, list[str]]:
-    """Embed corpus and queries, then search (exact, or a FAISS index from ``factory``)
+    """Embed corpus and queries, then search (exact, or through ``candidates``)
     -> {query id: top-k_max doc ids}."""
     log.info("retrieval: encoding %d documents", len(data.doc_ids))
     doc_vecs = encoder.encode(data.doc_texts, batch_size=batch_size, progress=True)
     log.info("retrieval: encoding %d queries", len(data.query_ids))
     query_vecs = encoder.encode(data.query_texts, batch_size=batch_size, progress=True)
-    if search == "index":
-        return index_search(query_vecs, doc_vecs, data.query_ids, data.doc_ids, k_max, factory)
-    if search != "exact":
-        raise UserInputError(f"search must be 'exact' or 'index', got {search!r}")
+    if candidates is not None:
+        return index_search(query_vecs, doc_vecs, data.query_ids, data.doc_ids, k_max,
+                            candidates)
     return exact_search(query_vecs, doc_vecs, data.query_ids, data.doc_ids, k_max)
 
 
 def evaluate_retrieval(
     encoder: Encoder, data: BeirData, batch_size: int = 64, k_max: int = RECALL_K,
-    search: str = "exact", factory: str = "Flat",
+    candidates: CandidateSearch | None = None,
 ) -> dict[str, float]:
     """-> {"ndcg@10", "recall@100", "mrr@10", "n_queries"} of dense retrieval (exact by
-    default; ``search="index"`` goes through a FAISS index built from ``factory``)."""
+    default; ``candidates``: through that search, e.g. ``index_candidates("IVF64,Flat")``)."""
     if k_max < RECALL_K:
         raise UserInputError(f"k_max must be at least {RECALL_K} for recall@{RECALL_K}")
-    ranked = rank_beir(encoder, data, batch_size, k_max, search, factory)
+    ranked = rank_beir(encoder, data, batch_size, k_max, candidates)
     return retrieval_metrics(ranked, data.qrels)

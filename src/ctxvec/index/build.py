@@ -1,8 +1,9 @@
 """``run_index``: an embeddings folder -> an index folder for exactly one model version.
 
-The folder holds ``index.faiss`` (+ ``index.json``), ``ids.parquet`` (stable int64 id -> doc id,
-chunk, char offsets and the metadata columns filters use), optionally ``bm25/`` for hybrid search
-and ``senses/`` (word-occurrence vectors, ``ctxvec.index.senses``), and a manifest with the
+The folder holds the dense index of ``index.backend`` (``ctxvec.index.factory``; FAISS:
+``index.faiss`` + ``index.json``), ``ids.parquet`` (stable int64 id -> doc id, chunk, char
+offsets and the metadata columns filters use), optionally ``bm25/`` for hybrid search and
+``senses/`` (word-occurrence vectors, ``ctxvec.index.senses``), and a manifest with the
 factory string actually built (``auto`` resolved), metric, dim, count, model version, build
 time, where it was built (``build_device``), the search parameters and the recall@10 measured
 with them against exact search. With ``index.shards`` > 1 the dense index is one index per
@@ -23,10 +24,10 @@ from ctxvec.artifacts import Embeddings, IndexArtifact
 from ctxvec.config import CtxvecConfig
 from ctxvec.embed.corpus import read_vectors
 from ctxvec.index.bm25 import BM25Index
-from ctxvec.index.faiss_index import FaissIndex, recall_at_k, resolve_factory
+from ctxvec.index.factory import build_index
 from ctxvec.index.id_map import IDS_FILE, chunk_ids, chunk_metadata, id_map_table
+from ctxvec.index.recall import recall_at_k
 from ctxvec.index.senses import index_senses
-from ctxvec.index.sharded import ShardedIndex, build_sharded
 from ctxvec.workspace import Workspace, read_json, write_manifest
 
 log = logging.getLogger(__name__)
@@ -52,18 +53,12 @@ def run_index(cfg: CtxvecConfig, ws: Workspace, emb: Embeddings) -> IndexArtifac
     )
 
     # The dense index, and its recall against exact search with the parameters it will serve.
+    # index.backend, sharded when index.shards > 1 (``auto`` resolved per shard's size)
     t0 = time.perf_counter()
-    index: FaissIndex | ShardedIndex
-    shards = None
-    if icfg.shards > 1:  # one index per corpus shard; the factory resolved per shard's size
-        index, shards = build_sharded(vectors, ids, doc_ids, icfg)
-        factory = index.factory
-    else:
-        factory = resolve_factory(icfg.factory, len(vectors), vectors.shape[1], icfg)
-        index = FaissIndex.build(vectors, ids, factory, train_size=icfg.train_sample,
-                                 nprobe=icfg.nprobe, ef_search=icfg.ef_search,
-                                 build_device=icfg.build_device)
+    index, shards = build_index(icfg, vectors, ids, doc_ids)
     build_s = time.perf_counter() - t0
+    described, params = index.describe(), index.params()
+    factory = described["factory"]
     recall = recall_at_k(index, vectors, ids, icfg.recall_sample)
     bm25, bm25_s = None, 0.0
     if texts is not None:
@@ -84,8 +79,8 @@ def run_index(cfg: CtxvecConfig, ws: Workspace, emb: Embeddings) -> IndexArtifac
             metric="inner_product", dim=index.dim, count=index.count,
             model_version=emb.model_version, build_seconds=round(build_s, 3),
             recall_at_10=recall, recall_queries=min(icfg.recall_sample, index.count),
-            nprobe=index.nprobe, ef_search=index.ef_search, train_sample=icfg.train_sample,
-            build_device=index.build_device, shards=shards,
+            nprobe=params.get("nprobe"), ef_search=params.get("ef_search"),
+            train_sample=icfg.train_sample, build_device=described["build_device"], shards=shards,
             bm25=bm25 is not None, bm25_seconds=round(bm25_s, 3),
             metadata=list(icfg.metadata), id_scheme="blake2b-63(doc_id, chunk)",
             senses=senses["count"] if senses else None,

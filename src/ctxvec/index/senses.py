@@ -35,7 +35,8 @@ import pyarrow.parquet as pq
 from ctxvec.config import IndexConfig
 from ctxvec.embed.corpus import WORDS_DIR
 from ctxvec.embed.words import STOPWORDS, WordError, normalize_word, read_words
-from ctxvec.index.faiss_index import FaissIndex, recall_at_k, resolve_factory
+from ctxvec.index.faiss_index import FaissIndex, resolve_factory
+from ctxvec.index.recall import recall_at_k
 from ctxvec.workspace import Workspace, read_json, write_manifest
 
 log = logging.getLogger(__name__)

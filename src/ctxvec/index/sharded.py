@@ -1,4 +1,4 @@
-"""Sharded indexes (``index.shards`` > 1): one FAISS index per corpus shard, searched together.
+"""Sharded indexes (``index.shards`` > 1): one index per corpus shard, searched together.
 
 Why shards: an index past one machine's memory (or past what one IVF trains well) is split into
 indexes that are built, stored and, later, placed independently; a query goes to every shard and
@@ -15,16 +15,17 @@ corpus and are kept as they are, so ids never collide across shards and ``ids.pa
 and filters stay whole-corpus structures beside the shards.
 
 On disk, inside the index folder: ``shards/<k>/`` holds shard k exactly as a single index folder
-holds its index (``index.faiss``, ``index.json``); ``shards.json`` lists every shard's factory
-and count. The top-level manifest (``run_index``) lists the shards with their count, factory
-and own recall, and the recall@10 of the merged index.
+holds its index (for FAISS: ``index.faiss``, ``index.json``), in the backend ``index.backend``
+names; ``shards.json`` lists every shard's factory and count. The top-level manifest
+(``run_index``) lists the shards with their count, factory and own recall, and the recall@10 of
+the merged index.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -32,7 +33,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ctxvec.errors import UserInputError
-from ctxvec.index.faiss_index import INDEX_FILE, FaissIndex, recall_at_k, resolve_factory
+from ctxvec.index.base import VectorIndex, check_queries
+from ctxvec.index.recall import recall_at_k
 from ctxvec.workspace import read_json, write_json
 
 if TYPE_CHECKING:
@@ -52,15 +54,13 @@ def shard_of(doc_ids: Sequence[str], shards: int) -> np.ndarray:
 
 
 class ShardedIndex:
-    """Several ``FaissIndex``es behind ``FaissIndex``'s search interface.
+    """Several indexes of one backend behind one ``VectorIndex``.
 
-    Searches run on all shards in parallel threads (faiss releases the GIL) and merge by score;
-    like ``FaissIndex``, it is safe to search from several threads at once. Adding vectors is not
-    supported: the shard of a vector depends on its document, which an id does not carry, so a
-    sharded index is rebuilt by ``run_index`` (as the pipeline and the continual update do).
+    Searches run on all shards in parallel threads (faiss and torch release the GIL) and merge
+    by score; like every ``VectorIndex``, it is safe to search from several threads at once.
     """
 
-    def __init__(self, shards: Sequence[FaissIndex]):
+    def __init__(self, shards: Sequence[VectorIndex]):
         if not shards:
             raise ValueError("a sharded index needs at least one shard")
         dims = {s.dim for s in shards}
@@ -71,8 +71,6 @@ class ShardedIndex:
                                         thread_name_prefix="ctxvec-shard")
         self._live: np.ndarray | None = None
 
-    # --- what FaissIndex offers ---------------------------------------------------------------
-
     @property
     def count(self) -> int:
         return sum(s.count for s in self.shards)
@@ -81,38 +79,28 @@ class ShardedIndex:
     def dim(self) -> int:
         return self.shards[0].dim
 
-    @property
-    def factory(self) -> str:
-        """The shards' factory string; several, joined by `` | ``, when sizes made ``auto``
-        choose differently."""
-        return " | ".join(dict.fromkeys(s.factory for s in self.shards))
+    def params(self) -> dict[str, int]:
+        """Each tunable as the first shard that has it holds it (all are built with one
+        config, so they agree unless ``auto`` chose different families)."""
+        out: dict[str, int] = {}
+        for s in self.shards:
+            out = s.params() | out
+        return out
 
-    @property
-    def family(self) -> str:
-        return " | ".join(dict.fromkeys(s.family for s in self.shards))
+    def set_params(self, **values: int) -> None:
+        for s in self.shards:
+            s.set_params(**values)
 
-    @property
-    def build_device(self) -> str:
-        return " | ".join(dict.fromkeys(s.build_device for s in self.shards))
-
-    @property
-    def nprobe(self) -> int | None:
-        return next((s.nprobe for s in self.shards if s.nprobe is not None), None)
-
-    @property
-    def ef_search(self) -> int | None:
-        return next((s.ef_search for s in self.shards if s.ef_search is not None), None)
-
-    @property
-    def read_only(self) -> bool:
-        return any(s.read_only for s in self.shards)
-
-    @property
-    def on_gpu(self) -> bool:
-        return all(s.on_gpu for s in self.shards)
+    def describe(self) -> dict[str, str]:
+        """Each shard's description, a value that differs between shards joined by `` | ``
+        (``auto`` chooses each shard's factory for its own size)."""
+        parts = [s.describe() for s in self.shards]
+        out = {key: " | ".join(dict.fromkeys(p[key] for p in parts)) for key in parts[0]}
+        out["backend"] = f"sharded {out['backend']}"
+        return out
 
     def to_gpus(self) -> bool:
-        """Every shard on every GPU faiss sees (for unfiltered searches); False if any stays."""
+        """Every shard on the GPUs its backend can use; False if any stays on the CPU."""
         return all([s.to_gpus() for s in self.shards])  # a list: try every shard
 
     def live_ids(self) -> np.ndarray:
@@ -141,29 +129,12 @@ class ShardedIndex:
             raise KeyError(f"id {ids[~found][0]} is not in the index")
         return out
 
-    def remove(self, ids: np.ndarray) -> int:
-        """Remove ids from whichever shard holds them; returns how many were removed."""
-        removed = sum(s.remove(ids) for s in self.shards)
-        self._live = None
-        return removed
-
-    def add(self, vectors: np.ndarray, ids: np.ndarray) -> None:
-        raise UserInputError("a sharded index (index.shards > 1) cannot take new vectors in "
-                             "place: a vector's shard depends on its document, which ids do "
-                             "not carry; rebuild it with run_index (ctxvec embed / run)")
-
-    def upsert(self, vectors: np.ndarray, ids: np.ndarray) -> None:
-        self.add(vectors, ids)
-
     def search(
         self, queries: np.ndarray, k: int, allowed_ids: np.ndarray | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
         """queries (Q, D) -> (scores (Q, k), ids (Q, k)) over every shard, best first; missing
-        slots have id -1, as ``FaissIndex.search``."""
-        queries = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)
-        if queries.shape[1] != self.dim:
-            raise UserInputError(f"query dimension {queries.shape[1]} != index dimension "
-                                 f"{self.dim}")
+        slots have id -1."""
+        queries = check_queries(queries, self.dim)
         k = max(1, min(k, self.count))
         jobs = []
         for s in self.shards:
@@ -193,20 +164,23 @@ class ShardedIndex:
             s.save(sub)
         write_json(folder / SHARDS_FILE, {
             "shards": len(self.shards), "scheme": "blake2b(doc_id) mod shards",
-            "factories": [s.factory for s in self.shards],
+            "factories": [s.describe()["factory"] for s in self.shards],
             "counts": [s.count for s in self.shards]})
 
     @classmethod
-    def load(cls, folder: Path, mmap: bool = False) -> ShardedIndex:
+    def load(cls, folder: Path, open_shard: Callable[[Path, str | None], VectorIndex]
+             ) -> ShardedIndex:
+        """Read a folder ``save`` wrote; ``open_shard(shard folder, its factory)`` reads each
+        shard (``factory.open_index`` picks the backend from the files it finds)."""
         folder = Path(folder)
         meta = read_json(folder / SHARDS_FILE)
         shards = []
         for k in range(int(meta["shards"])):
             sub = folder / SHARDS_DIR / str(k)
-            if not (sub / INDEX_FILE).is_file():
+            if not sub.is_dir():
                 raise FileNotFoundError(f"{folder} lists {meta['shards']} shards, but shard {k} "
-                                        f"has no {INDEX_FILE}")
-            shards.append(FaissIndex.load(sub, meta["factories"][k], mmap=mmap))
+                                        "has no folder")
+            shards.append(open_shard(sub, meta["factories"][k]))
         return cls(shards)
 
 
@@ -227,20 +201,13 @@ def merge_topk(scores: Sequence[np.ndarray], ids: Sequence[np.ndarray],
             np.take_along_axis(all_ids, order, axis=1))
 
 
-def load_index(folder: Path, factory: str | None = None,
-               mmap: bool = False) -> FaissIndex | ShardedIndex:
-    """The dense index of an index folder, sharded or not (``shards.json`` says)."""
-    folder = Path(folder)
-    if (folder / SHARDS_FILE).is_file():
-        return ShardedIndex.load(folder, mmap=mmap)
-    return FaissIndex.load(folder, factory, mmap=mmap)
-
-
 def build_sharded(vectors: np.ndarray, ids: np.ndarray, doc_ids: Sequence[str],
-                  cfg: IndexConfig) -> tuple[ShardedIndex, list[dict]]:
-    """One index per shard of the rows (by ``shard_of`` their document), each with the factory
-    ``cfg.factory`` resolves to for its own size -> (the sharded index, per shard: count,
-    factory, build device, recall@10 against exact search within the shard)."""
+                  cfg: IndexConfig, build_shard: Callable[[np.ndarray, np.ndarray], VectorIndex]
+                  ) -> tuple[ShardedIndex, list[dict]]:
+    """One index per shard of the rows (by ``shard_of`` their document), each built by
+    ``build_shard(vectors, ids)`` (for FAISS: the factory ``cfg.factory`` resolves to for the
+    shard's own size) -> (the sharded index, per shard: count, factory, build device, recall@10
+    against exact search within the shard)."""
     n = cfg.shards
     assign = shard_of(doc_ids, n)
     shards, info = [], []
@@ -250,12 +217,10 @@ def build_sharded(vectors: np.ndarray, ids: np.ndarray, doc_ids: Sequence[str],
             raise UserInputError(f"index.shards={n}, but no document hashes to shard {k} (the "
                                  f"corpus has {len(set(doc_ids))} documents): use fewer shards")
         vecs, sids = vectors[rows], ids[rows]
-        factory = resolve_factory(cfg.factory, len(rows), vectors.shape[1], cfg)
-        index = FaissIndex.build(vecs, sids, factory, train_size=cfg.train_sample,
-                                 nprobe=cfg.nprobe, ef_search=cfg.ef_search,
-                                 build_device=cfg.build_device)
+        index = build_shard(vecs, sids)
         shards.append(index)
-        info.append({"shard": k, "count": index.count, "factory": factory,
-                     "build_device": index.build_device,
+        described = index.describe()
+        info.append({"shard": k, "count": index.count, "factory": described["factory"],
+                     "build_device": described["build_device"],
                      "recall_at_10": recall_at_k(index, vecs, sids, cfg.recall_sample)})
     return ShardedIndex(shards), info

@@ -28,10 +28,9 @@ import numpy as np
 from ctxvec.config import CtxvecConfig
 from ctxvec.errors import UserInputError
 from ctxvec.index.bm25 import BM25Index
-from ctxvec.index.faiss_index import on_device
+from ctxvec.index.factory import open_index, serve_on
 from ctxvec.index.fusion import reciprocal_rank_fusion
 from ctxvec.index.id_map import Filters, IdMap
-from ctxvec.index.sharded import load_index
 from ctxvec.ingest.corpus import iter_corpus, read_docs
 from ctxvec.model.encoder import Encoder
 from ctxvec.registry.store import get_version, materialize
@@ -92,10 +91,11 @@ class Searcher:
         self.encoder.settings = replace(
             self.encoder.settings, max_length=self.manifest["max_tokens"],
             pooling=self.manifest.get("pooling") or self.encoder.settings.pooling)
-        # one FaissIndex, or a ShardedIndex (index.shards > 1) that searches its shards together
-        self.faiss = load_index(self.index_dir, self.manifest["factory"], mmap=cfg.index.mmap)
-        self.faiss.live_ids()  # computed once here, not by the first concurrent queries
-        self.index = on_device(self.faiss, cfg.index.device)
+        # ``stored``: the index as built (whatever backend, sharded or not), which answers what
+        # it holds; ``index``: the one searches run on (``stored``, or an exact copy on a GPU)
+        self.stored = open_index(self.index_dir, self.manifest, cfg.index)
+        self.stored.live_ids()  # computed once here, not by the first concurrent queries
+        self.index = serve_on(self.stored, cfg.index.device)
         self.id_map = IdMap.load(self.index_dir)
         self.bm25 = (BM25Index.load(self.index_dir, mmap=cfg.index.mmap)
                      if BM25Index.exists(self.index_dir) else None)
@@ -107,21 +107,24 @@ class Searcher:
         # (reading them took ~9 ms of a 25 ms query); past the cap they are read per query.
         self._snippets: np.ndarray | None = None
         self._doc_meta: dict[str, tuple[str, str]] = {}
-        if self.faiss.count <= SNIPPET_CACHE_MAX:
+        if self.stored.count <= SNIPPET_CACHE_MAX:
             self._load_snippets()
         log.info("search: %s -> version %s, %s over %d vectors%s", ref, self.version,
-                 self.faiss.factory, self.index.count, " + BM25" if self.bm25 else "")
+                 self.stored.describe()["factory"], self.index.count,
+                 " + BM25" if self.bm25 else "")
 
     # --- public API -------------------------------------------------------------------------
 
     def info(self) -> dict:
+        params = self.stored.params()
         return {
-            "version": self.version, "ref": self.ref, "factory": self.faiss.factory,
+            "version": self.version, "ref": self.ref,
+            "factory": self.stored.describe()["factory"],
             "metric": self.manifest.get("metric", "inner_product"), "count": self.index.count,
-            "dim": self.faiss.dim, "recall_at_10": self.manifest.get("recall_at_10"),
-            "nprobe": self.faiss.nprobe, "ef_search": self.faiss.ef_search,
+            "dim": self.stored.dim, "recall_at_10": self.manifest.get("recall_at_10"),
+            "nprobe": params.get("nprobe"), "ef_search": params.get("ef_search"),
             "bm25": self.bm25 is not None, "metadata": list(self.id_map.metadata_keys),
-            "device": self._device(),
+            "device": self.index.describe()["device"],
         }
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
@@ -162,19 +165,14 @@ class Searcher:
         out."""
         self._check_k(k)
         ids = self.id_map.ids_of_doc(doc_id)
-        ids = ids[self.faiss.contains(ids)]
+        ids = ids[self.stored.contains(ids)]
         if len(ids) == 0:
             raise UnknownDocError(f"unknown document id {doc_id!r}: it is not in the index of "
                               f"version {self.version}")
         allowed = self._allowed(filters)
-        return self._dense(self.faiss.reconstruct(ids), k, allowed, exclude=doc_id)
+        return self._dense(self.stored.reconstruct(ids), k, allowed, exclude=doc_id)
 
     # --- internals --------------------------------------------------------------------------
-
-    def _device(self) -> str:
-        if self.index is not self.faiss:
-            return "cuda (exact, torch)"
-        return "cuda (faiss)" if self.faiss.on_gpu else "cpu (faiss)"
 
     def _check_k(self, k: int) -> None:
         if not isinstance(k, int | np.integer) or k < 1 or k > self.max_k:
@@ -190,9 +188,9 @@ class Searcher:
         v = np.asarray(vec, dtype=np.float32)
         if v.ndim == 2 and v.shape[0] == 1:
             v = v[0]
-        if v.ndim != 1 or v.shape[0] != self.faiss.dim:
+        if v.ndim != 1 or v.shape[0] != self.stored.dim:
             raise SearchError(f"query vector has shape {tuple(v.shape)}; version {self.version} "
-                              f"needs {self.faiss.dim} dimensions")
+                              f"needs {self.stored.dim} dimensions")
         if not np.isfinite(v).all():
             raise SearchError("query vector holds NaN or infinite values")
         norm = float(np.linalg.norm(v))
