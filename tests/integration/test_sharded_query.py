@@ -99,6 +99,24 @@ def test_cli_query_sharded_equals_one_index(built):
     assert len(_query(built, built["sharded"], QUERIES[0], "-k", "5")) == 5
 
 
+def test_cli_query_on_a_torch_exact_index_equals_the_flat_one(built, tmp_path):
+    """``index.backend=torch-exact`` end to end: run_index stores the vectors, the Searcher opens
+    them by their files and answers as FAISS Flat does (both exact)."""
+    cfg = load_config(TINY, ["evaluate.sts=null", "index.backend=torch-exact"])
+    exact = run_index(cfg, Workspace(tmp_path / "exact"), built["emb"])
+    folder = Path(exact.path)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert manifest["factory"] == exact.factory == "exact" and manifest["recall_at_10"] == 1.0
+    assert manifest["nprobe"] is None and manifest["count"] == built["emb"].rows
+    assert (folder / "exact_vectors.npy").is_file() and not (folder / "index.faiss").exists()
+    doc = built["docs"][7].as_py()
+    for args in ([QUERIES[2], "-k", "5"], ["--id", doc, "-k", "3"]):
+        got = _query(built, exact, *args)
+        want = _query(built, built["single"], *args)
+        assert [h["doc_id"] for h in got] == [h["doc_id"] for h in want], args
+        assert [h["score"] for h in got] == pytest.approx([h["score"] for h in want], abs=1e-5)
+
+
 def _title_of(built, doc_id: str) -> str:
     ids = pq.read_table(Path(built["sharded"].path) / "ids.parquet", columns=["doc_id", "title"])
     return dict(zip(*(c.to_pylist() for c in ids.columns), strict=True))[doc_id]
