@@ -23,7 +23,7 @@ import torch
 
 from ctxvec.errors import UserInputError
 from ctxvec.model.encoder import Encoder
-from ctxvec.model.refs import resolve_model_ref
+from ctxvec.model.refs import local_model_dir
 from ctxvec.refs import ModelRef
 
 MAX_TOKENS = 64  # beyond this a heatmap's labels stop being readable
@@ -88,24 +88,21 @@ def eager_attention(model) -> Iterator[None]:
         model.set_attn_implementation(before)
 
 
-def load_encoder(model: str | Path | ModelRef | Encoder, workspace_root: Path | None = None
-                 ) -> Encoder:
+def load_encoder(model: str | Path | ModelRef | Encoder) -> Encoder:
     """An Encoder as is; a model folder (or ``minilm``) loaded eager. A registry reference is
-    resolved into a folder by the caller (``Registry(ws).local_dir``)."""
+    resolved into a folder by the caller (``Registry(ws).local_dir``) and refused here."""
     if isinstance(model, Encoder):
         return model
-    # forwarder: removed once callers pass folders (resolve_model_ref reaches the registry)
-    return Encoder.load(resolve_model_ref(model, workspace_root), attn_implementation="eager")
+    return Encoder.load(local_model_dir(model), attn_implementation="eager")
 
 
 @torch.inference_mode()
 def attention_map(
-    model: str | Path | Encoder,
+    model: str | Path | ModelRef | Encoder,
     text: str,
     layer: int = -1,
     head: int | None = None,
     max_tokens: int = MAX_TOKENS,
-    workspace_root: Path | None = None,
 ) -> AttentionMap:
     """Attention of ``layer`` (-1 = last) and ``head`` (None = mean over heads) on ``text``,
     cut to its first ``max_tokens`` tokens (special tokens included)."""
@@ -113,7 +110,7 @@ def attention_map(
         raise AttentionError("the text is empty")
     if max_tokens < 3:
         raise AttentionError(f"max_tokens must be at least 3, got {max_tokens}")
-    encoder = load_encoder(model, workspace_root)
+    encoder = load_encoder(model)
     config = encoder.model.config
     n_layers, n_heads = int(config.num_hidden_layers), int(config.num_attention_heads)
     layer_idx = check_layer_head(layer, head, n_layers, n_heads)

@@ -15,7 +15,7 @@ from pathlib import Path
 from ctxvec.artifacts import TokenizerArtifact
 from ctxvec.config import ConfigError, CtxvecConfig
 from ctxvec.model.encoder import EncoderSettings, load_tokenizer, read_settings
-from ctxvec.model.refs import resolve_model_ref
+from ctxvec.model.refs import local_model_dir
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +25,8 @@ def build_model(cfg: CtxvecConfig, workspace_root: Path, tokenizer_art: Tokenize
     """-> (tokenizer, model, encoder settings, parent reference or None).
 
     ``init_dir``: the local folder of ``model.init``, resolved by the caller (a registry
-    reference can only be resolved above the model layer)."""
+    reference can only be resolved above the model layer). ``workspace_root`` is no longer read
+    (forwarder: removed once callers stop passing it)."""
     from transformers import AutoModel, AutoModelForMaskedLM, BertConfig, BertForMaskedLM, BertModel
     from transformers.utils import logging as hf_logging
 
@@ -49,9 +50,8 @@ def build_model(cfg: CtxvecConfig, workspace_root: Path, tokenizer_art: Tokenize
         model = BertForMaskedLM(config) if mlm else BertModel(config, add_pooling_layer=False)
         settings = EncoderSettings(max_length=min(mcfg.max_position, 512))
         return tokenizer, model, settings, None
-    if init_dir is None:
-        # forwarder: removed once callers pass init_dir (resolve_model_ref reaches the registry)
-        init_dir = resolve_model_ref(mcfg.init, workspace_root)
+    if init_dir is None:  # minilm or a folder; a registry reference is refused with a message
+        init_dir = local_model_dir(mcfg.init)
     tokenizer = load_tokenizer(init_dir)
     if tokenizer_art is not None and tokenizer_art.kind != "model":
         raise ConfigError(f"model.init={mcfg.init} brings its own vocabulary: set "
