@@ -292,7 +292,7 @@ def test_api_key(ws, monkeypatch):
 
 
 def test_cli_serve_warns_when_binding_beyond_loopback_without_a_key(served_workspace):
-    from ctxvec.cli import _is_loopback
+    from ctxvec.cli.serve import _is_loopback
 
     assert _is_loopback("127.0.0.1") and _is_loopback("::1") and _is_loopback("localhost")
     assert not _is_loopback("0.0.0.0") and not _is_loopback("192.168.1.4")

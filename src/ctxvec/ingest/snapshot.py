@@ -30,7 +30,8 @@ from tqdm.auto import tqdm
 
 from ctxvec.artifacts import Snapshot
 from ctxvec.config import CtxvecConfig
-from ctxvec.ingest.corpus import committed_snapshots, count_docs
+from ctxvec.errors import UserInputError
+from ctxvec.ingest.corpus import committed_snapshots, corpus_upto, count_docs
 from ctxvec.ingest.sources import SourceError, expand_sources
 from ctxvec.ingest.worker import ingest_file
 from ctxvec.workspace import Workspace, read_json, sha256_file, write_manifest
@@ -287,3 +288,31 @@ def run_ingest(cfg: CtxvecConfig, ws: Workspace) -> Snapshot:
     return Snapshot(snapshot_id, str(final), corpus, corpus_docs, True,
                     *(counts[k] for k in COUNT_KEYS), skipped, counts["deferred"])
 
+
+class NoSnapshotError(UserInputError):
+    """The workspace has no corpus yet, or not the snapshot asked for."""
+
+
+def load_snapshot(ws: Workspace, snapshot_id: str | None = None) -> Snapshot:
+    """The record of an existing snapshot (default: the newest), rebuilt from its manifest, so
+    that stages run on a corpus ingested earlier get the same record ``run_ingest`` returned."""
+    snaps = committed_snapshots(ws)
+    if not snaps:
+        raise NoSnapshotError(f"no snapshot in {ws.home}: run `ctxvec ingest SOURCE...` first")
+    sid = snapshot_id or snaps[-1].name
+    try:
+        corpus = corpus_upto(ws, sid)
+    except FileNotFoundError as e:
+        raise NoSnapshotError(str(e)) from None
+    counts = read_json(Path(corpus[-1]) / "manifest.json")["counts"]
+    return Snapshot(sid, corpus[-1], corpus, count_docs(corpus), False,
+                    *(counts.get(k, 0) for k in COUNT_KEYS),
+                    skipped_files=0, deferred=counts.get("deferred", 0))
+
+
+def rejection_reasons(snap: Snapshot) -> dict[str, int]:
+    """How many records a newly created snapshot rejected, by reason (none when nothing was new:
+    the snapshot named is then an earlier one, whose rejections are not this ingest's)."""
+    if not snap.created:
+        return {}
+    return read_json(Path(snap.path) / "manifest.json")["by_reason"]

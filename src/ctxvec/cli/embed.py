@@ -1,0 +1,114 @@
+"""``ctxvec encode`` (a text file, line by line) and ``ctxvec embed`` (the corpus, optionally
+then its index): vectors into Parquet."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+from ctxvec.cli._common import (
+    JsonOpt,
+    UserError,
+    command,
+    dump,
+    load_recipe,
+    set_opt,
+    workspace,
+)
+
+if TYPE_CHECKING:
+    from ctxvec.artifacts import Embeddings, IndexArtifact
+    from ctxvec.config import CtxvecConfig
+    from ctxvec.workspace import Workspace
+
+
+@command
+def encode(
+    model: Annotated[str, typer.Option("--model", "-m", help="Model reference: minilm, a "
+                                       "folder, or models:/<name>@<alias>.")],
+    input: Annotated[Path, typer.Option("--input", "-i", help="UTF-8 text, one input per "
+                                        "line.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Parquet file to write.")],
+    batch_size: Annotated[int, typer.Option(help="Sequences per forward pass.")] = 64,
+    as_json: JsonOpt = False,
+) -> str:
+    """Embed every line of a text file (one row per line, in order) into Parquet: columns
+    line, text, vector (L2-normalised float32)."""
+    # lazy: keep start-up fast (pyarrow, torch, transformers)
+    from ctxvec.embed.lines import encode_lines, read_lines
+    from ctxvec.serve.resolve import load_encoder
+
+    if batch_size < 1:
+        raise UserError("--batch-size must be at least 1")
+    lines = read_lines(input)  # bad input fails before the model loads
+    dim = encode_lines(load_encoder(workspace(), model), lines, output, batch_size)
+    summary = {"output": str(output), "rows": len(lines), "dim": dim, "model": model}
+    return dump(summary) if as_json else f"wrote {len(lines)} vectors of {dim} to {output}"
+
+
+# --- stage orchestration: to be replaced by ctxvec.stages (embed -> index -> link) -----------
+
+
+def embed_and_index(cfg: CtxvecConfig, ws: Workspace, model: str, snapshot: str | None,
+                    build_index: bool) -> tuple[str, str, Embeddings, IndexArtifact | None]:
+    """Embed the corpus as of ``snapshot`` with ``model``; then, if asked, build its index and,
+    for a registry version, link the index to that version. Returns the embeddings' model
+    version label, the snapshot id, the embeddings and the index."""
+    # lazy: keep start-up fast (torch, faiss, mlflow)
+    from ctxvec.embed.corpus import run_embed
+    from ctxvec.index.build import run_index
+    from ctxvec.ingest.snapshot import load_snapshot
+    from ctxvec.model.refs import is_registry_ref
+    from ctxvec.registry.store import attach_index, get_version
+    from ctxvec.serve.resolve import embedding_label, model_dir
+
+    snap = load_snapshot(ws, snapshot)
+    folder = model_dir(ws, model)
+    version = embedding_label(ws, model, folder)
+    emb = run_embed(cfg, ws, snap, str(folder), version)
+    idx = None
+    if build_index:
+        idx = run_index(cfg, ws, emb)
+        if is_registry_ref(model):
+            attach_index(ws, get_version(ws, model).name, version, idx)
+    return version, snap.snapshot_id, emb, idx
+
+
+@command
+def embed(
+    model: Annotated[str, typer.Option("--model", "-m", help="Model reference: minilm, a "
+                                       "folder, models:/<name>@<alias> or models:/<name>/<N>.")],
+    snapshot: Annotated[str | None, typer.Option(
+        "--snapshot", help="Corpus snapshot id (default: the newest; the corpus view up to it "
+        "is embedded).")] = None,
+    config: Annotated[Path | None, typer.Option("--config", "-c", help="Recipe YAML (its "
+                      "embed and index sections are used).")] = None,
+    set_: Annotated[list[str] | None, set_opt("embed.batch_size=128")] = None,
+    words: Annotated[bool, typer.Option(
+        "--words", help="Also write a context vector per word occurrence (sense search).")] = False,
+    build_index: Annotated[bool, typer.Option(
+        "--index", help="Then build the FAISS index; for a registry version, also link it to "
+        "the version (a server can then serve the pair).")] = False,
+    as_json: JsonOpt = False,
+) -> str:
+    """Embed the corpus into Parquet: one L2-normalised vector per chunk (doc_id, chunk, char
+    offsets, model_version, vector). Resumable: re-running after an interruption continues from
+    the first shard not written."""
+    overrides = list(set_ or [])
+    if words:
+        overrides.append("embed.words.enabled=true")
+    cfg = load_recipe(config, overrides)
+    version, snapshot_id, emb, idx = embed_and_index(cfg, workspace().ensure(), model, snapshot,
+                                                     build_index)
+    out: dict[str, Any] = {"model": model, "model_version": version, "snapshot": snapshot_id,
+                           "embeddings": emb.to_dict(), "index": idx.to_dict() if idx else None}
+    if as_json:
+        return dump(out)
+    text = (f"embedded {emb.docs} documents as {emb.rows} chunk vectors (dim {emb.dim}) "
+            f"-> {emb.path}")
+    if idx:
+        text += (f"\nindex: {idx.factory}, recall@10 vs exact {idx.recall_at_10:.3f} -> "
+                 f"{idx.path}")
+    return text
