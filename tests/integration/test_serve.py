@@ -387,11 +387,11 @@ def test_a_version_that_fails_to_load_keeps_the_old_one_serving(ws, second_versi
 
     calls = []
 
-    def flaky(w, ref):
-        calls.append(ref)
-        if ref.endswith(f"/{second_version}"):
+    def flaky(w, info):  # the watcher hands over the version it resolved
+        calls.append(info)
+        if info.version == second_version:
             raise OSError("index file unreadable")
-        return load_served(w, ref)
+        return load_served(w, info)
 
     from ctxvec.registry.store import promote
 

@@ -17,7 +17,8 @@ import numpy as np
 from scipy.stats import spearmanr
 
 from ctxvec.ingest.corpus import iter_texts
-from ctxvec.registry.store import get_version, set_drift
+from ctxvec.refs import ModelRef
+from ctxvec.registry import Registry
 from ctxvec.serve.search import Searcher
 from ctxvec.workspace import Workspace
 
@@ -52,8 +53,11 @@ def drift_report(ws: Workspace, name: str, old: str, new: str, probes: int = 200
                  k: int = 10, record: bool = True) -> dict:
     """Compare version ``new`` with version ``old``; with ``record``, store the report on
     ``new`` (a tag ``ctxvec models show`` prints, and metrics on its MLflow run)."""
-    a = Searcher(ws, f"models:/{name}/{old}")
-    b = Searcher(ws, f"models:/{name}/{new}")
+    registry = Registry(ws)
+    old_ref = ModelRef.registered(name, version=old)
+    new_ref = ModelRef.registered(name, version=new)
+    a = Searcher(ws, str(old_ref))
+    b = Searcher(ws, str(new_ref))
     texts = probe_texts(b, probes)
     if len(texts) < 2:
         raise ValueError(f"version {new}'s corpus has fewer than 2 documents to probe with")
@@ -65,15 +69,15 @@ def drift_report(ws: Workspace, name: str, old: str, new: str, probes: int = 200
     iu = np.triu_indices(len(texts), 1)
     spearman = float(spearmanr((va @ va.T)[iu], (vb @ vb.T)[iu]).statistic)
     shift = float(1.0 - np.mean(np.sum(va * vb, axis=1))) if va.shape == vb.shape else None
-    ea = _evals(get_version(ws, f"models:/{name}/{old}").tags)
-    eb = _evals(get_version(ws, f"models:/{name}/{new}").tags)
+    ea = _evals(registry.resolve(old_ref).tags)
+    eb = _evals(registry.resolve(new_ref).tags)
     report = {
         "against": old, "version": new, "probes": len(texts), "k": k,
         f"overlap_at_{k}": overlap, "similarity_spearman": spearman, "shift": shift,
         "eval_deltas": {m: eb[m] - ea[m] for m in sorted(ea.keys() & eb.keys())},
     }
     if record:
-        set_drift(ws, name, new, report)
+        registry.set_drift(name, new, report)
     log.info("drift v%s vs v%s: overlap@%d %.3f, similarity spearman %.3f, shift %s",
              new, old, k, overlap, spearman, "n/a" if shift is None else f"{shift:.4f}")
     return report

@@ -38,7 +38,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from ctxvec import __version__
 from ctxvec.config import CtxvecConfig
 from ctxvec.errors import UserInputError
-from ctxvec.registry.store import list_versions
+from ctxvec.refs import ModelRef
+from ctxvec.registry import Registry
 from ctxvec.serve.batcher import BatcherClosed, MicroBatcher
 from ctxvec.serve.champion import ChampionWatcher, Served, load_served
 from ctxvec.serve.schemas import (
@@ -96,7 +97,7 @@ def _user_error_status(e: UserInputError) -> int:
 def create_app(
     ws: Workspace,
     cfg: CtxvecConfig,
-    ref: str | None = None,
+    ref: str | ModelRef | None = None,
     api_key: str | None = None,
 ) -> FastAPI:
     """Load ``ref`` (default ``models:/<registry.model_name>@champion``) and build the app.
@@ -105,11 +106,12 @@ def create_app(
     ``api_key`` None means: the environment variable ``serve.api_key_env`` (unset: no key).
     """
     scfg = cfg.serve
-    ref = ref or f"models:/{cfg.registry.model_name}@champion"
+    ref = ModelRef.parse(ref or ModelRef.registered(cfg.registry.model_name, alias="champion"))
     if api_key is None:
         api_key = os.environ.get(scfg.api_key_env) or None
-    watcher = ChampionWatcher(ws, ref, scfg.reload_seconds,
-                              loader=functools.partial(load_served, cfg=cfg))
+    registry = Registry(ws)  # one client for the app: the watcher, the loads and /models
+    watcher = ChampionWatcher(ws, ref, scfg.reload_seconds, registry=registry,
+                              loader=functools.partial(load_served, cfg=cfg, registry=registry))
     batcher = MicroBatcher(scfg.max_batch)
     started = time.time()
     page = resources.files("ctxvec.serve").joinpath("static/index.html").read_text("utf-8")
@@ -236,7 +238,7 @@ def create_app(
     @app.get("/health", response_model=HealthResponse, tags=["ops"])
     async def health() -> dict:
         s = served()
-        return {"status": "ok", "model_version": s.version, "ref": watcher.ref,
+        return {"status": "ok", "model_version": s.version, "ref": str(watcher.ref),
                 "index_count": int(s.searcher.index.count), "dim": int(s.searcher.encoder.dim),
                 "uptime_s": round(time.time() - started, 3), "loaded_at": s.loaded_at,
                 "senses": s.senses is not None, "index": s.searcher.info(),
@@ -249,7 +251,7 @@ def create_app(
         versions = [
             VersionOut(version=v.version, aliases=v.aliases, tags=v.tags,
                        has_index=bool(v.tags.get("index_uri")), serving=v.version == s.version)
-            for v in list_versions(ws, watcher.name)
+            for v in registry.list_versions(watcher.name)
         ]
         return {"name": watcher.name, "serving": s.version, "versions": versions}
 

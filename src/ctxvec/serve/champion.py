@@ -15,13 +15,15 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
 
 from ctxvec.config import CtxvecConfig
 from ctxvec.errors import UserInputError
+from ctxvec.model.attention import load_encoder
 from ctxvec.model.encoder import Encoder
-from ctxvec.registry.store import get_version, materialize, parse_ref
+from ctxvec.refs import ModelRef, ModelRefError
+from ctxvec.registry import ModelVersion, Registry
 from ctxvec.serve.search import Searcher
+from ctxvec.serve.senses import SenseSearcher
 from ctxvec.workspace import Workspace
 
 log = logging.getLogger(__name__)
@@ -36,13 +38,14 @@ class Served:
     would change the model under concurrent queries, so ``/explain`` gets its own eager copy of
     the encoder, loaded on first use."""
 
-    def __init__(self, ws: Workspace, ref: str, searcher: Searcher, senses: Any | None,
-                 senses_error: str | None):
-        self.ws = ws
-        self.ref = ref  # pinned: models:/<name>/<version>
-        self.version: str = searcher.version
+    def __init__(self, registry: Registry, info: ModelVersion, searcher: Searcher,
+                 senses: SenseSearcher | None, senses_error: str | None):
+        self.registry = registry
+        self.info = info  # the version, resolved once by whoever loaded it
+        self.ref: ModelRef = info.ref  # pinned: models:/<name>/<version>
+        self.version: str = info.version
         self.searcher = searcher
-        self.senses = senses  # a ctxvec.serve.senses.SenseSearcher, or None (see senses_error)
+        self.senses = senses  # None: see senses_error
         self.senses_error = senses_error
         self.loaded_at = time.time()
         self._eager: Encoder | None = None
@@ -51,50 +54,56 @@ class Served:
     def attention_encoder(self) -> Encoder:
         with self._eager_lock:
             if self._eager is None:
-                from ctxvec.model.attention import load_encoder
-
-                self._eager = load_encoder(materialize(self.ref, self.ws.root))
+                # the cached download of this pinned version: no registry read
+                self._eager = load_encoder(self.registry.local_dir(self.info))
             return self._eager
 
 
-def load_served(ws: Workspace, ref: str, cfg: CtxvecConfig | None = None) -> Served:
-    """Build everything one version needs to serve; raise rather than return half of it."""
-    searcher = Searcher(ws, ref, cfg)
+def load_served(ws: Workspace, version: str | ModelRef | ModelVersion,
+                cfg: CtxvecConfig | None = None, registry: Registry | None = None) -> Served:
+    """Build everything one version needs to serve; raise rather than return half of it.
+
+    ``version`` is best the ``ModelVersion`` the caller already resolved: then nothing here
+    asks the registry where it points again."""
+    registry = registry or Registry(ws)
+    info = registry.resolve(version)
+    registry.local_dir(info)  # downloaded once; the searcher then finds it in the cache
+    searcher = Searcher(ws, str(info.ref), cfg)
     senses, senses_error = None, None
     try:
-        from ctxvec.serve.senses import SenseSearcher
-
-        senses = SenseSearcher.from_registry(ws, ref, encoder=searcher.encoder)
-    except ImportError:
-        senses_error = "sense search is not part of this ctxvec build"
+        senses = SenseSearcher.from_registry(ws, info, encoder=searcher.encoder,
+                                             registry=registry)
     except UserInputError as e:  # e.g. the version was embedded without word vectors
         senses_error = str(e)
     searcher.embed(["warm up"])  # the first real query should not pay for lazy init
-    return Served(ws, ref, searcher, senses, senses_error)
+    return Served(registry, info, searcher, senses, senses_error)
 
 
 class ChampionWatcher:
     """Serve ``ref``; when it names an alias, follow the alias as it moves."""
 
     def __init__(
-        self, ws: Workspace, ref: str, interval_s: float,
-        loader: Callable[[Workspace, str], Served] = load_served,
+        self, ws: Workspace, ref: str | ModelRef, interval_s: float,
+        loader: Callable[[Workspace, ModelVersion], Served] = load_served,
+        registry: Registry | None = None,
     ):
         self.ws = ws
-        self.ref = ref
-        self.name, self.alias, _ = parse_ref(ref)
+        self.registry = registry or Registry(ws)
+        self.ref = ModelRef.parse(ref)
+        if not self.ref.is_registry:
+            raise ModelRefError(f"the server serves registered versions, not {self.ref}: "
+                                 "use models:/<name>@<alias> or models:/<name>/<n>")
+        assert self.ref.name is not None
+        self.name: str = self.ref.name
+        self.alias: str | None = self.ref.alias
         self.interval_s = interval_s
         self._loader = loader
-        info = get_version(ws, ref)
-        self.current: Served = loader(ws, self._pinned(info.version))
+        self.current: Served = loader(ws, self.registry.resolve(self.ref))
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._failures: dict[str, tuple[int, float]] = {}  # version -> (count, retry after)
         self._waiting_for_index: str | None = None
         self.swaps = 0
-
-    def _pinned(self, version: str) -> str:
-        return f"models:/{self.name}/{version}"
 
     def start(self) -> None:
         if self.alias is None or self._thread is not None:
@@ -119,11 +128,11 @@ class ChampionWatcher:
         """Check the alias once; swap if it moved to a loadable version. True if swapped."""
         if self.alias is None:
             return False
-        info = get_version(self.ws, self.ref)
+        info = self.registry.resolve(self.ref)  # one registry read per poll
         version = info.version
         if version == self.current.version:
             return False
-        if not info.tags.get("index_uri"):
+        if not info.index_uri:
             if self._waiting_for_index != version:
                 log.info("serve: %s -> version %s, which has no index yet; still serving %s",
                          self.ref, version, self.current.version)
@@ -134,7 +143,7 @@ class ChampionWatcher:
             return False
         log.info("serve: %s moved to version %s; loading it", self.ref, version)
         try:
-            served = self._loader(self.ws, self._pinned(version))
+            served = self._loader(self.ws, info)
         except Exception:
             backoff = min(self.interval_s * 2 ** count, MAX_BACKOFF_S)
             self._failures[version] = (count + 1, time.monotonic() + backoff)

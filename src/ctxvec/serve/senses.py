@@ -1,11 +1,11 @@
 """Sense search served by one registered model version and its own sense index.
 
-``SenseSearcher.from_registry(ws, "models:/ctxvec-encoder@champion")`` finds the version's index
-folder (tag ``index_uri``, as ``Searcher`` does) and its ``senses/`` subfolder, and refuses a sense
-index built for another version. ``senses(word, context, k)`` embeds the word in the given
-sentence with the index's own settings (layers, windows), so a sentence that is in the corpus
-finds itself with score 1, and returns the closest occurrences of that word with a snippet of
-their documents.
+``SenseSearcher.from_registry(ws, "models:/ctxvec-encoder@champion")`` (or a ``ModelVersion``
+already resolved) finds the version's index folder (tag ``index_uri``, as ``Searcher`` does) and
+its ``senses/`` subfolder, and refuses a sense index built for another version.
+``senses(word, context, k)`` embeds the word in the given sentence with the index's own settings
+(layers, windows), so a sentence that is in the corpus finds itself with score 1, and returns the
+closest occurrences of that word with a snippet of their documents.
 """
 
 from __future__ import annotations
@@ -19,6 +19,8 @@ from ctxvec.errors import UserInputError
 from ctxvec.index.senses import SENSES_DIR, SenseIndex
 from ctxvec.ingest.corpus import read_docs
 from ctxvec.model.encoder import Encoder
+from ctxvec.refs import ModelRef
+from ctxvec.registry import ModelVersion, Registry
 from ctxvec.workspace import Workspace, read_json
 
 log = logging.getLogger(__name__)
@@ -84,26 +86,27 @@ class SenseSearcher:
                  self.index.count, len(self.index.slices))
 
     @classmethod
-    def from_registry(cls, ws: Workspace, ref: str, encoder: Encoder | None = None
+    def from_registry(cls, ws: Workspace, ref: str | ModelRef | ModelVersion,
+                      encoder: Encoder | None = None, registry: Registry | None = None
                       ) -> SenseSearcher:
         """The sense index of a registered version (``<index_uri>/senses``), with that version's
-        encoder (pass one already loaded, e.g. ``Searcher.encoder``, to share it)."""
-        from ctxvec.registry.store import get_version, materialize
-
-        info = get_version(ws, ref)
-        index_uri = info.tags.get("index_uri")
+        encoder (pass one already loaded, e.g. ``Searcher.encoder``, to share it). A
+        ``ModelVersion`` already resolved is used as it is: no registry read."""
+        registry = registry or Registry(ws)
+        info = registry.resolve(ref)
+        index_uri = info.index_uri
         if not index_uri:
-            raise SenseSearchError(f"{ref} (version {info.version}) has no index: run the "
+            raise SenseSearchError(f"{info.ref} (version {info.version}) has no index: run the "
                                    "pipeline")
         index_dir = ws.local_dir(index_uri)  # fetched when the workspace is on a store
         folder = index_dir / SENSES_DIR
         if not (folder / "manifest.json").is_file():
             raise SenseSearchError(
-                f"{ref} (version {info.version}) has no sense index in {folder}: run the "
+                f"{info.ref} (version {info.version}) has no sense index in {folder}: run the "
                 "pipeline with embed.words.enabled=true"
             )
         if encoder is None:
-            encoder = Encoder.load(materialize(ref, ws.root))
+            encoder = Encoder.load(registry.local_dir(info))
         # the index's own corpus references: the same snapshots, named so that this machine
         # can resolve them (a sense index without its dense index's manifest keeps its own)
         manifest = index_dir / "manifest.json"
