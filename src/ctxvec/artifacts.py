@@ -8,6 +8,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from ctxvec.refs import ModelRef
+
 
 @dataclass(frozen=True)
 class _Record:
@@ -77,6 +79,11 @@ class RegisteredModel(_Record):
     version: str
     run_id: str
     uri: str  # models:/<name>/<version>
+
+    @property
+    def ref(self) -> ModelRef:
+        """The pinned registry reference of this version."""
+        return ModelRef.parse(self.uri)
 
 
 @dataclass(frozen=True)
