@@ -154,9 +154,11 @@ def train_challenger(cfg: CtxvecConfig, ws: Workspace, plan: UpdatePlan,
     if wants_mlm(cfg) and not has_mlm_head(plan.parent_dir):
         log.warning("update: version %s has no trained MLM head; MLM starts with a random one",
                     plan.parent_version)
-    # the parent's own folder (downloaded by plan_update), on train.device: one process
-    setup = prepare_model(cfg, ws, None, plan.parent_dir, device=tcfg.device)
-    setup.parent = plan.parent_ref
+    # the model starts from the parent version, whatever the recipe's model.init; its folder
+    # was downloaded by plan_update. On train.device: the update trains in one process.
+    from_parent = cfg.model_copy(update={"model": cfg.model.model_copy(
+        update={"init": plan.parent_ref})})
+    setup = prepare_model(from_parent, ws, None, plan.parent_dir, device=tcfg.device)
     mode = "concat" if cfg.pack.mode == "pair" else cfg.pack.mode
     tasks, counts = [], {}
     for i, ocfg in enumerate(tcfg.objectives):
