@@ -1,6 +1,10 @@
 """``run_evaluate``: every evaluation a recipe asks for, on a freshly trained model.
 
-An evaluation whose data is missing is skipped with its reason recorded, never silently.
+The evaluations are one table, ``EVALUATORS``: each row names the ``evaluate.<name>`` key that
+points at its data and a function ``(encoder, path, evaluate config) -> metrics``. Adding an
+evaluator is its own module, one row here and one key in ``EvaluateConfig``
+(``docs/extending.md``). An evaluation whose data is missing is skipped with its reason
+recorded, never silently.
 """
 
 from __future__ import annotations
@@ -8,20 +12,56 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from ctxvec.artifacts import EvalReport, TrainedModel
-from ctxvec.config import CtxvecConfig
+from ctxvec.config import CtxvecConfig, EvaluateConfig
+from ctxvec.evaluate.retrieval import evaluate_retrieval, read_beir
 from ctxvec.evaluate.sts import evaluate_sts, read_sts
+from ctxvec.evaluate.wic import evaluate_wic
 from ctxvec.model.encoder import Encoder, pick_device
 from ctxvec.workspace import Workspace, write_json
 
 log = logging.getLogger(__name__)
 
+Metrics = dict[str, float]
+
+
+@dataclass(frozen=True)
+class Evaluator:
+    """One evaluation: ``evaluate.<name>`` names its data; ``run`` scores an encoder on it."""
+
+    name: str
+    run: Callable[[Encoder, str, EvaluateConfig], Metrics]
+
+
+def _sts(encoder: Encoder, path: str, ecfg: EvaluateConfig) -> Metrics:
+    r = evaluate_sts(encoder, read_sts(path), ecfg.batch_size)
+    return {"sts_spearman": r["spearman"], "sts_pearson": r["pearson"]}
+
+
+def _retrieval(encoder: Encoder, path: str, ecfg: EvaluateConfig) -> Metrics:
+    r = evaluate_retrieval(encoder, read_beir(path, ecfg.retrieval_split), ecfg.batch_size)
+    return {f"retrieval_{k.replace('@', '_at_')}": v for k, v in r.items() if k != "n_queries"}
+
+
+def _wic(encoder: Encoder, path: str, ecfg: EvaluateConfig) -> Metrics:
+    r = evaluate_wic(encoder, path, split=ecfg.wic_split, batch_size=ecfg.batch_size)
+    return {"wic_accuracy": r["accuracy"]}
+
+
+EVALUATORS: tuple[Evaluator, ...] = (
+    Evaluator("sts", _sts),
+    Evaluator("retrieval", _retrieval),
+    Evaluator("wic", _wic),
+)
+
 
 def run_evaluate(cfg: CtxvecConfig, ws: Workspace, trained: TrainedModel) -> EvalReport:
     started = time.time()
-    metrics: dict[str, float] = {}
+    metrics: Metrics = {}
     skipped: dict[str, str] = {}
     if trained.eval_loss is not None:
         metrics["mlm_eval_loss"] = trained.eval_loss
@@ -38,27 +78,14 @@ def run_evaluate(cfg: CtxvecConfig, ws: Workspace, trained: TrainedModel) -> Eva
                                    precision="bf16" if device.type == "cuda" else "fp32")
         return encoder
 
-    for name, path in (("sts", ecfg.sts), ("retrieval", ecfg.retrieval), ("wic", ecfg.wic)):
+    for ev in EVALUATORS:
+        path = getattr(ecfg, ev.name)
         if path is None:
-            skipped[name] = f"evaluate.{name} is not set in the recipe"
+            skipped[ev.name] = f"evaluate.{ev.name} is not set in the recipe"
         elif not Path(path).exists():
-            skipped[name] = f"data not found: {path}"
-        elif name == "sts":
-            sts = evaluate_sts(get_encoder(), read_sts(path), ecfg.batch_size)
-            metrics["sts_spearman"], metrics["sts_pearson"] = sts["spearman"], sts["pearson"]
-        elif name == "retrieval":
-            from ctxvec.evaluate.retrieval import evaluate_retrieval, read_beir
-
-            r = evaluate_retrieval(get_encoder(), read_beir(path, ecfg.retrieval_split),
-                                   ecfg.batch_size)
-            metrics.update({f"retrieval_{k.replace('@', '_at_')}": v for k, v in r.items()
-                            if k != "n_queries"})
+            skipped[ev.name] = f"data not found: {path}"
         else:
-            from ctxvec.evaluate.wic import evaluate_wic
-
-            w = evaluate_wic(get_encoder(), path, split=ecfg.wic_split,
-                             batch_size=ecfg.batch_size)
-            metrics["wic_accuracy"] = w["accuracy"]
+            metrics.update(ev.run(get_encoder(), path, ecfg))
     for name, why in skipped.items():  # not asked for is normal; asked for but missing is not
         log.log(logging.INFO if "not set" in why else logging.WARNING,
                 "evaluate: %s skipped: %s", name, why)
