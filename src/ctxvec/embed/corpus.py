@@ -1,4 +1,4 @@
-"""``run_embed``: a snapshot -> one vector per chunk, in the embeddings Parquet of DESIGN.md.
+"""``run_embed``: a snapshot -> one vector per chunk, in the embeddings Parquet of docs/architecture.md (Data contracts).
 
 Documents longer than the model's window are cut into overlapping token windows (``stride``
 tokens shared); each chunk keeps the character offsets of the text it covers, so a hit can show

@@ -1,7 +1,7 @@
 """``embed.engine: ray``: the embed stage on a Ray cluster, through Ray Data.
 
 Why: the local path embeds on the GPUs of one machine; a corpus that no single worker holds
-(DESIGN.md, Scale) is embedded by a pool of Ray actors, each with the encoder loaded once, fed the
+(docs/architecture.md, Beyond one machine) is embedded by a pool of Ray actors, each with the encoder loaded once, fed the
 corpus snapshot's Parquet by Ray Data's streaming reads (``read_parquet`` -> ``map_batches``).
 
 The output is the local path's. Each actor chunks, encodes and builds the table of a batch of
