@@ -9,6 +9,8 @@ import pytest
 
 # Prefect's server telemetry writes race with the flow's on SQLite; off, as `ctxvec run` does.
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+# and its ephemeral server gets 120 s to start, not 20: a loaded 2-core machine overran 20 s
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("CTXVEC_SHARED_DATA", REPO.parent / "shared" / "data"))
