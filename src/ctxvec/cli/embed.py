@@ -4,7 +4,7 @@ then its index): vectors into Parquet."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated
 
 import typer
 
@@ -17,11 +17,6 @@ from ctxvec.cli._common import (
     set_opt,
     workspace,
 )
-
-if TYPE_CHECKING:
-    from ctxvec.artifacts import Embeddings, IndexArtifact
-    from ctxvec.config import CtxvecConfig
-    from ctxvec.workspace import Workspace
 
 
 @command
@@ -48,34 +43,6 @@ def encode(
     return dump(summary) if as_json else f"wrote {len(lines)} vectors of {dim} to {output}"
 
 
-# --- stage orchestration: to be replaced by ctxvec.stages (embed -> index -> link) -----------
-
-
-def embed_and_index(cfg: CtxvecConfig, ws: Workspace, model: str, snapshot: str | None,
-                    build_index: bool) -> tuple[str, str, Embeddings, IndexArtifact | None]:
-    """Embed the corpus as of ``snapshot`` with ``model``; then, if asked, build its index and,
-    for a registry version, link the index to that version. Returns the embeddings' model
-    version label, the snapshot id, the embeddings and the index."""
-    # lazy: keep start-up fast (torch, faiss, mlflow)
-    from ctxvec.embed.corpus import run_embed
-    from ctxvec.index.build import run_index
-    from ctxvec.ingest.snapshot import load_snapshot
-    from ctxvec.model.refs import is_registry_ref
-    from ctxvec.registry.store import attach_index, get_version
-    from ctxvec.serve.resolve import embedding_label, model_dir
-
-    snap = load_snapshot(ws, snapshot)
-    folder = model_dir(ws, model)
-    version = embedding_label(ws, model, folder)
-    emb = run_embed(cfg, ws, snap, str(folder), version)
-    idx = None
-    if build_index:
-        idx = run_index(cfg, ws, emb)
-        if is_registry_ref(model):
-            attach_index(ws, get_version(ws, model).name, version, idx)
-    return version, snap.snapshot_id, emb, idx
-
-
 @command
 def embed(
     model: Annotated[str, typer.Option("--model", "-m", help="Model reference: minilm, a "
@@ -96,19 +63,19 @@ def embed(
     """Embed the corpus into Parquet: one L2-normalised vector per chunk (doc_id, chunk, char
     offsets, model_version, vector). Resumable: re-running after an interruption continues from
     the first shard not written."""
+    from ctxvec import stages  # lazy: keep start-up fast (torch, faiss, mlflow)
+
     overrides = list(set_ or [])
     if words:
         overrides.append("embed.words.enabled=true")
     cfg = load_recipe(config, overrides)
-    version, snapshot_id, emb, idx = embed_and_index(cfg, workspace().ensure(), model, snapshot,
-                                                     build_index)
-    out: dict[str, Any] = {"model": model, "model_version": version, "snapshot": snapshot_id,
-                           "embeddings": emb.to_dict(), "index": idx.to_dict() if idx else None}
+    out = stages.embed_model(cfg, workspace().ensure(), model, snapshot, build_index)
     if as_json:
         return dump(out)
-    text = (f"embedded {emb.docs} documents as {emb.rows} chunk vectors (dim {emb.dim}) "
-            f"-> {emb.path}")
+    emb, idx = out["embeddings"], out["index"]
+    text = (f"embedded {emb['docs']} documents as {emb['rows']} chunk vectors (dim {emb['dim']}) "
+            f"-> {emb['path']}")
     if idx:
-        text += (f"\nindex: {idx.factory}, recall@10 vs exact {idx.recall_at_10:.3f} -> "
-                 f"{idx.path}")
+        text += (f"\nindex: {idx['factory']}, recall@10 vs exact {idx['recall_at_10']:.3f} -> "
+                 f"{idx['path']}")
     return text

@@ -23,52 +23,10 @@ if TYPE_CHECKING:
     from ctxvec.config import CtxvecConfig
 
 
-# --- stage orchestration: to be replaced by ctxvec.stages.train_and_register ------------------
-
-
-def train_and_register(cfg: CtxvecConfig, need_pack: bool) -> dict | None:
-    """ingest (if the recipe reads the corpus) -> tokenizer -> pack -> train -> evaluate ->
-    register; each a run_* call, as the Prefect flow makes them. None on torchrun ranks but 0."""
-    # lazy: keep start-up fast (torch, transformers, mlflow)
-    from ctxvec.evaluate.run import run_evaluate
-    from ctxvec.ingest.snapshot import load_snapshot, run_ingest
-    from ctxvec.registry.store import register_model
-    from ctxvec.tokenizer.packing import run_pack
-    from ctxvec.tokenizer.trainer import run_tokenizer
-    from ctxvec.train import distributed
-    from ctxvec.train.run import run_train
-
-    ws = workspace().ensure()
-    world = distributed.setup(cfg.train.device)  # under torchrun: join the process group
-    objectives = cfg.train.objectives
-    needs_corpus = need_pack or cfg.model.init == "scratch" or any(
-        o.data.source == "corpus" for o in objectives)
-    snap = tok = packed = None
-    if world.main:  # the data stages run once; the other ranks receive their results
-        if needs_corpus:
-            snap = run_ingest(cfg, ws) if cfg.ingest.sources else load_snapshot(ws)
-        if snap or cfg.tokenizer.source == "model":
-            tok = run_tokenizer(cfg, ws, snap)
-        packed = run_pack(cfg, ws, snap, tok) if need_pack else None
-    snap, tok, packed = distributed.broadcast((snap, tok, packed))
-    trained = run_train(cfg, ws, snap, tok, packed)
-    if not world.main:
-        return None
-    report = run_evaluate(cfg, ws, trained)
-    reg = register_model(cfg, ws, snap, tok, trained, report)
-    return {
-        "model": reg.uri, "model_dir": trained.model_dir, "version": reg.version,
-        "run_dir": trained.run_dir, "mlflow_run_id": reg.run_id, "steps": trained.steps,
-        "tokens_seen": trained.tokens_seen, "final_loss": trained.final_loss,
-        "train_metrics": trained.metrics, "metrics": report.metrics, "skipped": report.skipped,
-    }
-
-
-# --- commands -------------------------------------------------------------------------------
-
-
 def _train_and_report(cfg: CtxvecConfig, as_json: bool) -> str | None:
-    out = train_and_register(cfg, any(o.name == "mlm" for o in cfg.train.objectives))
+    from ctxvec import stages  # lazy: keep start-up fast (torch, transformers, mlflow)
+
+    out = stages.train_and_register(cfg, workspace().ensure())
     if out is None:  # a torchrun worker other than rank 0: rank 0 reports
         return None
     if as_json:
