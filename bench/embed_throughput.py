@@ -35,11 +35,11 @@ from measure import SHARED_DATA  # noqa: E402
 
 from ctxvec.config import load_config  # noqa: E402
 from ctxvec.embed.corpus import read_vectors, run_embed  # noqa: E402
-from ctxvec.evaluate.sts import read_sts  # noqa: E402
 from ctxvec.ingest.corpus import iter_corpus  # noqa: E402
 from ctxvec.ingest.snapshot import run_ingest  # noqa: E402
 from ctxvec.model.encoder import Encoder  # noqa: E402
 from ctxvec.model.refs import minilm_dir  # noqa: E402
+from ctxvec.train.sts import read_sts  # noqa: E402
 from ctxvec.workspace import Workspace  # noqa: E402
 
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from ctxvec.errors import UserInputError
+from ctxvec.errors import DataFormatError, UserInputError
 from ctxvec.evaluate.perplexity import evaluate_perplexity, read_passages
 from ctxvec.evaluate.retrieval import (
     evaluate_retrieval,
@@ -21,7 +21,6 @@ from ctxvec.evaluate.retrieval import (
     read_beir,
     retrieval_metrics,
 )
-from ctxvec.evaluate.sts import DataFormatError
 from ctxvec.evaluate.wic import best_threshold, evaluate_wic, read_wic
 from ctxvec.index.factory import index_candidates
 from ctxvec.model.context_vectors import SpanError, span_vectors, word_span

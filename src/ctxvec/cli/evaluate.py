@@ -33,8 +33,8 @@ def eval_sts(
 ) -> str:
     """Spearman correlation of cosine similarity with the gold scores of an STS file."""
     # lazy: keep start-up fast (torch, transformers)
-    from ctxvec.evaluate.sts import evaluate_sts, read_sts
     from ctxvec.serve.resolve import load_encoder
+    from ctxvec.train.sts import evaluate_sts, read_sts
 
     pairs = read_sts(data)
     encoder = load_encoder(workspace(), model)

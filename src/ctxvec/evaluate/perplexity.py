@@ -30,8 +30,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from ctxvec.errors import UserInputError
-from ctxvec.evaluate.sts import DataFormatError
+from ctxvec.errors import DataFormatError, UserInputError
 from ctxvec.model.encoder import load_tokenizer, pick_device
 
 log = logging.getLogger(__name__)

@@ -36,8 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ctxvec.errors import UserInputError
-from ctxvec.evaluate.sts import DataFormatError
+from ctxvec.errors import DataFormatError, UserInputError
 from ctxvec.model.encoder import Encoder
 
 log = logging.getLogger(__name__)

@@ -19,9 +19,9 @@ from pathlib import Path
 from ctxvec.artifacts import EvalReport, TrainedModel
 from ctxvec.config import CtxvecConfig, EvaluateConfig
 from ctxvec.evaluate.retrieval import evaluate_retrieval, read_beir
-from ctxvec.evaluate.sts import evaluate_sts, read_sts
 from ctxvec.evaluate.wic import evaluate_wic
 from ctxvec.model.encoder import Encoder, pick_device
+from ctxvec.train.sts import evaluate_sts, read_sts
 from ctxvec.workspace import Workspace, write_json
 
 log = logging.getLogger(__name__)

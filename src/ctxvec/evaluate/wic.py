@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ctxvec.evaluate.sts import DataFormatError
+from ctxvec.errors import DataFormatError
 from ctxvec.model.context_vectors import SpanError, span_vectors, word_span
 from ctxvec.model.encoder import Encoder
 

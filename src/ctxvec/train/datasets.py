@@ -18,6 +18,8 @@ import torch
 
 from ctxvec.config import DataConfig, ObjectiveConfig
 from ctxvec.errors import UserInputError
+from ctxvec.ingest.corpus import iter_texts
+from ctxvec.train.sts import read_sts
 
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
 MAX_CORPUS_SENTENCES = 200_000
@@ -62,8 +64,6 @@ class Sampler:
 
 
 def corpus_sentences(corpus: list[str], limit: int | None) -> list[str]:
-    from ctxvec.ingest.corpus import iter_texts
-
     return sentences_of(iter_texts(corpus), limit)
 
 
@@ -120,8 +120,6 @@ def load_examples(ocfg: ObjectiveConfig, corpus: list[str] | None) -> list[Any]:
             raise UserInputError("data.source=corpus needs an ingested corpus")
         examples: list[Any] = corpus_sentences(corpus, d.max_examples)
     elif d.source == "sts":
-        from ctxvec.evaluate.sts import read_sts
-
         pairs = read_sts(d.path)
         if ocfg.name == "cosent":
             examples = list(zip(pairs.s1, pairs.s2, pairs.scores.tolist(), strict=True))

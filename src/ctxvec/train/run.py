@@ -30,12 +30,14 @@ from ctxvec.artifacts import PackedData, Snapshot, TokenizerArtifact, TrainedMod
 from ctxvec.config import ConfigError, CtxvecConfig
 from ctxvec.model.bert import build_model
 from ctxvec.model.encoder import Encoder, EncoderSettings, pick_device, save_encoder
+from ctxvec.tokenizer.packing import read_packed
 from ctxvec.train import distributed
 from ctxvec.train.datasets import Sampler, load_examples, split_heldout
 from ctxvec.train.loop import Evaluate, train
 from ctxvec.train.multitask import MultiTask, Task
 from ctxvec.train.objectives import build_objective
 from ctxvec.train.objectives.mlm import MaskedLM
+from ctxvec.train.sts import evaluate_sts, read_sts
 from ctxvec.workspace import Workspace, read_json, sha256_text, write_manifest
 
 log = logging.getLogger(__name__)
@@ -133,8 +135,6 @@ def _mlm_eval(objective: MaskedLM, rows, batch_size: int, seed: int) -> Evaluate
 
 
 def _sts_eval(path: str, tokenizer, settings, batch_size: int) -> Evaluate:
-    from ctxvec.evaluate.sts import evaluate_sts, read_sts
-
     pairs = read_sts(path)
 
     def evaluate(model) -> dict[str, float]:
@@ -208,8 +208,6 @@ def _recipe_examples(ocfg, objective, snapshot: Snapshot | None, packed: PackedD
                           "stage: `ctxvec pretrain` or `ctxvec run` do)")
     if packed.mode == "pair":
         raise ConfigError("pack.mode=pair makes sentence pairs; mlm trains on concat or doc")
-    from ctxvec.tokenizer.packing import read_packed  # lazy: pyarrow shards, only for MLM
-
     rows, heldout = split_heldout(read_packed(packed.path), tcfg.eval_fraction, tcfg.seed)
     if len(heldout):
         evals.append(_mlm_eval(objective, heldout, tcfg.batch_size, tcfg.seed))

@@ -3,6 +3,11 @@
 Input: the STS Benchmark TSV (``genre, file, year, id, score, sentence1, sentence2``, tab-separated,
 no quoting; some rows carry extra licence fields, which are ignored). This is the evaluation of
 Reimers & Gurevych (2019), Sentence-BERT, and of the sentence-transformers leaderboard.
+
+Why in ``ctxvec.train`` and not ``ctxvec.evaluate``: training reads the same file as CoSENT and
+MNRL data (``datasets.load_examples``) and scores its dev set during training for early stopping
+(``run._sts_eval``), and train sits below evaluate in the layers. ``ctxvec.evaluate.run`` and
+``ctxvec evaluate sts`` score a model with it from here.
 """
 
 from __future__ import annotations
@@ -13,12 +18,8 @@ from pathlib import Path
 import numpy as np
 from scipy.stats import spearmanr
 
-from ctxvec.errors import UserInputError
+from ctxvec.errors import DataFormatError
 from ctxvec.model.encoder import Encoder
-
-
-class DataFormatError(UserInputError):
-    """An evaluation file that does not have the documented layout."""
 
 
 @dataclass(frozen=True)
