@@ -42,8 +42,9 @@ from measure import SHARED_DATA  # noqa: E402
 
 from ctxvec.artifacts import Snapshot  # noqa: E402
 from ctxvec.config import load_config  # noqa: E402
-from ctxvec.embed.corpus import chunk_documents, iter_shards, read_vectors, run_embed  # noqa: E402
+from ctxvec.embed.corpus import iter_shards, read_vectors, run_embed  # noqa: E402
 from ctxvec.embed.ray_engine import ray_session  # noqa: E402
+from ctxvec.embed.shards import chunk_documents  # noqa: E402
 from ctxvec.ingest.corpus import committed_snapshots, count_docs  # noqa: E402
 from ctxvec.ingest.snapshot import run_ingest  # noqa: E402
 from ctxvec.model.encoder import Encoder  # noqa: E402

@@ -1,11 +1,12 @@
 """``embed.engine: ray``: the embed stage on a Ray cluster, through Ray Data.
 
 Why: the local path embeds on the GPUs of one machine; a corpus that no single worker holds
-(docs/architecture.md, Beyond one machine) is embedded by a pool of Ray actors, each with the encoder loaded once, fed the
-corpus snapshot's Parquet by Ray Data's streaming reads (``read_parquet`` -> ``map_batches``).
+(docs/architecture.md, Beyond one machine) is embedded by a pool of Ray actors, each with the
+encoder loaded once, fed the corpus snapshot's Parquet by Ray Data's streaming reads
+(``read_parquet`` -> ``map_batches``).
 
 The output is the local path's. Each actor chunks, encodes and builds the table of a batch of
-documents with the local path's own code (``embed_shard``: ``chunk_documents``,
+documents with the code the local path uses too (``shards.embed_shard``: ``chunk_documents``,
 ``Encoder.encode_ids``, ``embeddings_schema``) and writes it atomically (``write_shard``) as one
 part file into the staging folder ``run_embed`` uses, renamed into place when every document is
 there, with the same manifest (plus ``engine: ray`` and the Ray figures). Only the layout differs:
@@ -40,7 +41,7 @@ from tqdm.auto import tqdm
 
 from ctxvec.artifacts import Embeddings, Snapshot
 from ctxvec.config import CtxvecConfig, RayEmbedConfig
-from ctxvec.embed.corpus import (
+from ctxvec.embed.shards import (
     SHARD_GLOB,
     WORDS_DIR,
     EmbedJob,
@@ -51,6 +52,7 @@ from ctxvec.embed.corpus import (
     write_embed_manifest,
     write_shard,
 )
+from ctxvec.embed.words import run_words
 from ctxvec.errors import UserInputError
 from ctxvec.ingest.corpus import DOCS_GLOB, count_docs
 from ctxvec.workspace import Workspace, sha256_text
@@ -350,8 +352,6 @@ def embed_on_ray(
                 encoder = job.load_encoder(embed_devices(cfg)[0])
             words = None
             if ecfg.words.enabled:
-                from ctxvec.embed.words import run_words
-
                 # word vectors are a sample (embed.words.sample_docs): the driver takes them
                 words = run_words(cfg, encoder, job.corpus, work / WORDS_DIR, job.model_version)
             if settings is None:  # nothing embedded now (all resumed): the driver's encoder
