@@ -37,7 +37,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ctxvec.config import load_config
 from ctxvec.errors import UserInputError
+from ctxvec.storage import is_uri
 
 # flow key -> (module, function): the entrypoint a deployment records
 FLOWS = {
@@ -80,16 +82,12 @@ class ScheduleSpec:
                                 "configs/demo.yaml)")
         object.__setattr__(self, "recipe", str(recipe.resolve()))
         if self.home is not None:
-            from ctxvec.storage import is_uri
-
             # a store URI (s3://bucket/prefix) is passed on as it is; a folder made absolute
             object.__setattr__(self, "home", self.home if is_uri(self.home)
                                else str(Path(self.home).expanduser().resolve()))
         object.__setattr__(self, "overrides", tuple(self.overrides))
         object.__setattr__(self, "tags", tuple(dict.fromkeys([*DEFAULT_TAGS, *self.tags])))
         self._check_schedule()
-        from ctxvec.config import load_config
-
         load_config(self.recipe, list(self.overrides))  # ConfigError names the bad key
 
     def _check_schedule(self) -> None:

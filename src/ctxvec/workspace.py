@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ctxvec import __version__
 from ctxvec.storage import (
     MANIFEST,
     PUBLISHED_STAGES,
@@ -327,8 +328,6 @@ def sha256_text(text: str) -> str:
 
 def write_manifest(folder: Path, stage: str, started: float, **fields: Any) -> dict[str, Any]:
     """Write ``folder/manifest.json`` with the fields every stage shares plus its own."""
-    from ctxvec import __version__
-
     manifest = {
         "stage": stage,
         "ctxvec_version": __version__,

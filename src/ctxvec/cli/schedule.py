@@ -78,7 +78,7 @@ def schedule(
         if limit is not None and (limit < 1 or work_pool):
             raise UserError("--limit is a positive number of runs, and applies when serving "
                             "(without --work-pool)")
-        from ctxvec_flows import deployments as d  # lazy: keep start-up fast (prefect)
+        from ctxvec_flows import deployments as d  # lazy: keep start-up fast (pydantic, pyarrow)
 
         # checked before anything is written, and in a dry run too: what it plans must be true
         if work_pool and d.api_url() is None:
@@ -119,7 +119,8 @@ def schedule(
     with contextlib.ExitStack() as stack:
         plan(stack)
         if serving:
-            from ctxvec_flows.deployments import serve  # lazy: keep start-up fast (prefect)
+            # lazy: keep start-up fast (pydantic; serving imports prefect)
+            from ctxvec_flows.deployments import serve
 
             command(lambda: serve(specs, limit=limit))()
 

@@ -32,6 +32,7 @@ from ctxvec.artifacts import Snapshot
 from ctxvec.config import CtxvecConfig
 from ctxvec.errors import UserInputError
 from ctxvec.ingest.corpus import committed_snapshots, corpus_upto, count_docs
+from ctxvec.ingest.near_dup import NearDupIndex
 from ctxvec.ingest.sources import SourceError, expand_sources
 from ctxvec.ingest.worker import ingest_file
 from ctxvec.workspace import Workspace, read_json, sha256_file, write_manifest
@@ -198,8 +199,6 @@ def run_ingest(cfg: CtxvecConfig, ws: Workspace) -> Snapshot:
 
     near = None
     if nd.enabled:
-        from ctxvec.ingest.near_dup import NearDupIndex
-
         near = NearDupIndex(nd.threshold, nd.num_perm)
         for ids, sig in prev_sigs:
             for d, s in zip(ids, sig, strict=True):

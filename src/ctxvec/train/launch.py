@@ -37,9 +37,12 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
+import torch
+
 from ctxvec.artifacts import PackedData, Snapshot, TokenizerArtifact, TrainedModel
 from ctxvec.config import ConfigError, CtxvecConfig, config_to_yaml
 from ctxvec.errors import UserInputError
+from ctxvec.train.run import finished_run, run_train
 from ctxvec.workspace import Workspace, read_json, write_json
 
 log = logging.getLogger(__name__)
@@ -52,8 +55,6 @@ TAIL_LINES = 60  # of the ranks' output, in the error of a failed launch
 
 
 def visible_gpus() -> int:
-    import torch
-
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
@@ -95,9 +96,6 @@ def train_with_launch(
     """``run_train`` in this process, or under torchrun when ``train.nproc_per_node`` asks for
     more than one process; the same record comes back either way. ``init_dir``: the local folder
     of a registry ``model.init`` (see ``run_train``)."""
-    # lazy: ctxvec.train.run imports torch and transformers; resolve_nproc callers need neither
-    from ctxvec.train.run import finished_run, run_train
-
     nproc = resolve_nproc(cfg)
     if nproc <= 1 or int(os.environ.get("WORLD_SIZE", "1")) > 1:  # already one of the ranks
         return run_train(cfg, ws, snapshot, tokenizer_art, packed, init_dir)
