@@ -77,3 +77,25 @@ def uvicorn_in_thread(app) -> Iterator[str]:
     finally:
         server.should_exit = True
         thread.join(timeout=30)
+
+
+@pytest.fixture
+def registry_reads(monkeypatch) -> list[str]:
+    """Every read the MLflow model registry store answers (a SQLite workspace) for this test's
+    thread, by method name: what "resolved once" is counted in. Other threads (a served app's
+    champion watcher polling in the background) are not counted."""
+    from mlflow.store.model_registry.sqlalchemy_store import SqlAlchemyStore
+
+    seen: list[str] = []
+    test_thread = threading.get_ident()
+    for attr in dir(SqlAlchemyStore):
+        if attr.startswith(("get_", "search_")) and callable(getattr(SqlAlchemyStore, attr)):
+            original = getattr(SqlAlchemyStore, attr)
+
+            def counted(self, *a, _name=attr, _original=original, **k):
+                if threading.get_ident() == test_thread:
+                    seen.append(_name)
+                return _original(self, *a, **k)
+
+            monkeypatch.setattr(SqlAlchemyStore, attr, counted)
+    return seen

@@ -10,13 +10,11 @@ from pathlib import Path
 
 import mlflow
 import pytest
-from mlflow.store.model_registry.sqlalchemy_store import SqlAlchemyStore
 
 from ctxvec.artifacts import EvalReport, IndexArtifact, TrainedModel
 from ctxvec.config import CtxvecConfig
 from ctxvec.refs import ModelRef, ModelRefError
 from ctxvec.registry import ModelVersion, Registry
-from ctxvec.registry.store import get_version, materialize
 from ctxvec.serve.champion import ChampionWatcher
 from ctxvec.workspace import Workspace
 from tests.helpers import tiny_bert
@@ -63,51 +61,34 @@ def _attach_index(ws: Workspace, version: str) -> None:
                                                            version))
 
 
-@pytest.fixture
-def reads(monkeypatch) -> list[str]:
-    """Every read the model registry store answers, by method name."""
-    seen: list[str] = []
-    for attr in dir(SqlAlchemyStore):
-        if attr.startswith(("get_", "search_")) and callable(getattr(SqlAlchemyStore, attr)):
-            original = getattr(SqlAlchemyStore, attr)
-
-            def counted(self, *a, _name=attr, _original=original, **k):
-                seen.append(_name)
-                return _original(self, *a, **k)
-
-            monkeypatch.setattr(SqlAlchemyStore, attr, counted)
-    return seen
-
-
 def test_resolve_reads_once_download_once_and_leaves_mlflow_globals_alone(
-        tmp_path, model_dir, fresh_process_uris, reads):
+        tmp_path, model_dir, fresh_process_uris, registry_reads):
     ws = Workspace(tmp_path / "home").ensure()
     registry = Registry(ws)
     v1 = _register(ws, model_dir, "a")
     _attach_index(ws, v1)
     assert registry.promote(NAME, v1) is None
 
-    reads.clear()
+    registry_reads.clear()
     info = registry.resolve(ModelRef.parse(f"models:/{NAME}@champion"))
-    assert reads == ["get_model_version_by_alias"]  # one registry read per resolve
+    assert registry_reads == ["get_model_version_by_alias"]  # one registry read per resolve
     assert isinstance(info, ModelVersion) and info.version == v1 and "champion" in info.aliases
     assert info.ref == ModelRef.registered(NAME, version=v1) and info.index_uri
     assert registry.resolve(info) is info  # already resolved: no read at all
-    assert len(reads) == 1
+    assert len(registry_reads) == 1
 
-    reads.clear()
+    registry_reads.clear()
     folder = registry.local_dir(info)
     root = ws.model_cache / NAME / v1  # the cache location and layout as before
     assert (root / "MLmodel").is_file() and (root / "registered_model_meta").is_file()
     assert folder.parent.parent == root and (folder / "config.json").is_file()
     assert (folder / "model.safetensors").read_bytes() == \
         (model_dir / "model.safetensors").read_bytes()
-    reads.clear()
+    registry_reads.clear()
     assert registry.local_dir(f"models:/{NAME}/{v1}") == folder  # cached: no registry read
-    assert registry.local_dir(info) == folder and reads == []
+    assert registry.local_dir(info) == folder and registry_reads == []
     assert registry.local_dir(f"models:/{NAME}@champion") == folder
-    assert reads == ["get_model_version_by_alias"]  # an alias moves: resolved, once
-    assert materialize(f"models:/{NAME}@champion", ws) == folder  # the forwarder agrees
+    assert registry_reads == ["get_model_version_by_alias"]  # an alias moves: resolved, once
     assert registry.local_dir("minilm").is_dir()  # other references: the model layer's
 
     with pytest.raises(ModelRefError, match=f"models:/{NAME}/99: not in the registry"):
@@ -125,7 +106,7 @@ def test_two_workspaces_in_one_process_do_not_cross(tmp_path, model_dir, fresh_p
     assert _register(a, model_dir, "a2") == "2"
     assert [v.tags["which"] for v in ra.list_versions(NAME)] == ["a2", "a1"]
     assert [v.tags["which"] for v in rb.list_versions(NAME)] == ["b1"]
-    assert get_version(b, f"models:/{NAME}/1").tags["which"] == "b1"
+    assert Registry(b).resolve(f"models:/{NAME}/1").tags["which"] == "b1"
     with pytest.raises(ModelRefError):
         rb.resolve(f"models:/{NAME}/2")
     # each registry's run and model files live in its own workspace
@@ -138,7 +119,7 @@ def test_two_workspaces_in_one_process_do_not_cross(tmp_path, model_dir, fresh_p
 
 
 def test_the_champion_watcher_resolves_once_and_hands_the_version_on(
-        tmp_path, model_dir, fresh_process_uris, reads):
+        tmp_path, model_dir, fresh_process_uris, registry_reads):
     ws = Workspace(tmp_path / "home").ensure()
     registry = Registry(ws)
     v1, v2 = _register(ws, model_dir, "a"), _register(ws, model_dir, "b")
@@ -156,17 +137,17 @@ def test_the_champion_watcher_resolves_once_and_hands_the_version_on(
         loaded.append(info)
         return Stub(info)
 
-    reads.clear()
+    registry_reads.clear()
     watcher = ChampionWatcher(ws, f"models:/{NAME}@champion", 60, loader=loader,
                               registry=registry)
-    assert reads == ["get_model_version_by_alias"]
+    assert registry_reads == ["get_model_version_by_alias"]
     assert [i.version for i in loaded] == [v1] and isinstance(loaded[0], ModelVersion)
     assert str(watcher.ref) == f"models:/{NAME}@champion" and watcher.name == NAME
-    reads.clear()
-    assert watcher.poll() is False and reads == ["get_model_version_by_alias"]
+    registry_reads.clear()
+    assert watcher.poll() is False and registry_reads == ["get_model_version_by_alias"]
     registry.promote(NAME, v2)
-    reads.clear()
-    assert watcher.poll() is True and reads == ["get_model_version_by_alias"]
+    registry_reads.clear()
+    assert watcher.poll() is True and registry_reads == ["get_model_version_by_alias"]
     assert [i.version for i in loaded] == [v1, v2] and watcher.current.version == v2
     assert registry.rollback(NAME) == (v2, v1)
     with pytest.raises(ModelRefError, match="registered versions"):

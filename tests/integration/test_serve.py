@@ -4,6 +4,7 @@ a champion hot swap under continuous load with no dropped request."""
 
 from __future__ import annotations
 
+import functools
 import json
 import threading
 import time
@@ -15,6 +16,7 @@ from fastapi.testclient import TestClient
 
 from ctxvec.config import load_config
 from ctxvec.ingest.corpus import iter_corpus
+from ctxvec.refs import ModelRef
 from ctxvec.workspace import Workspace
 from tests.integration.conftest import TINY, TINY_OVERRIDES, ctxvec_cli, uvicorn_in_thread
 
@@ -130,6 +132,35 @@ def test_embed(client, ws):
 
     direct = Searcher(ws, f"models:/{NAME}/1").embed(texts)
     assert np.allclose(vecs, direct, atol=1e-5)  # batched as one request or not: same vectors
+
+
+def test_serving_a_version_reads_the_registry_once(ws, registry_reads):
+    """The watcher resolves the alias (one read) and hands the version to ``load_served``,
+    whose searcher and sense searcher take it as it is; the download is in the workspace cache
+    (versions never change), so it asks nothing either."""
+    from ctxvec.registry import ModelVersion, Registry
+    from ctxvec.serve.champion import ChampionWatcher, load_served
+    from ctxvec.serve.search import Searcher
+
+    registry = Registry(ws)
+    registry.local_dir(ModelRef.registered(NAME, version=1))  # served before: in the cache
+    cfg = tiny_cfg()
+    registry_reads.clear()
+    watcher = ChampionWatcher(ws, ModelRef.registered(NAME, alias="champion"), 60,
+                              loader=functools.partial(load_served, cfg=cfg, registry=registry),
+                              registry=registry)
+    assert registry_reads == ["get_model_version_by_alias"]
+    served = watcher.current
+    assert served.version == "1" and served.senses is not None
+    assert served.searcher.model_version is served.info
+    assert served.searcher.ref == f"models:/{NAME}/1"
+    registry_reads.clear()
+    assert load_served(ws, served.info, cfg, registry=registry).version == "1"
+    assert registry_reads == []  # a version already resolved: no read at all
+    searcher = Searcher(ws, f"models:/{NAME}@champion", cfg)  # on its own: one read
+    assert registry_reads == ["get_model_version_by_alias"]
+    assert isinstance(searcher.model_version, ModelVersion) and searcher.version == "1"
+    assert searcher.ref == f"models:/{NAME}@champion"
 
 
 def test_senses_finds_the_sentence_itself(client, docs):
@@ -310,22 +341,23 @@ def second_version(served_workspace, ws) -> str:
     from ctxvec.artifacts import EvalReport, Snapshot, TokenizerArtifact, TrainedModel
     from ctxvec.embed.corpus import run_embed
     from ctxvec.index.build import run_index
-    from ctxvec.registry.store import attach_index, get_version, register_model
+    from ctxvec.registry import Registry
 
     s = served_workspace.summary
     cfg = tiny_cfg()
     snap = Snapshot(**s["snapshot"])
     trained = TrainedModel(**s["train"])
-    reg = register_model(cfg, ws, snap, TokenizerArtifact(**s["tokenizer"]), trained,
-                         EvalReport(**s["evaluate"]))
+    registry = Registry(ws)
+    reg = registry.register(cfg, snap, TokenizerArtifact(**s["tokenizer"]), trained,
+                            EvalReport(**s["evaluate"]))
     emb = run_embed(cfg, ws, snap, trained.model_dir, reg.version)
-    attach_index(ws, reg.name, reg.version, run_index(cfg, ws, emb))
-    assert get_version(ws, f"models:/{NAME}@champion").version == "1"
+    registry.attach_index(reg.name, reg.version, run_index(cfg, ws, emb))
+    assert registry.resolve(ModelRef.registered(NAME, alias="champion")).version == "1"
     return reg.version
 
 
 def test_hot_swap_under_load_drops_no_request(ws, second_version, long_doc):
-    from ctxvec.registry.store import promote
+    from ctxvec.registry import Registry
     from ctxvec.serve.app import create_app
 
     app = create_app(ws, tiny_cfg("serve.reload_seconds=0.2"))
@@ -355,7 +387,7 @@ def test_hot_swap_under_load_drops_no_request(ws, second_version, long_doc):
             for t in threads:
                 t.start()
             time.sleep(1.0)
-            promote(ws, NAME, second_version)
+            Registry(ws).promote(NAME, second_version)
             deadline = time.monotonic() + 60
             while time.monotonic() < deadline:
                 if all(s and s[-1][1] == second_version for s in seen):
@@ -369,7 +401,7 @@ def test_hot_swap_under_load_drops_no_request(ws, second_version, long_doc):
             health = httpx.get(f"{url}/health").json()
     finally:
         stop.set()
-        promote(ws, NAME, "1")  # leave the champion as the other tests expect it
+        Registry(ws).promote(NAME, "1")  # leave the champion as the other tests expect it
     assert not failures, failures[:3]
     assert swapped_at, "responses never switched to the new champion"
     assert health["model_version"] == second_version
@@ -393,12 +425,12 @@ def test_a_version_that_fails_to_load_keeps_the_old_one_serving(ws, second_versi
             raise OSError("index file unreadable")
         return load_served(w, info)
 
-    from ctxvec.registry.store import promote
+    from ctxvec.registry import Registry
 
     watcher = ChampionWatcher(ws, f"models:/{NAME}@champion", 0.1, loader=flaky)
     try:
-        promote(ws, NAME, second_version)
+        Registry(ws).promote(NAME, second_version)
         assert watcher.poll() is False and watcher.current.version == "1"
         assert watcher.poll() is False and len(calls) == 2  # backing off: not retried at once
     finally:
-        promote(ws, NAME, "1")
+        Registry(ws).promote(NAME, "1")

@@ -56,8 +56,8 @@ def drift_report(ws: Workspace, name: str, old: str, new: str, probes: int = 200
     registry = Registry(ws)
     old_ref = ModelRef.registered(name, version=old)
     new_ref = ModelRef.registered(name, version=new)
-    a = Searcher(ws, str(old_ref))
-    b = Searcher(ws, str(new_ref))
+    a = Searcher(ws, old_ref, registry=registry)  # each resolves its version once
+    b = Searcher(ws, new_ref, registry=registry)
     texts = probe_texts(b, probes)
     if len(texts) < 2:
         raise ValueError(f"version {new}'s corpus has fewer than 2 documents to probe with")
@@ -69,8 +69,8 @@ def drift_report(ws: Workspace, name: str, old: str, new: str, probes: int = 200
     iu = np.triu_indices(len(texts), 1)
     spearman = float(spearmanr((va @ va.T)[iu], (vb @ vb.T)[iu]).statistic)
     shift = float(1.0 - np.mean(np.sum(va * vb, axis=1))) if va.shape == vb.shape else None
-    ea = _evals(registry.resolve(old_ref).tags)
-    eb = _evals(registry.resolve(new_ref).tags)
+    ea = _evals(a.model_version.tags)  # as the searchers resolved them: no second read
+    eb = _evals(b.model_version.tags)
     report = {
         "against": old, "version": new, "probes": len(texts), "k": k,
         f"overlap_at_{k}": overlap, "similarity_spearman": spearman, "shift": shift,

@@ -66,9 +66,8 @@ def load_served(ws: Workspace, version: str | ModelRef | ModelVersion,
     ``version`` is best the ``ModelVersion`` the caller already resolved: then nothing here
     asks the registry where it points again."""
     registry = registry or Registry(ws)
-    info = registry.resolve(version)
-    registry.local_dir(info)  # downloaded once; the searcher then finds it in the cache
-    searcher = Searcher(ws, str(info.ref), cfg)
+    info = registry.resolve(version)  # a ModelVersion comes back as it is: no read
+    searcher = Searcher(ws, info, cfg, registry=registry)  # downloads it once, reads nothing
     senses, senses_error = None, None
     try:
         senses = SenseSearcher.from_registry(ws, info, encoder=searcher.encoder,

@@ -1,10 +1,12 @@
 """Nearest-neighbour search served by one registered model version and its own index.
 
-A ``Searcher`` is built from a model reference (``models:/ctxvec-encoder@champion`` by default):
-it loads that version's encoder and the index whose manifest names the same version, and refuses
-a mismatched pair. It answers a text, a stored document's id or a raw vector; metadata filters
-restrict any of them; a text query can also be hybrid (dense + BM25, fused by reciprocal rank).
-Chunk hits are folded into document hits (best chunk per document).
+A ``Searcher`` is built from a registry reference (``models:/ctxvec-encoder@champion``) or, best, a
+``ModelVersion`` its caller already resolved: it reads the registry at most once (none for a
+version already resolved and downloaded), loads that version's encoder and the index whose
+manifest names the same version, and refuses a mismatched pair. It answers a text, a stored
+document's id or a raw vector; metadata filters restrict any of them; a text query can also be
+hybrid (dense + BM25, fused by reciprocal rank). Chunk hits are folded into document hits (best
+chunk per document).
 
 The search parameters (nprobe, efSearch) are the index's own, those its manifest's recall@10 was
 measured with, so the recall a manifest claims is the recall served.
@@ -33,7 +35,8 @@ from ctxvec.index.fusion import reciprocal_rank_fusion
 from ctxvec.index.id_map import Filters, IdMap
 from ctxvec.ingest.corpus import iter_corpus, read_docs
 from ctxvec.model.encoder import Encoder
-from ctxvec.registry.store import get_version, materialize
+from ctxvec.refs import ModelRef
+from ctxvec.registry import ModelVersion, Registry
 from ctxvec.workspace import Workspace, read_json
 
 log = logging.getLogger(__name__)
@@ -68,13 +71,20 @@ class Hit:
 
 
 class Searcher:
-    def __init__(self, ws: Workspace, ref: str, cfg: CtxvecConfig | None = None):
+    def __init__(self, ws: Workspace, ref: str | ModelRef | ModelVersion,
+                 cfg: CtxvecConfig | None = None, registry: Registry | None = None):
+        """``ref``: a registry reference (resolved here, one registry read) or the
+        ``ModelVersion`` the caller resolved (no read); ``registry``: the workspace's, to share
+        its client."""
         cfg = cfg or CtxvecConfig()
-        self.ref = ref
-        info = get_version(ws, ref)
-        index_uri = info.tags.get("index_uri")
+        registry = registry or Registry(ws)
+        info = registry.resolve(ref)
+        self.model_version: ModelVersion = info  # what was resolved: its tags, aliases, run
+        self.ref = str(info.ref if isinstance(ref, ModelVersion) else ModelRef.parse(ref))
+        index_uri = info.index_uri
         if not index_uri:
-            raise SearchError(f"{ref} (version {info.version}) has no index: run the pipeline")
+            raise SearchError(f"{self.ref} (version {info.version}) has no index: run the "
+                              "pipeline")
         self.version = info.version
         self.index_dir = ws.local_dir(index_uri)  # a URI when the workspace is on a store
         self.manifest = read_json(self.index_dir / "manifest.json")
@@ -85,7 +95,8 @@ class Searcher:
             )
         # The precision the corpus was embedded with (bf16 or fp32), when the manifest says.
         precision = self.manifest.get("precision") or cfg.embed.precision
-        self.encoder = Encoder.load(materialize(ref, ws.root), precision=precision)
+        # the version resolved above, downloaded once into the workspace cache: no second read
+        self.encoder = Encoder.load(registry.local_dir(info), precision=precision)
         # Queries are cut to the window the corpus chunks were embedded with, and pooled as
         # they were, so that a chunk's own text, used as a query, lands on that chunk's vector.
         self.encoder.settings = replace(
@@ -109,7 +120,7 @@ class Searcher:
         self._doc_meta: dict[str, tuple[str, str]] = {}
         if self.stored.count <= SNIPPET_CACHE_MAX:
             self._load_snippets()
-        log.info("search: %s -> version %s, %s over %d vectors%s", ref, self.version,
+        log.info("search: %s -> version %s, %s over %d vectors%s", self.ref, self.version,
                  self.stored.describe()["factory"], self.index.count,
                  " + BM25" if self.bm25 else "")
 
