@@ -114,7 +114,7 @@ def build_workspace(home: Path, n_vectors: int, factory: str) -> dict:
     from ctxvec.index.build import run_index
     from ctxvec.ingest.snapshot import run_ingest
     from ctxvec.model.refs import minilm_dir
-    from ctxvec.registry.store import attach_index, promote, register_model
+    from ctxvec.registry import Registry
     from ctxvec.workspace import Workspace
 
     t0 = time.perf_counter()
@@ -122,19 +122,20 @@ def build_workspace(home: Path, n_vectors: int, factory: str) -> dict:
     print(f"build: the first {n_docs} articles give {expected} chunks", flush=True)
     cfg = bench_config(factory, n_docs)
     ws = Workspace(home).ensure()
+    registry = Registry(ws)
     snap = run_ingest(cfg, ws)
     run_dir = home / "minilm-run"
     run_dir.mkdir(exist_ok=True)
     trained = TrainedModel(str(run_dir), str(minilm_dir()), steps=0, tokens_seen=0,
                            final_loss=None, eval_loss=None, parent="minilm")
-    reg = register_model(cfg, ws, snap, None, trained,
-                         EvalReport({}, {"all": "http benchmark: not evaluated"}))
+    reg = registry.register(cfg, snap, None, trained,
+                            EvalReport({}, {"all": "http benchmark: not evaluated"}))
     print(f"build: registered minilm as {reg.uri}; embedding {snap.corpus_docs} articles "
           "(minutes on 2 CPU cores)", flush=True)
     emb = run_embed(cfg, ws, snap, str(minilm_dir()), reg.version)
     idx = run_index(cfg, ws, emb)
-    attach_index(ws, reg.name, reg.version, idx)
-    promote(ws, reg.name, reg.version)
+    registry.attach_index(reg.name, reg.version, idx)
+    registry.promote(reg.name, reg.version)
     info = {"version": reg.version, "docs": emb.docs, "vectors": idx.count, "dim": idx.dim,
             "factory": idx.factory, "recall_at_10": idx.recall_at_10, "index": idx.path,
             "build_seconds": round(time.perf_counter() - t0, 1)}
@@ -225,12 +226,13 @@ def closed_loop_threads(clients: int, texts: list[str], call) -> Run:
 
 def in_process(levels: list[int], texts: list[str], warmup: int, requests: int) -> dict:
     from ctxvec.config import CtxvecConfig
+    from ctxvec.refs import ModelRef
     from ctxvec.serve.batcher import MicroBatcher
     from ctxvec.serve.search import Searcher
     from ctxvec.workspace import Workspace
 
     ws = Workspace.from_env()
-    searcher = Searcher(ws, f"models:/{NAME}@champion", CtxvecConfig())
+    searcher = Searcher(ws, ModelRef.registered(NAME, alias="champion"), CtxvecConfig())
     batcher = MicroBatcher(CtxvecConfig().serve.max_batch)
     out: dict = {}
     offset = 0

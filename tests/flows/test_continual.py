@@ -18,7 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from ctxvec.registry.store import alias_version, get_version, list_versions
+from ctxvec.refs import ModelRef
+from ctxvec.registry import Registry
 from ctxvec.workspace import Workspace, read_json
 from tests.helpers import REPO, TINY, run_cli
 
@@ -51,8 +52,9 @@ def _ok(proc):
 
 def served_pair(ws: Workspace) -> tuple[str, str]:
     """(champion version, the model version its linked index was built from)."""
-    champion = alias_version(ws, "ctxvec-encoder", "champion")
-    index_uri = get_version(ws, f"models:/ctxvec-encoder/{champion}").tags["index_uri"]
+    registry = Registry(ws)
+    champion = registry.alias_version("ctxvec-encoder", "champion")
+    index_uri = registry.resolve(ModelRef.registered("ctxvec-encoder", version=champion)).index_uri
     return champion, str(read_json(Path(index_uri) / "manifest.json")["model_version"])
 
 
@@ -65,17 +67,17 @@ def home(tmp_path_factory):
 
 def test_harmful_update_is_rejected(home):
     ws = Workspace(home)
+    registry = Registry(ws)
     before = served_pair(ws)
-    index_before = get_version(ws, f"models:/ctxvec-encoder/{before[0]}").tags["index_uri"]
+    index_before = registry.resolve(f"models:/ctxvec-encoder/{before[0]}").index_uri
     # no replay, no regulariser, a learning rate 50x the recipe's: it forgets
     out = _ok(run_cli(home, "update", "--config", str(TINY), "--json",
                       "--set", "train.lr=0.05", "--set", "train.steps=30",
                       "--set", "continual.replay_ratio=0", "--set", "continual.regularizer=none"))
     assert out["status"] == "rejected"
     assert served_pair(ws) == before  # champion and its index untouched
-    assert get_version(ws, f"models:/ctxvec-encoder/{before[0]}").tags["index_uri"] == \
-        index_before
-    challenger = get_version(ws, "models:/ctxvec-encoder@challenger")
+    assert registry.resolve(f"models:/ctxvec-encoder/{before[0]}").index_uri == index_before
+    challenger = registry.resolve("models:/ctxvec-encoder@challenger")
     assert challenger.version == out["version"] != before[0]
     assert challenger.tags["gate.decision"] == "rejected"
     assert "index_uri" not in challenger.tags  # never embedded or indexed
@@ -91,6 +93,7 @@ def test_harmful_update_is_rejected(home):
 
 def test_update_killed_at_each_stage_keeps_a_matching_pair_and_completes(home, tmp_path):
     ws = Workspace(home)
+    registry = Registry(ws)
     champion_before = served_pair(ws)[0]
     # EWC and distillation here, so that every regulariser path runs end to end; the gate's
     # tolerance is wide open because this test is about crash safety, not the gate.
@@ -116,12 +119,12 @@ def test_update_killed_at_each_stage_keeps_a_matching_pair_and_completes(home, t
     assert len(runs) == 1
     assert (runs[0] / "manifest.json").is_file()
     assert sum(v.tags.get("continual.key") == out["plan"]["key"]
-               for v in list_versions(ws, "ctxvec-encoder")) == 1
-    info = get_version(ws, f"models:/ctxvec-encoder/{new}")
+               for v in registry.list_versions("ctxvec-encoder")) == 1
+    info = registry.resolve(f"models:/ctxvec-encoder/{new}")
     assert info.tags["parent_version"] == champion_before
     assert info.tags["continual.regularizer"] == "ewc"
-    assert info.tags["data_snapshot"] > get_version(
-        ws, f"models:/ctxvec-encoder/{champion_before}").tags["data_snapshot"]
+    assert info.tags["data_snapshot"] > registry.resolve(
+        f"models:/ctxvec-encoder/{champion_before}").tags["data_snapshot"]
     assert json.loads(info.tags["drift"])["against"] == champion_before
     # and rollback restores the previous champion with its own index
     _ok(run_cli(home, "models", "rollback", "--json"))

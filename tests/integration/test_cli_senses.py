@@ -86,7 +86,7 @@ def champion_with_senses(tmp_path_factory):
     from ctxvec.index.senses import SENSES_DIR, build_sense_index
     from ctxvec.model.encoder import Encoder
     from ctxvec.model.refs import minilm_dir
-    from ctxvec.registry.store import attach_index, promote, register_model
+    from ctxvec.registry import Registry
     from ctxvec.workspace import Workspace
 
     home = tmp_path_factory.mktemp("senses-home")
@@ -97,7 +97,8 @@ def champion_with_senses(tmp_path_factory):
         run_dir = home / "runs" / "minilm"
         run_dir.mkdir(parents=True)
         trained = TrainedModel(str(run_dir), str(minilm_dir()), 0, 0, None, None, None)
-        reg = register_model(cfg, ws, None, None, trained, EvalReport({}, {}))
+        registry = Registry(ws)
+        reg = registry.register(cfg, None, None, trained, EvalReport({}, {}))
 
         snap = home / "snapshots" / "s1"
         snap.mkdir(parents=True)
@@ -110,10 +111,10 @@ def champion_with_senses(tmp_path_factory):
         run_words(cfg, Encoder.load(minilm_dir(), device="cpu"), [str(snap)], words_dir,
                   reg.version)
         m = build_sense_index(words_dir, index_dir / SENSES_DIR)
-        attach_index(ws, reg.name, reg.version,
-                     IndexArtifact(str(index_dir), m["factory"], m["count"], m["dim"], 1.0,
-                                   reg.version))
-        promote(ws, reg.name, reg.version)
+        registry.attach_index(reg.name, reg.version,
+                              IndexArtifact(str(index_dir), m["factory"], m["count"], m["dim"],
+                                            1.0, reg.version))
+        registry.promote(reg.name, reg.version)
     finally:
         if saved is not None:
             os.environ["MLFLOW_TRACKING_URI"] = saved

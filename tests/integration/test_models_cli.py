@@ -13,7 +13,7 @@ from ctxvec.config import load_config
 from ctxvec.embed.corpus import run_embed
 from ctxvec.evaluate.run import run_evaluate
 from ctxvec.index.build import run_index
-from ctxvec.registry.store import attach_index, promote, register_model
+from ctxvec.registry import Registry
 from ctxvec.tokenizer.packing import run_pack
 from ctxvec.train.run import run_train
 from ctxvec.workspace import Workspace
@@ -32,20 +32,21 @@ def registry(tmp_path_factory):
                                  "train.steps=2", "ingest.max_docs=60"])
         ws = Workspace(home).ensure()
         snap, tok, trained, report = train_tiny(cfg, ws)
+        registry = Registry(ws)
         for _ in range(3):
-            reg = register_model(cfg, ws, snap, tok, trained, report)
+            reg = registry.register(cfg, snap, tok, trained, report)
             if reg.version != "3":
                 idx = run_index(cfg, ws, run_embed(cfg, ws, snap, trained.model_dir, reg.version))
-                attach_index(ws, reg.name, reg.version, idx)
+                registry.attach_index(reg.name, reg.version, idx)
         # v4: another model (another seed), indexed: something to measure drift against
         cfg4 = load_config(TINY, ["evaluate.sts=null", "embed.words.enabled=false",
                                   "train.steps=2", "ingest.max_docs=60", "train.seed=7",
                                   "train.resume=false"])
         trained4 = run_train(cfg4, ws, snap, tok, run_pack(cfg4, ws, snap, tok))
-        reg4 = register_model(cfg4, ws, snap, tok, trained4, run_evaluate(cfg4, ws, trained4))
+        reg4 = registry.register(cfg4, snap, tok, trained4, run_evaluate(cfg4, ws, trained4))
         idx4 = run_index(cfg4, ws, run_embed(cfg4, ws, snap, trained4.model_dir, reg4.version))
-        attach_index(ws, reg4.name, reg4.version, idx4)
-        promote(ws, "ctxvec-encoder", "1", "champion")
+        registry.attach_index(reg4.name, reg4.version, idx4)
+        registry.promote("ctxvec-encoder", "1", "champion")
         yield home
 
 

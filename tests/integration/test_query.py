@@ -22,7 +22,7 @@ from ctxvec.embed.corpus import read_vectors, run_embed
 from ctxvec.index.build import run_index
 from ctxvec.index.id_map import chunk_ids
 from ctxvec.ingest.corpus import iter_corpus
-from ctxvec.registry.store import attach_index, promote, register_model
+from ctxvec.registry import Registry
 from ctxvec.serve.search import Searcher, SearchError
 from ctxvec.workspace import Workspace
 from tests.helpers import run_cli, train_tiny
@@ -44,11 +44,12 @@ def tiny(tmp_path_factory):
                                  "train.steps=2"])
         ws = Workspace(home).ensure()
         snap, tok, trained, report = train_tiny(cfg, ws)
-        reg = register_model(cfg, ws, snap, tok, trained, report)
+        registry = Registry(ws)
+        reg = registry.register(cfg, snap, tok, trained, report)
         emb = run_embed(cfg, ws, snap, trained.model_dir, reg.version)
         idx = run_index(cfg, ws, emb)
-        attach_index(ws, reg.name, reg.version, idx)
-        promote(ws, reg.name, reg.version, "champion")
+        registry.attach_index(reg.name, reg.version, idx)
+        registry.promote(reg.name, reg.version, "champion")
         docs = {r["doc_id"]: r for b in iter_corpus(snap.corpus, ("doc_id", "text", "title",
                                                                   "source"))
                 for r in b.to_pylist()}

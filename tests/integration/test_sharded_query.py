@@ -23,7 +23,7 @@ from ctxvec.cli import app
 from ctxvec.config import load_config
 from ctxvec.embed.corpus import read_vectors, run_embed
 from ctxvec.index.build import run_index
-from ctxvec.registry.store import attach_index, promote, register_model
+from ctxvec.registry import Registry
 from ctxvec.workspace import Workspace
 from tests.helpers import TINY, run_cli, train_tiny
 
@@ -43,21 +43,22 @@ def built(tmp_path_factory):
                                  "train.steps=2", "ingest.max_docs=80", "index.shards=3"])
         ws = Workspace(home).ensure()
         snap, tok, trained, report = train_tiny(cfg, ws)
-        reg = register_model(cfg, ws, snap, tok, trained, report)
+        registry = Registry(ws)
+        reg = registry.register(cfg, snap, tok, trained, report)
         emb = run_embed(cfg, ws, snap, trained.model_dir, reg.version)
         sharded = run_index(cfg, ws, emb)
         # the same embeddings as one index, in a folder of its own
         single_cfg = load_config(TINY, ["evaluate.sts=null", "index.shards=1"])
         single = run_index(single_cfg, Workspace(root / "single"), emb)
-        attach_index(ws, reg.name, reg.version, sharded)
-        promote(ws, reg.name, reg.version, "champion")
+        registry.attach_index(reg.name, reg.version, sharded)
+        registry.promote(reg.name, reg.version, "champion")
         yield {"home": home, "ws": ws, "reg": reg, "emb": emb, "sharded": sharded,
                "single": single, "docs": read_vectors(emb.path)[1].column("doc_id")}
 
 
 def _query(built, index, *args: str) -> list[dict]:
     """``ctxvec query ARGS --json`` with the model version's index_uri pointing at ``index``."""
-    attach_index(built["ws"], built["reg"].name, built["reg"].version, index)
+    Registry(built["ws"]).attach_index(built["reg"].name, built["reg"].version, index)
     result = CliRunner().invoke(app, ["query", *args, "--json"],
                                 env={"CTXVEC_HOME": str(built["home"])})
     assert result.exit_code == 0, result.stderr

@@ -5,14 +5,15 @@ from __future__ import annotations
 
 import pytest
 
-from ctxvec.model.refs import ModelRefError
+from ctxvec.refs import ModelRef, ModelRefError
 from ctxvec.serve.resolve import champion_ref, embedding_label, indexed_ref, model_dir
 
 
 def test_indexed_ref_defaults_to_the_champion_and_refuses_what_has_no_index():
     assert indexed_ref(None, "my-encoder") == champion_ref("my-encoder") == \
-        "models:/my-encoder@champion"
-    assert indexed_ref("models:/x/3", "my-encoder") == "models:/x/3"
+        ModelRef.registered("my-encoder", alias="champion")
+    assert str(champion_ref("my-encoder")) == "models:/my-encoder@champion"
+    assert indexed_ref("models:/x/3", "my-encoder") == ModelRef.registered("x", version=3)
     for ref in ("minilm", "/some/folder"):
         with pytest.raises(ModelRefError, match="only registered versions have an index"):
             indexed_ref(ref, "my-encoder")

@@ -16,6 +16,7 @@ from ctxvec.cli._common import (
     format_metrics,
     workspace,
 )
+from ctxvec.refs import ModelRef
 
 models_app = typer.Typer(help="Registered encoder versions in MLflow: list, show, promote, "
                          "roll back.", no_args_is_help=True)
@@ -34,9 +35,9 @@ def _version_row(v) -> dict:
 @command
 def models_list(name: NameOpt = DEFAULT_MODEL_NAME, as_json: JsonOpt = False) -> str:
     """Every version, newest first, with its aliases, data snapshot and evaluation metrics."""
-    from ctxvec.registry.store import list_versions  # lazy: keep start-up fast (mlflow)
+    from ctxvec.registry import Registry  # lazy: keep start-up fast (mlflow)
 
-    rows = [_version_row(v) for v in list_versions(workspace(), name)]
+    rows = [_version_row(v) for v in Registry(workspace()).list_versions(name)]
     if as_json:
         return dump({"name": name, "versions": rows})
     lines = [f"{name}: {len(rows)} version(s)"]
@@ -55,13 +56,12 @@ def models_show(
     as_json: JsonOpt = False,
 ) -> str:
     """One version: tags, aliases, run metrics and parameters, index, drift report."""
-    # lazy: keep start-up fast (mlflow)
-    from ctxvec.registry.store import get_version, version_details
+    from ctxvec.registry import Registry  # lazy: keep start-up fast (mlflow)
 
-    ws = workspace()
+    registry = Registry(workspace())
     if not version.isdigit():
-        version = get_version(ws, f"models:/{name}@{version}").version
-    d = version_details(ws, name, version)
+        version = registry.resolve(ModelRef.registered(name, alias=version)).version
+    d = registry.details(name, version)
     if as_json:
         return dump(d)
     lines = [f"{name} version {d['version']}  aliases: {', '.join(d['aliases']) or '-'}"]
@@ -97,10 +97,10 @@ def models_promote(
     as_json: JsonOpt = False,
 ) -> str:
     """Point an alias (champion by default) at VERSION; it must have an index."""
-    from ctxvec.registry.store import promote  # lazy: keep start-up fast (mlflow)
+    from ctxvec.registry import Registry  # lazy: keep start-up fast (mlflow)
 
     try:
-        previous = promote(workspace(), name, version, alias)
+        previous = Registry(workspace()).promote(name, version, alias)
     except ValueError as e:
         raise UserError(str(e)) from None
     out = {"name": name, "alias": alias, "version": version, "previous": previous}
@@ -138,8 +138,8 @@ def models_drift(
 @command
 def models_rollback(name: NameOpt = DEFAULT_MODEL_NAME, as_json: JsonOpt = False) -> str:
     """Serve the previous champion again (with its own index)."""
-    from ctxvec.registry.store import rollback  # lazy: keep start-up fast (mlflow)
+    from ctxvec.registry import Registry  # lazy: keep start-up fast (mlflow)
 
-    current, target = rollback(workspace(), name)
+    current, target = Registry(workspace()).rollback(name)
     out = {"name": name, "from": current, "to": target}
     return dump(out) if as_json else f"{name}@champion: v{current} -> v{target} (rolled back)"

@@ -18,6 +18,10 @@ from ctxvec.cli._common import (
     load_recipe,
     workspace,
 )
+from ctxvec.refs import ModelRef
+
+# the champion of the default registered model, as --model's default text (a light import)
+DEFAULT_CHAMPION = str(ModelRef.registered(DEFAULT_MODEL_NAME, alias="champion"))
 
 
 def parse_filters(items: list[str] | None) -> dict[str, list[str]]:
@@ -151,7 +155,7 @@ def explain(
     out: Annotated[Path, typer.Option("--out", "-o", help="PNG file to write.")],
     model: Annotated[str, typer.Option(
         "--model", "-m", help="Model reference: models:/<name>@<alias>, minilm or a "
-        "folder.")] = f"models:/{DEFAULT_MODEL_NAME}@champion",
+        "folder.")] = DEFAULT_CHAMPION,
     layer: Annotated[int, typer.Option(help="Transformer layer: 0 the first, -1 the "
                                        "last.")] = -1,
     head: Annotated[str, typer.Option(help="Attention head number, or 'mean' for the mean "

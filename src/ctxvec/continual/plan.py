@@ -19,6 +19,7 @@ from ctxvec.artifacts import Snapshot
 from ctxvec.config import CtxvecConfig
 from ctxvec.errors import UserInputError
 from ctxvec.ingest.corpus import committed_snapshots, iter_corpus
+from ctxvec.refs import ModelRef
 from ctxvec.registry import Registry
 from ctxvec.workspace import Workspace, sha256_text
 
@@ -42,8 +43,14 @@ class UpdatePlan:
         return asdict(self)
 
     @property
+    def parent(self) -> ModelRef:
+        """The version the update starts from, pinned: an alias moves, this does not."""
+        return ModelRef.registered(self.name, version=self.parent_version)
+
+    @property
     def parent_ref(self) -> str:
-        return f"models:/{self.name}/{self.parent_version}"
+        """``parent`` as text: what ``model.init`` and the train manifest record."""
+        return str(self.parent)
 
 
 @dataclass
@@ -74,8 +81,8 @@ def update_key(cfg: CtxvecConfig, parent_version: str, snapshot_id: str) -> str:
 def plan_update(cfg: CtxvecConfig, ws: Workspace) -> UpdatePlan:
     """What the update would do: which version it starts from and how much is new."""
     name, ccfg = cfg.registry.model_name, cfg.continual
-    ref = (f"models:/{name}/{ccfg.parent}" if ccfg.parent.isdigit()
-           else f"models:/{name}@{ccfg.parent}")
+    ref = (ModelRef.registered(name, version=ccfg.parent) if ccfg.parent.isdigit()
+           else ModelRef.registered(name, alias=ccfg.parent))
     registry = Registry(ws)
     info = registry.resolve(ref)
     parent_snapshot = info.tags.get("data_snapshot", "")

@@ -22,8 +22,7 @@ def register_challenger(cfg: CtxvecConfig, ws: Workspace, plan: UpdatePlan,
     found = registry.version_with_tag(plan.name, UPDATE_KEY_TAG, plan.key)
     if found is not None:
         log.info("update: version %s is this update's challenger already", found.version)
-        return RegisteredModel(plan.name, found.version, found.run_id or "",
-                               f"models:/{plan.name}/{found.version}")
+        return RegisteredModel(plan.name, found.version, found.run_id or "", str(found.ref))
     reg = registry.register(cfg, snapshot_record(plan), None, trained, report)
     registry.set_tags(plan.name, reg.version, {
         UPDATE_KEY_TAG: plan.key, "continual.new_docs": str(plan.new_docs),

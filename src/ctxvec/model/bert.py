@@ -20,13 +20,12 @@ from ctxvec.model.refs import local_model_dir
 log = logging.getLogger(__name__)
 
 
-def build_model(cfg: CtxvecConfig, workspace_root: Path, tokenizer_art: TokenizerArtifact | None,
-                mlm: bool, init_dir: Path | None = None):
+def build_model(cfg: CtxvecConfig, tokenizer_art: TokenizerArtifact | None, mlm: bool,
+                init_dir: Path | None = None):
     """-> (tokenizer, model, encoder settings, parent reference or None).
 
     ``init_dir``: the local folder of ``model.init``, resolved by the caller (a registry
-    reference can only be resolved above the model layer). ``workspace_root`` is no longer read
-    (forwarder: removed once callers stop passing it)."""
+    reference can only be resolved above the model layer)."""
     from transformers import AutoModel, AutoModelForMaskedLM, BertConfig, BertForMaskedLM, BertModel
     from transformers.utils import logging as hf_logging
 

@@ -8,15 +8,10 @@ into a folder needs the registry, which sits above the model layer, so callers r
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from ctxvec.refs import MINILM, ModelRef, ModelRefError
 
-if TYPE_CHECKING:
-    from ctxvec.workspace import Workspace
-
-__all__ = ["MINILM", "ModelRefError", "is_registry_ref", "local_model_dir", "minilm_dir",
-           "resolve_model_ref"]
+__all__ = ["MINILM", "ModelRefError", "local_model_dir", "minilm_dir"]
 
 
 def minilm_dir() -> Path:
@@ -55,26 +50,3 @@ def local_model_dir(ref: str | Path | ModelRef) -> Path:
         "or models:/<name>@<alias> | models:/<name>/<version>"
     )
 
-
-def is_registry_ref(ref: str | ModelRef) -> bool:
-    # forwarder: removed once callers use ModelRef.parse(ref).is_registry
-    if isinstance(ref, ModelRef):
-        return ref.is_registry
-    return str(ref).strip().startswith("models:/")
-
-
-def resolve_model_ref(ref: str | Path | ModelRef,
-                      workspace: Workspace | Path | None = None) -> Path:
-    """Any reference to a local folder, registry references included.
-
-    forwarder: removed once callers use Registry. It is the one place the model layer still
-    reaches up to the registry, and only for registry references, until the CLI, training and
-    the tokenizer stage resolve those through ``Registry(ws).local_dir`` before calling down.
-    """
-    mref = ModelRef.parse(ref)
-    if not mref.is_registry:
-        return local_model_dir(mref)
-    # lazy: forwarder only (a layering break kept until callers move); mlflow is heavy
-    from ctxvec.registry.store import materialize
-
-    return materialize(mref, workspace)

@@ -27,6 +27,3 @@ class ModelVersion:
     def index_uri(self) -> str | None:
         """Where the version's index lives (tag ``index_uri``), once one is attached."""
         return self.tags.get("index_uri") or None
-
-
-VersionInfo = ModelVersion  # forwarder: removed once callers use ModelVersion

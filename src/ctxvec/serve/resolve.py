@@ -1,10 +1,10 @@
 """From the model reference a user typed to what a command needs: a local folder, an encoder, a
 registry reference that has an index, or the label embeddings carry.
 
-Each of these was written out at every command that takes ``--model``; here each is written once,
-so that the switch to typed references (``ModelRef``) and one ``Registry(ws)`` per workspace is
-one edit per function. Reference kinds are those of ``ctxvec.model.refs``: ``minilm``, a model
-folder, ``models:/<name>@<alias>`` or ``models:/<name>/<version>``.
+Each of these was written out at every command that takes ``--model``; here each is written once.
+The text is parsed once into a ``ModelRef`` (``minilm``, a model folder,
+``models:/<name>@<alias>`` or ``models:/<name>/<version>``); only a registry reference opens the
+workspace's ``Registry`` (and imports mlflow), so ``minilm`` and folders stay quick.
 """
 
 from __future__ import annotations
@@ -12,44 +12,47 @@ from __future__ import annotations
 from pathlib import Path
 
 from ctxvec.model.encoder import Encoder
-from ctxvec.model.refs import MINILM, ModelRefError, is_registry_ref, resolve_model_ref
-from ctxvec.registry.store import get_version
+from ctxvec.model.refs import local_model_dir
+from ctxvec.refs import MINILM, ModelRef, ModelRefError
+from ctxvec.registry import Registry
 from ctxvec.workspace import Workspace, sha256_text
 
 
-def champion_ref(model_name: str) -> str:
+def champion_ref(model_name: str) -> ModelRef:
     """The reference that follows a registered model's champion as it moves."""
-    return f"models:/{model_name}@champion"
+    return ModelRef.registered(model_name, alias="champion")
 
 
-def indexed_ref(ref: str | None, model_name: str) -> str:
+def indexed_ref(ref: str | ModelRef | None, model_name: str) -> ModelRef:
     """The registry reference a search or a server reads (default: ``model_name``'s champion).
     Only registered versions have an index linked to them, so anything else is refused."""
-    ref = ref or champion_ref(model_name)
-    if not is_registry_ref(ref):
+    mref = ModelRef.parse(ref) if ref else champion_ref(model_name)
+    if not mref.is_registry:
         raise ModelRefError("--model must be a registry reference (models:/<name>@<alias> or "
                             "models:/<name>/<version>): only registered versions have an index")
-    return ref
+    return mref
 
 
-def model_dir(ws: Workspace, ref: str) -> Path:
+def model_dir(ws: Workspace, ref: str | ModelRef) -> Path:
     """A local folder with the model's config, weights and tokenizer; a registry version is
     downloaded once into the workspace cache (versions never change)."""
-    return resolve_model_ref(ref, ws.root)
+    mref = ModelRef.parse(ref)
+    return Registry(ws).local_dir(mref) if mref.is_registry else local_model_dir(mref)
 
 
-def load_encoder(ws: Workspace, ref: str, **kwargs) -> Encoder:
+def load_encoder(ws: Workspace, ref: str | ModelRef, **kwargs) -> Encoder:
     """The encoder a reference names, loaded for inference (``kwargs`` go to ``Encoder.load``)."""
     return Encoder.load(model_dir(ws, ref), **kwargs)
 
 
-def embedding_label(ws: Workspace, ref: str, folder: Path) -> str:
+def embedding_label(ws: Workspace, ref: str | ModelRef, folder: Path) -> str:
     """The ``model_version`` embeddings are labelled with: the registry version number; else a
     name derived from the folder and its weights, so that two different folders never share one
     (an index built from one set of vectors must never be searched with the other's queries)."""
-    if is_registry_ref(ref):
-        return get_version(ws, ref).version
-    if ref == MINILM:
+    mref = ModelRef.parse(ref)
+    if mref.is_registry:
+        return Registry(ws).resolve(mref).version
+    if mref.kind == "minilm":
         return MINILM
     weights = sorted(folder.glob("*.safetensors"))
     stamp = ";".join(f"{f.name}:{f.stat().st_size}" for f in weights)

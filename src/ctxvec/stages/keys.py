@@ -106,7 +106,7 @@ def parent_model(cfg: CtxvecConfig, ws: Workspace) -> Any:
     ref = cfg.model.init
     if versions.is_registry_ref(ref):
         v = versions.version_info(ws, ref)
-        return {"ref": f"models:/{v.name}/{v.version}", "run_id": v.run_id,
+        return {"ref": str(v.ref), "run_id": v.run_id,
                 "mlflow": mlflow_uris(cfg, ws)}
     if ref in ("scratch", "minilm"):
         return ref

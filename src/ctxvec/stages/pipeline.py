@@ -33,6 +33,7 @@ from ctxvec.embed.corpus import run_embed
 from ctxvec.evaluate.run import run_evaluate
 from ctxvec.index.build import run_index
 from ctxvec.ingest.snapshot import load_snapshot, run_ingest
+from ctxvec.refs import ModelRef
 from ctxvec.serve.search import Searcher
 from ctxvec.stages import keys, versions
 from ctxvec.stages.graph import Key, OnLine, Stage
@@ -85,13 +86,11 @@ def model_init_dir(cfg: CtxvecConfig, ws: Workspace) -> Path | None:
 
 
 def tokenizer(cfg: CtxvecConfig, ws: Workspace, snap: Snapshot | None) -> TokenizerArtifact:
-    """Train the recipe's tokenizer on the corpus, or take the model's own (a registry
-    ``model.init`` downloaded here, so the tokenizer stage gets a folder)."""
-    init_dir = model_init_dir(cfg, ws) if cfg.tokenizer.source == "model" else None
-    if init_dir is not None:
-        cfg = cfg.model_copy(update={"model": cfg.model.model_copy(
-            update={"init": str(init_dir)})})
-    return run_tokenizer(cfg, ws, snap)
+    """Train the recipe's tokenizer on the corpus, or take the model's own: ``model.init``
+    (minilm, a folder, a registry version downloaded here) is handed down as a folder."""
+    model_dir = (versions.local_model_dir(ws, cfg.model.init)
+                 if cfg.tokenizer.source == "model" else None)
+    return run_tokenizer(cfg, ws, snap, model_dir=model_dir)
 
 
 def train(cfg: CtxvecConfig, ws: Workspace, snap: Snapshot | None, tok: TokenizerArtifact | None,
@@ -133,7 +132,7 @@ def sample_query(cfg: CtxvecConfig, ws: Workspace) -> list[dict]:
     """The recipe's sample query against the champion (the model and index just promoted)."""
     if not cfg.query.sample:
         return []
-    searcher = Searcher(ws, f"models:/{cfg.registry.model_name}@champion", cfg)
+    searcher = Searcher(ws, ModelRef.registered(cfg.registry.model_name, alias="champion"), cfg)
     return [h.to_dict() for h in searcher.search(cfg.query.sample, cfg.query.k)]
 
 

@@ -6,7 +6,9 @@ BERT's ``[CLS] A [SEP] B [SEP]`` template, so any vocabulary plugs into the same
 encoders. The result is a ``transformers`` fast-tokenizer folder (``tokenizer.json`` inside).
 One document in ``heldout_every`` is kept out of training and measures the vocabulary: fertility
 (tokens per word), unknown-token rate and word coverage (words that are one token).
-With ``tokenizer.source=model`` nothing is trained: the checkpoint's own tokenizer is recorded.
+With ``tokenizer.source=model`` nothing is trained: the checkpoint's own tokenizer is recorded,
+read from the model's local folder (the tokenizer stage resolves ``model.init`` into one: this
+layer sits below the model and the registry, and never resolves references itself).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 from tokenizers import (
     Tokenizer,
@@ -27,8 +30,9 @@ from tokenizers import (
 
 from ctxvec.artifacts import Snapshot, TokenizerArtifact
 from ctxvec.config import CtxvecConfig, TokenizerConfig
+from ctxvec.errors import UserInputError
 from ctxvec.ingest.corpus import iter_corpus
-from ctxvec.model.refs import ModelRefError, resolve_model_ref
+from ctxvec.refs import ModelRefError
 from ctxvec.workspace import Workspace, sha256_file, sha256_text, write_manifest
 
 log = logging.getLogger(__name__)
@@ -162,11 +166,15 @@ def train_tokenizer(tcfg: TokenizerConfig, corpus: list[str], total: int | None 
     return tok, tokenizer_stats(tok, split.heldout), split.trained
 
 
-def run_tokenizer(cfg: CtxvecConfig, ws: Workspace, snapshot: Snapshot) -> TokenizerArtifact:
+def run_tokenizer(cfg: CtxvecConfig, ws: Workspace, snapshot: Snapshot,
+                  model_dir: Path | None = None) -> TokenizerArtifact:
+    """Train the recipe's tokenizer, or with ``tokenizer.source=model`` record the model's own
+    from ``model_dir``: the local folder of ``model.init`` (default: ``model.init`` itself, which
+    must then be a folder)."""
     started = time.time()
     tcfg = cfg.tokenizer
     if tcfg.source == "model":
-        model_dir = resolve_model_ref(cfg.model.init, ws.root)
+        model_dir = Path(model_dir or cfg.model.init)
         tok_file = model_dir / "tokenizer.json"
         if not tok_file.is_file():
             raise ModelRefError(f"{model_dir} has no tokenizer.json (a fast tokenizer is needed)")
@@ -176,8 +184,6 @@ def run_tokenizer(cfg: CtxvecConfig, ws: Workspace, snapshot: Snapshot) -> Token
 
     tok, stats, trained = train_tokenizer(tcfg, snapshot.corpus, snapshot.corpus_docs)
     if trained == 0:
-        from ctxvec.errors import UserInputError
-
         raise UserInputError("the corpus has no documents to train a tokenizer on")
     # Folder named by the learned vocabulary, so one vocabulary is stored once.
     final = ws.tokenizers / sha256_text(tok.to_str())[:16]

@@ -85,7 +85,7 @@ def prepare_model(cfg: CtxvecConfig, ws: Workspace, tokenizer_art: TokenizerArti
     """Build (scratch) or load (``init_dir``, else ``model.init``) the model, with an MLM head
     when an objective is MLM, on ``device`` (default: this rank's ``train.device``)."""
     tokenizer, model, settings, parent = build_model(
-        cfg, ws.root, tokenizer_art, mlm=wants_mlm(cfg),
+        cfg, tokenizer_art, mlm=wants_mlm(cfg),
         init_dir=Path(init_dir) if init_dir is not None else None)
     dev = pick_device(device or distributed.local_device(cfg.train.device))
     model.to(dev)
