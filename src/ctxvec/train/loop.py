@@ -20,7 +20,7 @@ import torch
 from safetensors.torch import load_model, save_model
 from tqdm.auto import tqdm
 
-from ctxvec.config import TrainConfig
+from ctxvec.config import EarlyStoppingConfig, TrainConfig
 from ctxvec.train import distributed
 from ctxvec.train.checkpoint import checkpoints, load_checkpoint, save_checkpoint
 from ctxvec.train.multitask import MultiTask
@@ -72,6 +72,60 @@ def _improved(value: float, best: float | None, mode: str) -> bool:
     return best is None or (value > best if mode == "max" else value < best)
 
 
+def _set_lr(opt: torch.optim.Optimizer, lr: float) -> None:
+    """The schedule's rate, scaled per parameter group (layer-wise decay, heads)."""
+    for group in opt.param_groups:
+        group["lr"] = lr * group["lr_scale"]
+
+
+def _finite(loss: torch.Tensor, step: int) -> float:
+    """The loss as a number (a device sync); a diverged run stops here, not at the end."""
+    value = float(loss)
+    if not math.isfinite(value):
+        raise FloatingPointError(f"loss became {value} at step {step}; lower train.lr")
+    return value
+
+
+def _resume(run_dir: Path, model, heads: dict, opt: torch.optim.Optimizer,
+            gen: torch.Generator, tasks: MultiTask, state: dict, total: int) -> int | None:
+    """Load everything the newest checkpoint holds (weights, heads, optimizer, generator, the
+    data's position and the loop's ``state``) -> its step; None when there is none."""
+    ckpts = checkpoints(run_dir)
+    if not ckpts:
+        return None
+    saved = load_checkpoint(ckpts[-1], model, heads, opt, gen)
+    step = int(saved["step"])
+    tasks.load_state(saved["data"])
+    state.update({k: saved[k] for k in state if k in saved})
+    log.info("train: resumed from %s (step %d of %d)", ckpts[-1].name, step, total)
+    return step
+
+
+def _ddp(model, heads: dict, tasks: MultiTask, device: torch.device) -> torch.nn.Module:
+    """Under torchrun: DDP over the model and the heads, so that every gradient is averaged."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    return DistributedDataParallel(
+        distributed.LossModule(model, heads, tasks), find_unused_parameters=True,
+        device_ids=[device.index] if device.type == "cuda" else None)
+
+
+def _early_stop(metrics: dict[str, float], es: EarlyStoppingConfig, state: dict, model,
+                run_dir: Path | None) -> bool:
+    """Track the best value of the watched metric (its weights saved as ``best.safetensors``);
+    True once it has not improved for ``patience`` evaluations."""
+    if es.metric not in metrics:
+        raise KeyError(f"train.early_stopping.metric={es.metric} is not among the "
+                       f"evaluation's metrics {sorted(metrics)}")
+    if _improved(metrics[es.metric], state["best"], es.mode):
+        state["best"], state["bad_evals"] = metrics[es.metric], 0
+        if run_dir is not None:
+            save_model(model, str(run_dir / "best.safetensors"))
+        return False
+    state["bad_evals"] += 1
+    return state["bad_evals"] >= es.patience
+
+
 def train(
     model,
     tasks: MultiTask,
@@ -82,6 +136,7 @@ def train(
     on_log: Callable[[dict[str, float]], None] | None = None,
 ) -> TrainResult:
     """Train ``model`` in place; with ``run_dir``, checkpoint there and resume from it."""
+    # setup: heads on the model's device, one optimizer over both, the schedule's length
     result = TrainResult()
     world = distributed.current()
     device = next(model.parameters()).device
@@ -102,25 +157,14 @@ def train(
     start = 0
 
     # resume: everything a checkpoint holds, so the run continues as if never stopped
-    if run_dir is not None and tcfg.resume and (ckpts := checkpoints(run_dir)):
-        saved = load_checkpoint(ckpts[-1], model, heads, opt, gen)
-        start = result.resumed_from = int(saved["step"])
-        tasks.load_state(saved["data"])
-        state.update({k: saved[k] for k in state if k in saved})
-        log.info("train: resumed from %s (step %d of %d)", ckpts[-1].name, start, total)
+    if run_dir is not None and tcfg.resume:
+        result.resumed_from = _resume(run_dir, model, heads, opt, gen, tasks, state, total)
+        start = result.resumed_from or 0
     if tcfg.compile:  # in place: objectives call model.base_model, which must be the compiled one
         model.base_model.compile(mode=None if tcfg.compile_mode == "default"
                                  else tcfg.compile_mode)
     model.train()
-    # Under torchrun: DDP over the model and the heads, so that every gradient is averaged.
-    ddp = None
-    if world.size > 1:
-        from torch.nn.parallel import DistributedDataParallel
-
-        ddp = DistributedDataParallel(
-            distributed.LossModule(model, heads, tasks), find_unused_parameters=True,
-            device_ids=[device.index] if device.type == "cuda" else None)
-
+    ddp = _ddp(model, heads, tasks, device) if world.size > 1 else None  # under torchrun
 
     def run_eval(step: int) -> bool:
         """Evaluate; track the best; returns True when early stopping says stop."""
@@ -134,18 +178,7 @@ def train(
             on_log(result.history[-1])
         log.info("train: step %d eval %s", step,
                  ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
-        if es is None:
-            return False
-        if es.metric not in metrics:
-            raise KeyError(f"train.early_stopping.metric={es.metric} is not among the "
-                           f"evaluation's metrics {sorted(metrics)}")
-        if _improved(metrics[es.metric], state["best"], es.mode):
-            state["best"], state["bad_evals"] = metrics[es.metric], 0
-            if run_dir is not None:
-                save_model(model, str(run_dir / "best.safetensors"))
-            return False
-        state["bad_evals"] += 1
-        return state["bad_evals"] >= es.patience
+        return es is not None and _early_stop(metrics, es, state, model, run_dir)
 
     window = {"loss": 0.0, "tokens": 0, "steps": 0, "t0": time.perf_counter()}
     bar = tqdm(total=total, initial=start, desc="train", unit="step", leave=False,
@@ -159,8 +192,7 @@ def train(
         if frozen_layers_at(step, tcfg.freeze) != frozen or step == start:
             frozen = apply_freeze(model, tcfg.freeze, step)
         lr = lr_at(step, total, tcfg)
-        for group in opt.param_groups:
-            group["lr"] = lr * group["lr_scale"]
+        _set_lr(opt, lr)
         # forward + backward, accumulated over micro-batches
         step_loss = torch.zeros((), device=device)  # stays on the device: no sync a step
         for micro in range(tcfg.grad_accum):
@@ -186,10 +218,7 @@ def train(
         checkpointing = bool(tcfg.checkpoint_every) and done % tcfg.checkpoint_every == 0
         logging_now = done % tcfg.log_every == 0 or done == total
         if logging_now or checkpointing:
-            last = float(step_loss)
-            if not math.isfinite(last):
-                raise FloatingPointError(f"loss became {last} at step {done}; lower train.lr")
-            state["last_loss"] = last
+            state["last_loss"] = _finite(step_loss, done)
         # log
         if logging_now:
             elapsed = max(time.perf_counter() - window["t0"], 1e-9)
@@ -222,6 +251,7 @@ def train(
                      done, es.metric, es.patience)
             break
     bar.close()
+    # finish: a last evaluation unless the last step had one
     result.steps = step + 1 if total > start else start
     result.tokens_seen, result.final_loss = state["tokens_seen"], state["last_loss"]
     if evaluate is not None and world.main and evaluated_at != result.steps:
