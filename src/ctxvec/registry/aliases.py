@@ -7,12 +7,9 @@ MLflow keeps only where an alias points now, and a rollback needs where it point
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
 
 from ctxvec.refs import ModelRef, ModelRefError
-
-if TYPE_CHECKING:
-    from ctxvec.registry.registry import Registry
+from ctxvec.registry.access import RegistryAccess
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +26,7 @@ def _set_champion_history(c, name: str, history: list[str]) -> None:
     c.set_registered_model_tag(name, HISTORY_TAG, ",".join(history[-100:]))
 
 
-def promote(reg: Registry, name: str, version: str, alias: str = CHAMPION) -> str | None:
+def promote(reg: RegistryAccess, name: str, version: str, alias: str = CHAMPION) -> str | None:
     """Point ``alias`` at ``version``; returns the version it pointed at before, if any."""
     c = reg.client
     previous = reg.alias_version(name, alias)
@@ -45,7 +42,7 @@ def promote(reg: Registry, name: str, version: str, alias: str = CHAMPION) -> st
     return previous
 
 
-def rollback(reg: Registry, name: str) -> tuple[str, str]:
+def rollback(reg: RegistryAccess, name: str) -> tuple[str, str]:
     """Point ``champion`` back at the version that was champion before the current one, if its
     index is still on disk (or on the store); -> (version rolled back from, version now serving)."""
     c = reg.client

@@ -11,11 +11,11 @@ from __future__ import annotations
 import mlflow
 from mlflow.pyfunc import PythonModel
 
+from ctxvec.model.encoder import Encoder
+
 
 class CtxvecEncoderModel(PythonModel):
     def load_context(self, context) -> None:
-        from ctxvec.model.encoder import Encoder
-
         self.encoder = Encoder.load(context.artifacts["encoder"], device="auto", precision="auto")
 
     def predict(self, context, model_input: list[str], params=None) -> list[list[float]]:

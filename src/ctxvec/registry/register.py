@@ -7,7 +7,6 @@ import json
 import logging
 from importlib.metadata import version as package_version
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from ctxvec import __version__
 from ctxvec.artifacts import (
@@ -19,19 +18,17 @@ from ctxvec.artifacts import (
 )
 from ctxvec.config import CtxvecConfig, config_to_yaml, flatten
 from ctxvec.refs import ModelRef
+from ctxvec.registry.access import RegistryAccess
 from ctxvec.registry.download import ENCODER_ARTIFACT
 from ctxvec.registry.uris import fluent_uris
 from ctxvec.workspace import sha256_file
-
-if TYPE_CHECKING:
-    from ctxvec.registry.registry import Registry
 
 log = logging.getLogger(__name__)
 
 PYFUNC_CODE = Path(__file__).with_name("pyfunc_model.py")
 
 
-def experiment_id(reg: Registry, name: str) -> str:
+def experiment_id(reg: RegistryAccess, name: str) -> str:
     exp = reg.client.get_experiment_by_name(name)
     if exp is not None:
         return exp.experiment_id
@@ -59,7 +56,7 @@ def _metrics(run_dir: Path, report: EvalReport) -> list:
 
 
 def register_model(
-    reg: Registry,
+    reg: RegistryAccess,
     cfg: CtxvecConfig,
     snapshot: Snapshot | None,
     tokenizer_art: TokenizerArtifact | None,
