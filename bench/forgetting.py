@@ -221,7 +221,10 @@ def update_overrides(plan: dict, continual: dict, threads: int) -> list[str]:
 def run_condition(home: Path, name: str, label: str, sets: list[str]) -> dict:
     """plan_update -> split_domains -> train_challenger -> evaluate_pair -> decide."""
     from ctxvec.config import load_config
-    from ctxvec.continual import update as u
+    from ctxvec.continual.evaluate import evaluate_pair
+    from ctxvec.continual.gate import decide
+    from ctxvec.continual.plan import plan_update, split_domains
+    from ctxvec.continual.train import train_challenger
     from ctxvec.workspace import Workspace, read_json
 
     state = home / MARKER / "conditions" / f"{name}.json"
@@ -235,19 +238,19 @@ def run_condition(home: Path, name: str, label: str, sets: list[str]) -> dict:
     say(f"{name}: training from version 1 ({label})")
     t0 = time.time()
     with quiet(home):
-        plan = u.plan_update(cfg, ws)
+        plan = plan_update(cfg, ws)
         if plan.status != "ready":
             sys.exit(f"{name}: the update has nothing new to learn ({plan.to_dict()})")
-        domains = u.split_domains(cfg, plan)
+        domains = split_domains(cfg, plan)
         t1 = time.time()
-        trained = u.train_challenger(cfg, ws, plan, domains)
+        trained = train_challenger(cfg, ws, plan, domains)
         t2 = time.time()
-        champion, report = u.evaluate_pair(cfg, ws, plan, domains, trained)
+        champion, report = evaluate_pair(cfg, ws, plan, domains, trained)
         drift = {"champion": embedding_drift(ws, plan, domains, plan.parent_dir),
                  "champion_dropout": embedding_drift(ws, plan, domains, plan.parent_dir, True),
                  "challenger": embedding_drift(ws, plan, domains, trained.model_dir)}
         t3 = time.time()
-    decision = u.decide(cfg.continual.gate, champion, report.metrics)
+    decision = decide(cfg.continual.gate, champion, report.metrics)
     manifest = read_json(Path(trained.run_dir) / "manifest.json")
     rows = [json.loads(x) for x in
             (Path(trained.run_dir) / "metrics.jsonl").read_text().splitlines() if x.strip()]
@@ -286,10 +289,10 @@ def embedding_drift(ws, plan, domains, model_dir: str, dropout: bool = False) ->
     import numpy as np
     import torch
 
-    from ctxvec.continual.update import _distill_examples
+    from ctxvec.continual.train import distill_examples
     from ctxvec.model.encoder import Encoder
 
-    pairs = _distill_examples(ws, plan, domains, DRIFT_CHUNKS, 12345)
+    pairs = distill_examples(ws, plan, domains, DRIFT_CHUNKS, 12345)
     enc = Encoder.load(model_dir, device="cpu", precision="fp32")
     if dropout:
         enc.model.train()

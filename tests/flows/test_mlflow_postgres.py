@@ -1,5 +1,5 @@
-"""MLflow on PostgreSQL, as it runs beyond one machine (docs/architecture.md, Beyond one machine): a throwaway cluster of
-the system's PostgreSQL (tests/servers.py; Debian's ``postgresql`` package, which .ci/run
+"""MLflow on PostgreSQL, as it runs beyond one machine (docs/architecture.md): a throwaway cluster
+of the system's PostgreSQL (tests/servers.py; Debian's ``postgresql`` package, which .ci/run
 installs), an ``mlflow server --backend-store-uri postgresql://...`` on it with a local artifact
 root, and one ``ctxvec run`` of the tiny recipe pointed at it through ``MLFLOW_TRACKING_URI``.
 

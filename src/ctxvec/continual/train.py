@@ -88,7 +88,7 @@ def replay_rows(new_rows: np.ndarray, old_rows: np.ndarray, ratio: float,
     return old_rows[np.sort(pick)]
 
 
-def _distill_examples(ws: Workspace, plan: UpdatePlan, domains: Domains, n: int, seed: int):
+def distill_examples(ws: Workspace, plan: UpdatePlan, domains: Domains, n: int, seed: int):
     """(chunk text, the parent's stored vector) for chunks of earlier training documents."""
     index_uri = Registry(ws).resolve(plan.parent_ref).index_uri
     index_manifest = ws.stage_manifest(index_uri) if index_uri else None
@@ -166,7 +166,7 @@ def train_challenger(cfg: CtxvecConfig, ws: Workspace, plan: UpdatePlan,
         examples = _update_examples(cfg, plan, domains, ocfg, i, mode, counts)
         tasks.append(objective_task(setup, ocfg, objective, examples, i, tcfg))
     if ccfg.distill_weight > 0:
-        pairs = _distill_examples(ws, plan, domains, ccfg.distill_examples, tcfg.seed)
+        pairs = distill_examples(ws, plan, domains, ccfg.distill_examples, tcfg.seed)
         view = SentenceView(setup.tokenizer, setup.settings.max_length, setup.settings.pooling)
         tasks.append(Task(EmbeddingDistillation(view), pairs, ccfg.distill_weight,
                           tcfg.batch_size, Sampler(len(pairs), tcfg.seed + 97)))
