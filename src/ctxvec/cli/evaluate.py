@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from ctxvec.cli._common import JsonOpt, UserError, command, dump, workspace
+from ctxvec.cli._common import JsonOpt, UserError, command, dump, load_recipe, workspace
 
 eval_app = typer.Typer(help="Evaluate a model on a benchmark; --json prints the metrics.",
                        no_args_is_help=True)
@@ -58,29 +58,51 @@ def eval_retrieval(
         "--factory, as the pipeline serves; with Flat both give the same figures).")] = "exact",
     factory: Annotated[str, typer.Option(
         "--factory", help="FAISS factory string for --search index.")] = "Flat",
+    hybrid: Annotated[bool, typer.Option(
+        "--hybrid", help="Also BM25 alone and BM25 fused with the dense ranking (reciprocal-rank "
+        "fusion, as `ctxvec query --hybrid`), reported next to dense.")] = False,
+    config: Annotated[Path | None, typer.Option(
+        "--config", "-c", help="Recipe YAML whose query.rrf_k --hybrid fuses with.")] = None,
     as_json: JsonOpt = False,
 ) -> str:
-    """nDCG@10, Recall@100 and MRR@10 of dense retrieval on a BEIR-format set."""
-    # lazy: keep start-up fast (torch, faiss)
-    from ctxvec.evaluate.retrieval import evaluate_retrieval, read_beir
+    """nDCG@10, Recall@100 and MRR@10 of dense retrieval on a BEIR-format set; with --hybrid,
+    of BM25 and of their fusion too."""
+    # lazy: keep start-up fast (torch, faiss, bm25s)
+    from ctxvec.evaluate.retrieval import evaluate_hybrid, evaluate_retrieval, read_beir
     from ctxvec.index.factory import index_candidates
+    from ctxvec.index.hybrid import HybridCandidates
     from ctxvec.serve.resolve import load_encoder
 
     _check_batch(batch_size)
-    beir = read_beir(data, split)
-    encoder = load_encoder(workspace(), model)
     if search not in ("exact", "index"):
         raise UserError(f"--search must be exact or index, got {search!r}")
+    rrf_k = load_recipe(config, []).query.rrf_k
+    beir = read_beir(data, split)
+    encoder = load_encoder(workspace(), model)
     candidates = index_candidates(factory) if search == "index" else None
-    result = {**evaluate_retrieval(encoder, beir, batch_size, candidates=candidates),
-              "model": model, "data": str(data), "split": split, "search": search}
+    result: dict = {"model": model, "data": str(data), "split": split, "search": search}
     if search == "index":
         result["factory"] = factory
+    if hybrid:
+        ranker = HybridCandidates(beir.doc_ids, beir.doc_texts, rrf_k)
+        runs = evaluate_hybrid(encoder, beir, ranker, batch_size, candidates=candidates)
+        # dense at the top level, as without --hybrid; the others beside it
+        result = {**runs.pop("dense"), **result, **runs, "rrf_k": rrf_k}
+    else:
+        result = {**evaluate_retrieval(encoder, beir, batch_size, candidates=candidates),
+                  **result}
     if as_json:
         return dump(result)
-    return (f"retrieval {data.name}/{split}: ndcg@10 {result['ndcg@10']:.4f}, recall@100 "
-            f"{result['recall@100']:.4f}, mrr@10 {result['mrr@10']:.4f} "
-            f"(n={result['n_queries']})")
+    title = f"retrieval {data.name}/{split}:"
+    if not hybrid:
+        return _retrieval_line(title, result)
+    runs = (("dense", result), ("bm25", result["bm25"]), ("hybrid", result["hybrid"]))
+    return "\n".join([title] + [_retrieval_line(f"  {n:<6}", m) for n, m in runs])
+
+
+def _retrieval_line(head: str, m: dict) -> str:
+    return (f"{head} ndcg@10 {m['ndcg@10']:.4f}, recall@100 {m['recall@100']:.4f}, "
+            f"mrr@10 {m['mrr@10']:.4f} (n={m['n_queries']})")
 
 
 @eval_app.command("wic")

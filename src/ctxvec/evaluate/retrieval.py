@@ -15,6 +15,10 @@ Choices that keep the figures comparable with published BEIR / MTEB numbers:
   candidate rows (``ctxvec.index.factory.index_candidates``: a FAISS index as the pipeline
   builds one), to measure what an approximate index costs. Taking the search as a function keeps
   evaluation below the index package;
+- hybrid (``evaluate_hybrid``): the dense ranking, a lexical one (BM25) and their
+  reciprocal-rank fusion, all from one dense search; the lexical ranking and the fusion come
+  from a ``HybridRanker`` (``ctxvec.index.hybrid.HybridCandidates``: BM25 and the fusion
+  ``ctxvec query --hybrid`` uses), again so that evaluation stays below the index package;
 - a hit whose doc id equals the query id is dropped before cutting at k. BEIR does this for
   ArguAna, whose queries are themselves corpus arguments; elsewhere ids never collide, so it is
   always on;
@@ -33,6 +37,7 @@ from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 
@@ -49,6 +54,20 @@ CANDIDATE_MARGIN = 16  # extra candidates re-scored exactly before the cut at k 
 
 # (doc vectors (N, D), query vectors (Q, D), take) -> candidate rows (Q, take), -1 when empty
 CandidateSearch = Callable[[np.ndarray, np.ndarray, int], np.ndarray]
+
+
+class HybridRanker(Protocol):
+    """Lexical and fused rankings made from a dense one (``ctxvec.index.hybrid``)."""
+
+    def depth(self, k: int) -> int:
+        """How deep the dense rankings must go for a fused top ``k``."""
+        ...
+
+    def __call__(self, query_texts: Sequence[str], dense: Sequence[Sequence[str]],
+                 exclude: Sequence[str], k: int) -> dict[str, list[list[str]]]:
+        """Per query: its text, its dense ranking (doc ids, best first, ``depth(k)`` deep) and a
+        doc id never to rank (its own) -> {ranking name: per query, at most k doc ids}."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -271,7 +290,28 @@ def evaluate_retrieval(
 ) -> dict[str, float]:
     """-> {"ndcg@10", "recall@100", "mrr@10", "n_queries"} of dense retrieval (exact by
     default; ``candidates``: through that search, e.g. ``index_candidates("IVF64,Flat")``)."""
-    if k_max < RECALL_K:
-        raise UserInputError(f"k_max must be at least {RECALL_K} for recall@{RECALL_K}")
+    _check_k_max(k_max)
     ranked = rank_beir(encoder, data, batch_size, k_max, candidates)
     return retrieval_metrics(ranked, data.qrels)
+
+
+def evaluate_hybrid(
+    encoder: Encoder, data: BeirData, hybrid: HybridRanker, batch_size: int = 64,
+    k_max: int = RECALL_K, candidates: CandidateSearch | None = None,
+) -> dict[str, dict[str, float]]:
+    """-> {"dense": metrics, "bm25": metrics, "hybrid": metrics} (each as ``evaluate_retrieval``
+    returns them) from one dense search, ``hybrid.depth(k_max)`` deep, and the rankings
+    ``hybrid`` makes from it. Exact dense search (the default) ranks its top k_max as
+    ``evaluate_retrieval`` does; an approximate index searched deeper may find a little more."""
+    _check_k_max(k_max)
+    ranked = rank_beir(encoder, data, batch_size, hybrid.depth(k_max), candidates)
+    dense = [ranked.get(q, []) for q in data.query_ids]
+    runs = {"dense": {q: r[:k_max] for q, r in ranked.items()}}
+    for name, rankings in hybrid(data.query_texts, dense, data.query_ids, k_max).items():
+        runs[name] = dict(zip(data.query_ids, rankings, strict=True))
+    return {name: retrieval_metrics(r, data.qrels) for name, r in runs.items()}
+
+
+def _check_k_max(k_max: int) -> None:
+    if k_max < RECALL_K:
+        raise UserInputError(f"k_max must be at least {RECALL_K} for recall@{RECALL_K}")

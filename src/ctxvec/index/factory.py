@@ -2,9 +2,9 @@
 
 Everything above the index package goes through here: ``run_index`` builds with ``build_index``,
 the ``Searcher`` opens with ``open_index`` and places with ``serve_on``, retrieval evaluation
-searches through ``index_candidates``. None of them names a backend class, so a new backend is
-its own module, one entry in ``BACKENDS`` and its name in ``index.backend``
-(``ctxvec.config.serving``).
+searches through ``index_candidates`` (and fuses with BM25 through ``ctxvec.index.hybrid``).
+None of them names a backend class, so a new backend is its own module, one entry in
+``BACKENDS`` and its name in ``index.backend`` (``ctxvec.config.serving``).
 
 The backends:
 

@@ -31,7 +31,7 @@ from ctxvec.config import CtxvecConfig
 from ctxvec.errors import UserInputError
 from ctxvec.index.bm25 import BM25Index
 from ctxvec.index.factory import open_index, serve_on
-from ctxvec.index.fusion import reciprocal_rank_fusion
+from ctxvec.index.fusion import fusion_depth, reciprocal_rank_fusion
 from ctxvec.index.id_map import Filters, IdMap
 from ctxvec.ingest.corpus import iter_corpus, read_docs
 from ctxvec.model.encoder import Encoder
@@ -44,7 +44,6 @@ log = logging.getLogger(__name__)
 SNIPPET_CHARS = 400
 MAX_K = 1000
 SNIPPET_CACHE_MAX = 2_000_000  # chunks whose snippets a Searcher keeps in memory (<= ~800 MB)
-RRF_DEPTH = 100  # chunks each ranking brings to a hybrid fusion (at least 4 k)
 
 
 class SearchError(UserInputError):
@@ -248,7 +247,7 @@ class Searcher:
         if self.bm25 is None:
             raise SearchError(f"hybrid search needs the BM25 part of the index, and version "
                               f"{self.version} was built without it (index.bm25=false)")
-        depth = max(4 * k, RRF_DEPTH)
+        depth = fusion_depth(k)  # chunks each ranking brings to the fusion
         d_scores, d_ids = self.index.search(vec, depth, allowed)
         dense = self._fold(d_scores, d_ids, depth)
         b_scores, b_ids = self.bm25.search(text, depth, allowed)
