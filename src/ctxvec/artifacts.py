@@ -56,6 +56,20 @@ class PackedData(_Record):
 
 
 @dataclass(frozen=True)
+class MinedData(_Record):
+    """The mine stage's result: a folder ``mined/<key>/`` holding ``train.parquet`` (``anchor,
+    positive, negatives, signal, doc_id``), ``heldout.parquet`` (``query, doc_id, signal``),
+    ``docs.parquet`` (``doc_id, text``: what the label-free evaluation searches) and a manifest.
+    Training and evaluation read the files; neither imports ``ctxvec.adapt``."""
+
+    path: str
+    key: str
+    counts: dict[str, int]  # training examples per signal
+    heldout: int  # held-out pseudo-queries (never trained on)
+    docs: int  # documents mined (held-out ones included)
+
+
+@dataclass(frozen=True)
 class TrainedModel(_Record):
     run_dir: str
     model_dir: str  # a Hugging Face folder: config.json, model.safetensors, tokenizer files

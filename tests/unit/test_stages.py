@@ -29,10 +29,11 @@ def names(seq) -> list[str]:
 
 
 def test_pipeline_stages_in_order_each_after_its_upstream():
-    assert names(stages.STAGES) == ["ingest", "tokenizer", "pack", "train", "evaluate",
+    assert names(stages.STAGES) == ["ingest", "tokenizer", "pack", "mine", "train", "evaluate",
                                     "register", "embed", "index", "promote", "sample-query"]
     check_order(stages.STAGES)
-    assert stages.BY_NAME["train"].upstream == ("ingest", "tokenizer", "pack")
+    assert stages.BY_NAME["train"].upstream == ("ingest", "tokenizer", "pack", "mine")
+    assert stages.BY_NAME["evaluate"].upstream == ("train", "mine")
     assert stages.BY_NAME["embed"].upstream == ("ingest", "train", "register")
     assert stages.BY_NAME["promote"].upstream == ("register", "index")
     assert "gpu-train" in stages.BY_NAME["train"].tags and stages.BY_NAME["train"].streams
@@ -63,7 +64,7 @@ def test_execute_hands_each_stage_its_upstream_records_and_none_for_unplanned():
     cfg = load_config(FINETUNE)
     out = execute(cfg, None, stages.plan(cfg, stages.TRAIN), call)
     assert list(out) == ["tokenizer", "train", "evaluate", "register"]
-    assert seen["train"] == (None, "<tokenizer>", None)  # no ingest, no pack
+    assert seen["train"] == (None, "<tokenizer>", None, None)  # no ingest, pack or mine
     assert seen["register"] == (None, "<tokenizer>", "<train>", "<evaluate>")
 
 
@@ -74,7 +75,11 @@ def test_plan_decides_corpus_tokenizer_and_pack():
     tiny = load_config(TINY)  # scratch model, MLM objective
     assert names(stages.plan(tiny, stages.TRAIN)) == [
         "ingest", "tokenizer", "pack", "train", "evaluate", "register"]
-    assert names(stages.plan(tiny, stages.PIPELINE)) == names(stages.STAGES)
+    assert names(stages.plan(tiny, stages.PIPELINE)) == [
+        s for s in names(stages.STAGES) if s != "mine"]  # nothing reads mined data
+    mined = load_config(TINY, ["evaluate.pseudo=true", "adapt.pseudo_queries.filter=bm25",
+                               "adapt.negatives.sources=[bm25]"])
+    assert names(stages.plan(mined, stages.PIPELINE)) == names(stages.STAGES)
     # MLM with no steps still packs: the train stage reads the packed data either way
     assert "pack" in names(stages.plan(load_config(TINY, ["train.steps=0"])))
     ft = load_config(FINETUNE)  # minilm, its own tokenizer, CoSENT on a file
@@ -149,11 +154,11 @@ def test_a_key_changes_with_the_sections_the_stage_reads_and_nothing_else(inputs
     assert pack.key(load_config(TINY, ["train.lr=0.5"]), ws, snap, tok) == base
     assert pack.key(load_config(TINY, ["embed.batch_size=7"]), ws, snap, tok) == base
     train = stages.BY_NAME["train"]
-    t0 = train.key(load_config(TINY), ws, snap, tok, None)
-    assert train.key(load_config(TINY, ["train.lr=0.5"]), ws, snap, tok, None) != t0
-    assert train.key(load_config(TINY, ["model.dropout=0.2"]), ws, snap, tok, None) != t0
-    assert train.key(load_config(TINY, ["pack.mode=doc"]), ws, snap, tok, None) == t0
-    assert train.key(load_config(TINY, ["index.nprobe=4"]), ws, snap, tok, None) == t0
+    t0 = train.key(load_config(TINY), ws, snap, tok, None, None)
+    assert train.key(load_config(TINY, ["train.lr=0.5"]), ws, snap, tok, None, None) != t0
+    assert train.key(load_config(TINY, ["model.dropout=0.2"]), ws, snap, tok, None, None) != t0
+    assert train.key(load_config(TINY, ["pack.mode=doc"]), ws, snap, tok, None, None) == t0
+    assert train.key(load_config(TINY, ["index.nprobe=4"]), ws, snap, tok, None, None) == t0
 
 
 def test_a_key_changes_with_its_upstream_records_and_their_files(inputs):

@@ -6,6 +6,7 @@ in ``--set`` fails loudly with the key's full dotted path instead of being ignor
 
 from __future__ import annotations
 
+from ctxvec.config.adapt import AdaptConfig
 from ctxvec.config.base import ConfigError
 from ctxvec.config.continual import ContinualConfig, GateConfig
 from ctxvec.config.ingest import IngestConfig, NearDupConfig, PackConfig, TokenizerConfig
@@ -36,7 +37,8 @@ from ctxvec.config.train import EarlyStoppingConfig, FreezeConfig, TrainConfig
 from ctxvec.config.tree import CtxvecConfig
 
 __all__ = [
-    "MODEL_SIZES", "OBJECTIVES", "ClassificationObjective", "CoSENTObjective", "ConfigError",
+    "MODEL_SIZES", "OBJECTIVES", "AdaptConfig", "ClassificationObjective", "CoSENTObjective",
+    "ConfigError",
     "ContinualConfig", "CtxvecConfig", "DataConfig", "EarlyStoppingConfig", "EmbedConfig",
     "EvaluateConfig", "FreezeConfig", "GateConfig", "IndexConfig", "IngestConfig", "MLMObjective",
     "MNRLObjective", "ModelConfig", "NearDupConfig", "ObjectiveConfig", "PackConfig",

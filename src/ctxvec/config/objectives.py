@@ -16,7 +16,8 @@ from pydantic import Field, TypeAdapter, model_validator
 
 from ctxvec.config.base import _Section
 
-Source = Literal["corpus", "sts", "pairs", "labels"]
+Source = Literal["corpus", "sts", "pairs", "labels", "mined"]
+NO_PATH = ("corpus", "mined")  # sources the workspace provides: no data.path
 
 
 class DataConfig(_Section):
@@ -25,9 +26,10 @@ class DataConfig(_Section):
     source: Source = Field(
         "corpus", description="corpus: the workspace corpus (packed for mlm, sentences "
         "otherwise); sts: an STS Benchmark TSV; pairs: JSONL/TSV of two texts; labels: "
-        "JSONL/TSV of text and label.",
+        "JSONL/TSV of text and label; mined: (anchor, positive, *negatives) the mine stage "
+        "mined from the corpus (the adapt section).",
     )
-    path: str | None = Field(None, description="The file, for every source but corpus.")
+    path: str | None = Field(None, description="The file, for every source but corpus and mined.")
     text_fields: list[str] = Field(
         default_factory=lambda: ["text"], description="JSONL fields: one (labels) or two (pairs)."
     )
@@ -39,7 +41,7 @@ class DataConfig(_Section):
 
     @model_validator(mode="after")
     def _path_needed(self) -> DataConfig:
-        if self.source != "corpus" and not self.path:
+        if self.source not in NO_PATH and not self.path:
             raise ValueError(f"data.path is required when data.source={self.source}")
         return self
 
@@ -73,7 +75,7 @@ class MLMObjective(_Objective):
 class MNRLObjective(_Objective):
     """Multiple-negatives ranking on (anchor, positive) pairs."""
 
-    sources: ClassVar[tuple[str, ...]] = ("pairs", "sts")
+    sources: ClassVar[tuple[str, ...]] = ("pairs", "sts", "mined")
     name: Literal["mnrl"] = "mnrl"
     scale: float = Field(20.0, gt=0, description="1 / temperature of the cosine scores.")
     symmetric: bool = Field(False, description="Also rank anchors given positives.")

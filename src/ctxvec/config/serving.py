@@ -18,6 +18,9 @@ class EvaluateConfig(_Section):
     retrieval_split: str = "test"
     wic: str | None = Field(None, description="A WiC folder (train/ fits the threshold).")
     wic_split: str = "dev"
+    pseudo: bool = Field(
+        False, description="Label-free: held-out mined pseudo-queries (the mine stage's) "
+        "searched over the mined documents: pseudo_ndcg_at_10, pseudo_mrr_at_10.")
     batch_size: int = Field(64, ge=1)
 
 

@@ -1,7 +1,9 @@
 """``run_evaluate``: every evaluation a recipe asks for, on a freshly trained model.
 
 The evaluations are one table, ``EVALUATORS``: each row names the ``evaluate.<name>`` key that
-points at its data and a function ``(encoder, path, evaluate config) -> metrics``. Adding an
+points at its data and a function ``(encoder, path, evaluate config) -> metrics``; a row whose
+data is not a file the recipe names says where it comes from (``data``): the label-free
+``pseudo`` row takes the mine stage's folder, handed in as ``mined``. Adding an
 evaluator is its own module, one row here and one key in ``EvaluateConfig``
 (``docs/extending.md``). An evaluation whose data is missing is skipped with its reason
 recorded, never silently.
@@ -16,8 +18,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from ctxvec.artifacts import EvalReport, TrainedModel
+from ctxvec.artifacts import EvalReport, MinedData, TrainedModel
 from ctxvec.config import CtxvecConfig, EvaluateConfig
+from ctxvec.evaluate.pseudo import evaluate_pseudo
 from ctxvec.evaluate.retrieval import evaluate_retrieval, read_beir
 from ctxvec.evaluate.wic import evaluate_wic
 from ctxvec.model.encoder import Encoder, pick_device
@@ -27,14 +30,36 @@ from ctxvec.workspace import Workspace, write_json
 log = logging.getLogger(__name__)
 
 Metrics = dict[str, float]
+# (evaluate config, the mined record or None) -> (the data's path, or None and why not)
+DataOf = Callable[[EvaluateConfig, MinedData | None], tuple[str | None, str]]
+
+
+def _named_by_config(name: str) -> DataOf:
+    def data(ecfg: EvaluateConfig, mined: MinedData | None) -> tuple[str | None, str]:
+        return getattr(ecfg, name), f"evaluate.{name} is not set in the recipe"
+
+    return data
+
+
+def _mined_folder(ecfg: EvaluateConfig, mined: MinedData | None) -> tuple[str | None, str]:
+    if not ecfg.pseudo:
+        return None, "evaluate.pseudo is not set in the recipe"
+    if mined is None:
+        return None, "no mined data: the mine stage did not run"
+    return mined.path, ""
 
 
 @dataclass(frozen=True)
 class Evaluator:
-    """One evaluation: ``evaluate.<name>`` names its data; ``run`` scores an encoder on it."""
+    """One evaluation: ``data`` finds its data (by default the file ``evaluate.<name>``
+    names); ``run`` scores an encoder on it."""
 
     name: str
     run: Callable[[Encoder, str, EvaluateConfig], Metrics]
+    data: DataOf | None = None
+
+    def path(self, ecfg: EvaluateConfig, mined: MinedData | None) -> tuple[str | None, str]:
+        return (self.data or _named_by_config(self.name))(ecfg, mined)
 
 
 def _sts(encoder: Encoder, path: str, ecfg: EvaluateConfig) -> Metrics:
@@ -52,14 +77,24 @@ def _wic(encoder: Encoder, path: str, ecfg: EvaluateConfig) -> Metrics:
     return {"wic_accuracy": r["accuracy"]}
 
 
+def _pseudo(encoder: Encoder, path: str, ecfg: EvaluateConfig) -> Metrics:
+    r = evaluate_pseudo(encoder, path, ecfg.batch_size)
+    return {"pseudo_ndcg_at_10": r["ndcg@10"], "pseudo_mrr_at_10": r["mrr@10"]}
+
+
 EVALUATORS: tuple[Evaluator, ...] = (
     Evaluator("sts", _sts),
     Evaluator("retrieval", _retrieval),
     Evaluator("wic", _wic),
+    Evaluator("pseudo", _pseudo, _mined_folder),
 )
 
 
-def run_evaluate(cfg: CtxvecConfig, ws: Workspace, trained: TrainedModel) -> EvalReport:
+def run_evaluate(cfg: CtxvecConfig, ws: Workspace, trained: TrainedModel,
+                 mined: MinedData | None = None) -> EvalReport:
+    """Every evaluation the recipe asks for on the trained model; ``mined``: the mine stage's
+    record, whose held-out pseudo-queries the label-free evaluation (``evaluate.pseudo``)
+    scores."""
     started = time.time()
     metrics: Metrics = {}
     skipped: dict[str, str] = {}
@@ -79,9 +114,9 @@ def run_evaluate(cfg: CtxvecConfig, ws: Workspace, trained: TrainedModel) -> Eva
         return encoder
 
     for ev in EVALUATORS:
-        path = getattr(ecfg, ev.name)
+        path, why = ev.path(ecfg, mined)
         if path is None:
-            skipped[ev.name] = f"evaluate.{ev.name} is not set in the recipe"
+            skipped[ev.name] = why
         elif not Path(path).exists():
             skipped[ev.name] = f"data not found: {path}"
         else:

@@ -1,6 +1,6 @@
 """The pipeline's stages, declared once, and the decisions of which of them a run needs.
 
-ingest -> tokenizer -> pack -> train -> evaluate -> register -> embed -> index -> promote
+ingest -> tokenizer -> pack -> mine -> train -> evaluate -> register -> embed -> index -> promote
 -> sample-query
 
 ``plan(cfg, target)`` is the one place that decides which stages a run takes: ``pipeline`` (what
@@ -8,7 +8,9 @@ ingest -> tokenizer -> pack -> train -> evaluate -> register -> embed -> index -
 ``finetune``: up to register). Packing runs when an objective is MLM (``needs_pack``); the
 corpus is read when the pipeline embeds it, when packing needs it, when a scratch model needs a
 tokenizer trained on it, or when an objective reads its sentences (``needs_corpus``); the
-tokenizer stage runs when there is a corpus to train it on or the recipe takes the model's own.
+tokenizer stage runs when there is a corpus to train it on or the recipe takes the model's own;
+the mine stage runs when an objective trains on mined examples (``data.source: mined``) or the
+label-free evaluation is on (``evaluate.pseudo``), and hands its record to train and evaluate.
 
 The run functions here are thin: each calls one ``run_<stage>`` (or the registry, through
 ``ctxvec.stages.versions``) and returns its record.
@@ -18,10 +20,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ctxvec.adapt.mine import run_mine
 from ctxvec.artifacts import (
     Embeddings,
     EvalReport,
     IndexArtifact,
+    MinedData,
     PackedData,
     RegisteredModel,
     Snapshot,
@@ -61,6 +65,7 @@ def needs_pack(cfg: CtxvecConfig) -> bool:
 def needs_corpus(cfg: CtxvecConfig, target: str) -> bool:
     """Whether the run reads the corpus (so ingest runs, or the newest snapshot is taken)."""
     return (target == PIPELINE or needs_pack(cfg) or cfg.model.init == "scratch"
+            or cfg.wants_mined()
             or any(o.data.source == "corpus" for o in cfg.train.objectives))
 
 
@@ -93,18 +98,30 @@ def tokenizer(cfg: CtxvecConfig, ws: Workspace, snap: Snapshot | None) -> Tokeni
     return run_tokenizer(cfg, ws, snap, model_dir=model_dir)
 
 
+def mine(cfg: CtxvecConfig, ws: Workspace, snap: Snapshot | None) -> MinedData:
+    """Mine the corpus for label-free training examples and held-out pseudo-queries; the
+    starting model (``model.init``, a registry version downloaded here) is handed down as a
+    folder when the encoder filters queries or mines negatives."""
+    model_dir = None
+    if cfg.model.init != "scratch" and cfg.adapt.uses_encoder():
+        model_dir = versions.local_model_dir(ws, cfg.model.init)
+    return run_mine(cfg, ws, snap, model_dir)
+
+
 def train(cfg: CtxvecConfig, ws: Workspace, snap: Snapshot | None, tok: TokenizerArtifact | None,
-          packed: PackedData | None, on_line: OnLine | None = None) -> TrainedModel:
+          packed: PackedData | None, mined: MinedData | None = None,
+          on_line: OnLine | None = None) -> TrainedModel:
     """Train in this process, or under torchrun when ``train.nproc_per_node`` > 1 (the ranks'
     output to ``on_line``). A registry ``model.init`` is downloaded here and handed down as a
     folder, unless a finished run of the same recipe on the same data makes that needless."""
     init_dir = None
     if cfg.model.init != "scratch" and versions.is_registry_ref(cfg.model.init):
-        done = finished_run(cfg, ws, snap, tok)
+        done = finished_run(cfg, ws, snap, tok, mined)
         if done is not None:
             return done
         init_dir = model_init_dir(cfg, ws)
-    return train_with_launch(cfg, ws, snap, tok, packed, on_line=on_line, init_dir=init_dir)
+    return train_with_launch(cfg, ws, snap, tok, packed, on_line=on_line, init_dir=init_dir,
+                             mined=mined)
 
 
 def register(cfg: CtxvecConfig, ws: Workspace, snap: Snapshot | None,
@@ -142,11 +159,15 @@ INGEST = Stage("ingest", ("ingest",), (), ingest, kind="io")
 TOKENIZER = Stage("tokenizer", ("tokenizer", "model.max_position"), ("ingest",), tokenizer,
                   Key(skip=keys.no_model_tokenizer))
 PACK = Stage("pack", ("pack", "train.seq_len"), ("ingest", "tokenizer"), run_pack, Key())
-TRAIN_STAGE = Stage("train", ("model", "train"), ("ingest", "tokenizer", "pack"), train,
+# keyed by the adapt section, the corpus and the starting model (an alias pinned to its version)
+MINE = Stage("mine", ("adapt", "model.init", "train.device"), ("ingest",), mine,
+             Key(extra=keys.parent_model))
+TRAIN_STAGE = Stage("train", ("model", "train"), ("ingest", "tokenizer", "pack", "mine"), train,
                     Key(data=keys.train_data, extra=keys.parent_model,
                         skip=keys.no_fresh_training),
                     tags=(GPU_TRAIN_TAG,), streams=True)
-EVALUATE = Stage("evaluate", ("evaluate",), ("train",), run_evaluate, Key(data=keys.eval_data))
+EVALUATE = Stage("evaluate", ("evaluate",), ("train", "mine"), run_evaluate,
+                 Key(data=keys.eval_data))
 # A new model (other weights, or another run) has another key, so it is always registered; the
 # same model is registered once per registry (MLflow URIs) while that version exists.
 REGISTER = Stage("register", ("registry",), ("ingest", "tokenizer", "train", "evaluate"),
@@ -157,8 +178,8 @@ INDEX = Stage("index", ("index",), ("embed",), run_index, Key())
 PROMOTE = Stage("promote", ("registry",), ("register", "index"), promote, kind="io")
 SAMPLE_QUERY = Stage("sample-query", ("query",), (), sample_query)
 
-STAGES: tuple[Stage, ...] = (INGEST, TOKENIZER, PACK, TRAIN_STAGE, EVALUATE, REGISTER, EMBED,
-                             INDEX, PROMOTE, SAMPLE_QUERY)
+STAGES: tuple[Stage, ...] = (INGEST, TOKENIZER, PACK, MINE, TRAIN_STAGE, EVALUATE, REGISTER,
+                             EMBED, INDEX, PROMOTE, SAMPLE_QUERY)
 BY_NAME = {s.name: s for s in STAGES}
 
 
@@ -172,6 +193,7 @@ def plan(cfg: CtxvecConfig, target: str = PIPELINE) -> tuple[Stage, ...]:
         "ingest": corpus,
         "tokenizer": needs_tokenizer(cfg, corpus),
         "pack": needs_pack(cfg),
+        "mine": cfg.wants_mined(),
         "train": True, "evaluate": True, "register": True,
         "embed": target == PIPELINE, "index": target == PIPELINE, "promote": target == PIPELINE,
         "sample-query": target == PIPELINE and cfg.registry.promote,

@@ -2,8 +2,10 @@
 
 Sources: the workspace corpus (packed sequences for MLM, sentences for sentence objectives), an
 STS Benchmark TSV (scored pairs for CoSENT, or positive pairs above a score for MNRL), a file of
-text pairs, or a file of labelled texts (JSONL with configurable fields, or TSV with columns in
-that order). Files are small enough to hold in memory; the corpus is streamed and capped.
+text pairs, a file of labelled texts (JSONL with configurable fields, or TSV with columns in
+that order), or the examples the mine stage mined from the corpus (``train.parquet`` of the
+folder its ``MinedData`` record names: ``(anchor, positive, *negatives)`` tuples). Files are
+small enough to hold in memory; the corpus is streamed and capped.
 """
 
 from __future__ import annotations
@@ -14,8 +16,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow.parquet as pq
 import torch
 
+from ctxvec.artifacts import MinedData
 from ctxvec.config import DataConfig, ObjectiveConfig
 from ctxvec.errors import UserInputError
 from ctxvec.ingest.corpus import iter_texts
@@ -23,6 +27,7 @@ from ctxvec.train.sts import read_sts
 
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
 MAX_CORPUS_SENTENCES = 200_000
+MINED_TRAIN_FILE = "train.parquet"  # in the mine stage's folder (ctxvec.adapt.mine writes it)
 
 
 class Sampler:
@@ -110,15 +115,33 @@ def _fields(row, names: list[str], path: Path) -> list[Any]:
     return row[: len(names)]
 
 
-def load_examples(ocfg: ObjectiveConfig, corpus: list[str] | None) -> list[Any]:
+def mined_examples(mined: MinedData | None) -> list[tuple[str, ...]]:
+    """``(anchor, positive, *negatives)`` per mined row, in file order (the sampler shuffles).
+    Rows may carry fewer negatives than ``adapt.negatives.per_example`` (some had none that
+    passed the margin), so tuples differ in length."""
+    if mined is None:
+        raise UserInputError("data.source=mined needs the mine stage's data: run the recipe "
+                             "with `ctxvec run`, `pretrain` or `finetune`, which mine first")
+    path = Path(mined.path) / MINED_TRAIN_FILE
+    if not path.is_file():
+        raise UserInputError(f"mined data not found: {path}")
+    t = pq.read_table(path, columns=["anchor", "positive", "negatives"]).to_pydict()
+    return [(a, p, *(n or ())) for a, p, n in
+            zip(t["anchor"], t["positive"], t["negatives"], strict=True)]
+
+
+def load_examples(ocfg: ObjectiveConfig, corpus: list[str] | None,
+                  mined: MinedData | None = None) -> list[Any]:
     """The examples of one non-MLM objective (MLM reads packed sequences; see run.py)."""
     d: DataConfig = ocfg.data
-    if d.source == "corpus":
+    if d.source == "mined":
+        examples: list[Any] = mined_examples(mined)
+    elif d.source == "corpus":
         if ocfg.name != "simcse":
             raise UserInputError(f"objective {ocfg.name} needs data.source sts, pairs or labels")
         if not corpus:
             raise UserInputError("data.source=corpus needs an ingested corpus")
-        examples: list[Any] = corpus_sentences(corpus, d.max_examples)
+        examples = corpus_sentences(corpus, d.max_examples)
     elif d.source == "sts":
         pairs = read_sts(d.path)
         if ocfg.name == "cosent":

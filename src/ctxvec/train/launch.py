@@ -39,7 +39,7 @@ from pathlib import Path
 
 import torch
 
-from ctxvec.artifacts import PackedData, Snapshot, TokenizerArtifact, TrainedModel
+from ctxvec.artifacts import MinedData, PackedData, Snapshot, TokenizerArtifact, TrainedModel
 from ctxvec.config import ConfigError, CtxvecConfig, config_to_yaml
 from ctxvec.errors import UserInputError
 from ctxvec.train.run import finished_run, run_train
@@ -92,17 +92,18 @@ def train_with_launch(
     packed: PackedData | None,
     on_line: Callable[[str], None] | None = None,
     init_dir: str | Path | None = None,
+    mined: MinedData | None = None,
 ) -> TrainedModel:
     """``run_train`` in this process, or under torchrun when ``train.nproc_per_node`` asks for
     more than one process; the same record comes back either way. ``init_dir``: the local folder
-    of a registry ``model.init`` (see ``run_train``)."""
+    of a registry ``model.init``; ``mined``: the mine stage's record (see ``run_train``)."""
     nproc = resolve_nproc(cfg)
     if nproc <= 1 or int(os.environ.get("WORLD_SIZE", "1")) > 1:  # already one of the ranks
-        return run_train(cfg, ws, snapshot, tokenizer_art, packed, init_dir)
-    done = finished_run(cfg, ws, snapshot, tokenizer_art)
+        return run_train(cfg, ws, snapshot, tokenizer_art, packed, init_dir, mined)
+    done = finished_run(cfg, ws, snapshot, tokenizer_art, mined)
     if done is not None:  # nothing to train: no processes to start
         return done
-    return launch(cfg, ws, snapshot, tokenizer_art, packed, nproc, on_line, init_dir)
+    return launch(cfg, ws, snapshot, tokenizer_art, packed, nproc, on_line, init_dir, mined)
 
 
 def launch(
@@ -114,6 +115,7 @@ def launch(
     nproc: int,
     on_line: Callable[[str], None] | None = None,
     init_dir: str | Path | None = None,
+    mined: MinedData | None = None,
 ) -> TrainedModel:
     """Train with ``nproc`` torchrun ranks on the given inputs; rank 0's record comes back."""
     emit = on_line or (lambda line: log.info("torchrun: %s", line))
@@ -127,6 +129,7 @@ def launch(
             "tokenizer": tokenizer_art.to_dict() if tokenizer_art else None,
             "packed": packed.to_dict() if packed else None,
             "init_dir": str(init_dir) if init_dir is not None else None,
+            "mined": mined.to_dict() if mined else None,
         })
         cmd = torchrun_command(nproc, folder)
         log.info("train: launching %d processes: %s", nproc, " ".join(cmd))

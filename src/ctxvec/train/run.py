@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from ctxvec.artifacts import PackedData, Snapshot, TokenizerArtifact, TrainedModel
+from ctxvec.artifacts import MinedData, PackedData, Snapshot, TokenizerArtifact, TrainedModel
 from ctxvec.config import ConfigError, CtxvecConfig
 from ctxvec.model.bert import build_model
 from ctxvec.model.encoder import Encoder, EncoderSettings, pick_device, save_encoder
@@ -43,8 +43,9 @@ from ctxvec.workspace import Workspace, read_json, sha256_text, write_manifest
 log = logging.getLogger(__name__)
 
 
-def run_key(cfg: CtxvecConfig, snapshot: Snapshot | None, tok: TokenizerArtifact | None) -> str:
-    what = {
+def run_key(cfg: CtxvecConfig, snapshot: Snapshot | None, tok: TokenizerArtifact | None,
+            mined: MinedData | None = None) -> str:
+    what: dict[str, Any] = {
         "model": cfg.model.model_dump(mode="json"),
         # how a run is executed (where, how many processes, threads) is not what it trains
         "train": cfg.train.model_dump(mode="json", exclude={"resume", "device", "threads",
@@ -52,6 +53,8 @@ def run_key(cfg: CtxvecConfig, snapshot: Snapshot | None, tok: TokenizerArtifact
         "snapshot": snapshot.snapshot_id if snapshot else None,
         "tokenizer": tok.sha256 if tok else None,
     }
+    if mined is not None:  # other mined examples are other training (absent: keys unchanged)
+        what["mined"] = mined.key
     return sha256_text(json.dumps(what, sort_keys=True))[:10]
 
 
@@ -179,17 +182,18 @@ def train_logged(run_dir: Path, model, tasks: MultiTask, tcfg, evaluate: Evaluat
 
 
 def _run_dir(cfg: CtxvecConfig, ws: Workspace, snapshot: Snapshot | None,
-             tokenizer_art: TokenizerArtifact | None) -> Path:
-    key = run_key(cfg, snapshot, tokenizer_art)
+             tokenizer_art: TokenizerArtifact | None, mined: MinedData | None = None) -> Path:
+    key = run_key(cfg, snapshot, tokenizer_art, mined)
     return ws.runs / (f"{cfg.name}-{key}" if cfg.train.resume
                       else f"{cfg.name}-{key}-{time.strftime('%Y%m%dT%H%M%S')}")
 
 
 def finished_run(cfg: CtxvecConfig, ws: Workspace, snapshot: Snapshot | None,
-                 tokenizer_art: TokenizerArtifact | None) -> TrainedModel | None:
+                 tokenizer_art: TokenizerArtifact | None,
+                 mined: MinedData | None = None) -> TrainedModel | None:
     """The finished run of this recipe on this data, when ``train.resume`` lets it be reused:
     checked before launching training processes that would only find it again."""
-    run_dir = _run_dir(cfg, ws, snapshot, tokenizer_art)
+    run_dir = _run_dir(cfg, ws, snapshot, tokenizer_art, mined)
     if not (cfg.train.resume and (run_dir / "manifest.json").is_file()):
         return None
     log.info("train: %s already trained this recipe on this data; reusing it "
@@ -198,11 +202,12 @@ def finished_run(cfg: CtxvecConfig, ws: Workspace, snapshot: Snapshot | None,
 
 
 def _recipe_examples(ocfg, objective, snapshot: Snapshot | None, packed: PackedData | None,
-                     tcfg, evals: list[Evaluate]):
+                     tcfg, evals: list[Evaluate], mined: MinedData | None = None):
     """An objective's examples as the recipe names them: MLM reads the packed sequences (and
-    holds some out for ``evals``), the others their data source."""
+    holds some out for ``evals``), the others their data source (``mined``: the mine stage's
+    examples)."""
     if ocfg.name != "mlm":
-        return load_examples(ocfg, snapshot.corpus if snapshot else None)
+        return load_examples(ocfg, snapshot.corpus if snapshot else None, mined)
     if packed is None:
         raise ConfigError("an mlm objective needs packed corpus data (run the pack "
                           "stage: `ctxvec pretrain` or `ctxvec run` do)")
@@ -221,18 +226,20 @@ def run_train(
     tokenizer_art: TokenizerArtifact | None,
     packed: PackedData | None,
     init_dir: str | Path | None = None,
+    mined: MinedData | None = None,
 ) -> TrainedModel:
     """Train the recipe on the given inputs. ``init_dir``: the local folder of ``model.init``
-    when that names a registry version (resolved by the caller)."""
+    when that names a registry version (resolved by the caller); ``mined``: the mine stage's
+    record, for objectives with ``data.source: mined``."""
     started = time.time()
     tcfg = cfg.train
     seed_and_threads(tcfg)
-    done = finished_run(cfg, ws, snapshot, tokenizer_art)
+    done = finished_run(cfg, ws, snapshot, tokenizer_art, mined)
     if done is not None:
         return done
     world = distributed.setup(tcfg.device)
     # rank 0's folder for every rank: with train.resume=false its name holds a timestamp
-    run_dir = distributed.broadcast(_run_dir(cfg, ws, snapshot, tokenizer_art))
+    run_dir = distributed.broadcast(_run_dir(cfg, ws, snapshot, tokenizer_art, mined))
     setup = prepare_model(cfg, ws, tokenizer_art, init_dir)
     n_params = sum(p.numel() for p in setup.model.parameters())
     log.info("train: %s, %.1fM parameters, on %s", cfg.model.init, n_params / 1e6, setup.device)
@@ -241,7 +248,7 @@ def run_train(
     tasks, evals = [], []
     for i, ocfg in enumerate(tcfg.objectives):
         objective = build_objective(ocfg, setup.tokenizer, setup.settings, tcfg.seq_len)
-        examples = _recipe_examples(ocfg, objective, snapshot, packed, tcfg, evals)
+        examples = _recipe_examples(ocfg, objective, snapshot, packed, tcfg, evals, mined)
         tasks.append(objective_task(setup, ocfg, objective, examples, i, tcfg, world))
     if cfg.evaluate.sts and Path(cfg.evaluate.sts).is_file() and (
             tcfg.eval_every or tcfg.early_stopping):
@@ -268,7 +275,9 @@ def run_train(
         run_dir, "train", started, **summary,
         snapshot=snapshot.snapshot_id if snapshot else None,
         tokenizer_sha256=tokenizer_art.sha256 if tokenizer_art else None,
-        packed=packed.path if packed else None, parameters=n_params, device=str(setup.device),
+        packed=packed.path if packed else None, mined=mined.path if mined else None,
+        mined_counts=mined.counts if mined else None,
+        parameters=n_params, device=str(setup.device),
         stopped_early=result.stopped_early if result else False,
         resumed_from=result.resumed_from if result else None, world_size=world.size,
         config={"model": cfg.model.model_dump(mode="json"),

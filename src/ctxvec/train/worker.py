@@ -20,7 +20,7 @@ from pathlib import Path
 
 import yaml
 
-from ctxvec.artifacts import PackedData, Snapshot, TokenizerArtifact
+from ctxvec.artifacts import MinedData, PackedData, Snapshot, TokenizerArtifact
 from ctxvec.errors import UserInputError
 from ctxvec.workspace import Workspace, read_json, write_json
 
@@ -61,8 +61,9 @@ def _train(folder: Path) -> None:
     snap = Snapshot(**inputs["snapshot"]) if inputs["snapshot"] else None
     tok = TokenizerArtifact(**inputs["tokenizer"]) if inputs["tokenizer"] else None
     packed = PackedData(**inputs["packed"]) if inputs["packed"] else None
+    mined = MinedData(**inputs["mined"]) if inputs.get("mined") else None
     ws = Workspace(**inputs["workspace"])
-    trained = run_train(cfg, ws, snap, tok, packed, inputs.get("init_dir"))
+    trained = run_train(cfg, ws, snap, tok, packed, inputs.get("init_dir"), mined)
     if distributed.current().main:  # rank 0 alone saved the model; it alone reports
         write_json(folder / RESULT_FILE, trained.to_dict())
         log.info("train: rank 0 wrote %s", folder / RESULT_FILE)

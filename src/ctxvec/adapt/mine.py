@@ -1,0 +1,220 @@
+"""``run_mine``: mine label-free training examples and held-out pseudo-queries from a snapshot.
+
+Steps, each batched so that ~10k documents take minutes on two CPU cores:
+
+1. read the documents (``adapt.max_docs``: a sample by a hash of doc_id, stable across runs);
+2. hold out documents by another hash of doc_id (``adapt.heldout_docs``): none of their pairs is
+   trained on, and none is ever a negative; their pseudo-queries, filtered by BM25 alone (no
+   model's preference decides what the label-free evaluation asks), go to ``heldout.parquet``;
+3. index the documents with BM25 and, when the filter or the negatives ask for it, encode them
+   with the starting encoder (one batched pass);
+4. the structural signals (title_text, ict, crops, neighbours) and the filtered pseudo-queries of
+   the other documents; then hard negatives for all of them;
+5. write ``train.parquet``, ``heldout.parquet``, ``docs.parquet`` and ``manifest.json`` into
+   ``mined/<key>/`` through ``Workspace.stage_dir`` (atomic). The key is a hash of the adapt
+   section, the snapshot's corpus and the starting model, so mining the same corpus again with
+   the same settings reuses the folder.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections import Counter
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from ctxvec.adapt import crops, ict, neighbours, pseudo_queries, title_text
+from ctxvec.adapt.negatives import mine_negatives
+from ctxvec.adapt.search import DocSearch
+from ctxvec.adapt.text import Doc, Example, rng_for, stable_hash
+from ctxvec.artifacts import MinedData, Snapshot
+from ctxvec.config import AdaptConfig, ConfigError, CtxvecConfig
+from ctxvec.errors import UserInputError
+from ctxvec.ingest.corpus import iter_corpus
+from ctxvec.model.encoder import Encoder
+from ctxvec.workspace import Workspace, read_json, sha256_text, write_manifest
+
+log = logging.getLogger(__name__)
+
+MINED = "mined"
+TRAIN_FILE, HELDOUT_FILE, DOCS_FILE = "train.parquet", "heldout.parquet", "docs.parquet"
+_HASH_RANGE = float(2**64)
+
+TRAIN_SCHEMA = pa.schema([("anchor", pa.string()), ("positive", pa.string()),
+                          ("negatives", pa.list_(pa.string())), ("signal", pa.string()),
+                          ("doc_id", pa.string())])
+HELDOUT_SCHEMA = pa.schema([("query", pa.string()), ("doc_id", pa.string()),
+                            ("signal", pa.string())])
+DOCS_SCHEMA = pa.schema([("doc_id", pa.string()), ("text", pa.string())])
+
+
+# --- documents and the held-out split -------------------------------------------------------
+
+
+def read_docs(corpus: list[str], max_docs: int | None) -> list[Doc]:
+    """The corpus's documents (each doc_id's newest version); at most ``max_docs`` of them, the
+    ones of smallest hash, so the sample is the same whatever order the corpus is read in."""
+    docs = [Doc(r["doc_id"], r["title"] or "", r["text"] or "")
+            for b in iter_corpus(corpus, ("doc_id", "title", "text")) for r in b.to_pylist()]
+    docs = [d for d in docs if d.text.strip()]
+    if max_docs is not None and len(docs) > max_docs:
+        docs = sorted(docs, key=lambda d: stable_hash("sample", d.doc_id))[:max_docs]
+    return sorted(docs, key=lambda d: d.doc_id)
+
+
+def heldout_mask(doc_ids: list[str], heldout: float) -> np.ndarray:
+    """Which documents are held out: a share (< 1) by a hash threshold, so each document's fate
+    depends on its id alone; a count (>= 1) as the documents of smallest hash."""
+    h = np.asarray([stable_hash("heldout", d) for d in doc_ids], dtype=np.float64)
+    if heldout <= 0 or not doc_ids:
+        return np.zeros(len(doc_ids), dtype=bool)
+    if heldout < 1:
+        return h / _HASH_RANGE < heldout
+    mask = np.zeros(len(doc_ids), dtype=bool)
+    mask[np.argsort(h, kind="stable")[: min(int(heldout), len(doc_ids))]] = True
+    return mask
+
+
+# --- the signals ----------------------------------------------------------------------------
+
+
+def structural_examples(docs: list[Doc], rows: list[int], acfg: AdaptConfig) -> list[Example]:
+    """title_text, ict, crops and neighbours pairs of the documents at ``rows``."""
+    out: list[Example] = []
+    s, mw = acfg.seed, acfg.max_words
+    for row in rows:
+        d = docs[row]
+        out += title_text.pairs(d, acfg.title_text, mw)
+        out += ict.pairs(d, acfg.ict, rng_for(s, ict.SIGNAL, d.doc_id))
+        out += crops.pairs(d, acfg.crops, rng_for(s, crops.SIGNAL, d.doc_id), mw)
+        out += neighbours.pairs(d, acfg.neighbours, rng_for(s, neighbours.SIGNAL, d.doc_id))
+    return out
+
+
+def filtered_queries(docs: list[Doc], rows: list[int], search: DocSearch, acfg: AdaptConfig,
+                     how: str, per_doc: int | None = None) -> tuple[list, int]:
+    """(pseudo-queries of ``rows`` that ``how`` finds again, how many were made); at most
+    ``per_doc`` per document when given."""
+    pcfg = acfg.pseudo_queries
+    made = pseudo_queries.candidates(docs, rows, search, pcfg, acfg.seed, acfg.max_words)
+    keep = pseudo_queries.found(made, search, how, pcfg.filter_k)
+    kept = [q for q, k in zip(made, keep, strict=True) if k]
+    if per_doc is not None:
+        seen: Counter = Counter()
+        first = []
+        for q in kept:
+            seen[q.row] += 1
+            if seen[q.row] <= per_doc:
+                first.append(q)
+        kept = first
+    return kept, len(made)
+
+
+# --- the stage ------------------------------------------------------------------------------
+
+
+def mine_key(acfg: AdaptConfig, snap: Snapshot, model_dir: str | Path | None) -> str:
+    model = None
+    if model_dir is not None and acfg.uses_encoder():
+        weights = sorted(Path(model_dir).glob("*.safetensors"))
+        model = [str(model_dir), [(w.name, w.stat().st_size, w.stat().st_mtime_ns)
+                                  for w in weights]]
+    what = {"adapt": acfg.model_dump(mode="json"),
+            "corpus": [Path(c).name for c in snap.corpus], "model": model}
+    return sha256_text(json.dumps(what, sort_keys=True))[:16]
+
+
+def _record(folder: Path, key: str) -> MinedData:
+    m = read_json(folder / "manifest.json")
+    return MinedData(str(folder), key, m["counts"], m["heldout"]["queries"], m["docs"])
+
+
+def _encoder(acfg: AdaptConfig, model_dir: str | Path | None, device: str) -> Encoder | None:
+    if not acfg.uses_encoder():
+        return None
+    if model_dir is None:
+        raise ConfigError("mining with the encoder (adapt.pseudo_queries.filter, "
+                          "adapt.negatives.sources) needs a pretrained model.init")
+    # bf16 where the CPU or GPU runs it fast, and only the first adapt.max_tokens tokens of a
+    # text: mining ranks candidates, it needs no exact figure
+    enc = Encoder.load(model_dir, device=device, precision="auto")
+    enc.settings = replace(enc.settings, max_length=min(enc.settings.max_length, acfg.max_tokens))
+    return enc
+
+
+def _write(tmp: Path, examples: list[Example], heldout: list, docs: list[Doc]) -> None:
+    pq.write_table(pa.Table.from_pylist(
+        [{"anchor": e.anchor, "positive": e.positive, "negatives": list(e.negatives),
+          "signal": e.signal, "doc_id": e.doc_id} for e in examples], schema=TRAIN_SCHEMA),
+        tmp / TRAIN_FILE)
+    pq.write_table(pa.Table.from_pylist(
+        [{"query": q.text, "doc_id": docs[q.row].doc_id,
+          "signal": pseudo_queries.SIGNAL[q.kind]} for q in heldout], schema=HELDOUT_SCHEMA),
+        tmp / HELDOUT_FILE)
+    # a held-out sentence query's document is searched without that sentence, as trained pairs
+    # are made: finding it is then a matter of meaning, not of copying
+    text = {q.row: q.positive for q in heldout if q.kind == "sentence"}
+    pq.write_table(pa.Table.from_pylist(
+        [{"doc_id": d.doc_id, "text": text.get(i, d.full)} for i, d in enumerate(docs)],
+        schema=DOCS_SCHEMA), tmp / DOCS_FILE)
+
+
+def run_mine(cfg: CtxvecConfig, ws: Workspace, snap: Snapshot,
+             model_dir: str | Path | None = None) -> MinedData:
+    """Mine the snapshot's corpus into ``<home>/mined/<key>/``. ``model_dir``: the local folder
+    of the starting model (``model.init``, resolved by the caller), for the encoder filter and
+    encoder negatives."""
+    started = time.time()
+    acfg = cfg.adapt
+    if snap is None:
+        raise UserInputError("the mine stage needs an ingested corpus: set ingest.sources")
+    key = mine_key(acfg, snap, model_dir)
+    folder = ws.root / MINED / key
+    if (folder / "manifest.json").is_file():
+        log.info("mine: %s already mined", key)
+        return _record(folder, key)
+    docs = read_docs(snap.corpus, acfg.max_docs)
+    if len(docs) < 2:
+        raise UserInputError(f"the corpus has {len(docs)} document(s) with text; mining needs "
+                             "at least 2")
+    held = heldout_mask([d.doc_id for d in docs], acfg.heldout_docs)
+    train_rows = [i for i in range(len(docs)) if not held[i]]
+    held_rows = [i for i in range(len(docs)) if held[i]]
+    log.info("mine: %d documents, %d held out", len(docs), len(held_rows))
+    device = "cpu" if cfg.train.device == "cpu" else "auto"
+    search = DocSearch.build([d.full for d in docs], _encoder(acfg, model_dir, device),
+                             acfg.batch_size)
+    examples = structural_examples(docs, train_rows, acfg)
+    queries, made = filtered_queries(docs, train_rows, search, acfg,
+                                     acfg.pseudo_queries.filter)
+    examples += pseudo_queries.to_examples(queries, docs)
+    heldout, held_made = filtered_queries(docs, held_rows, search, acfg, "bm25", per_doc=1)
+    row_of = {d.doc_id: i for i, d in enumerate(docs)}
+    examples, neg = mine_negatives(examples, [row_of[e.doc_id] for e in examples], docs, ~held,
+                                   search, acfg.negatives, acfg.seed, acfg.max_words)
+    if not examples:
+        raise UserInputError("mining found no training example: the documents are too short "
+                             "for every signal on (see the adapt section)")
+    counts = dict(sorted(Counter(e.signal for e in examples).items()))
+    with ws.stage_dir(folder) as tmp:
+        _write(tmp, examples, heldout, docs)
+        write_manifest(
+            tmp, "mine", started, key=key, snapshot=snap.snapshot_id, docs=len(docs),
+            counts=counts, examples=len(examples),
+            pseudo_queries={"made": made, "kept": len(queries),
+                            "filter": acfg.pseudo_queries.filter},
+            heldout={"docs": len(held_rows), "made": held_made, "queries": len(heldout)},
+            negatives={"with_negatives": neg.with_negatives, "negatives": neg.negatives,
+                       "dropped_by_margin": neg.dropped_by_margin},
+            model=str(model_dir) if model_dir is not None and acfg.uses_encoder() else None,
+            config=acfg.model_dump(mode="json"))
+    log.info("mine: %d examples (%s), %d held-out queries, %.1fs", len(examples),
+             ", ".join(f"{k} {v}" for k, v in counts.items()), len(heldout),
+             time.time() - started)
+    return _record(folder, key)
