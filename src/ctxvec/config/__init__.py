@@ -13,6 +13,7 @@ from ctxvec.config.loader import apply_override, config_to_yaml, flatten, load_c
 from ctxvec.config.model import MODEL_SIZES, ModelConfig
 from ctxvec.config.objectives import (
     OBJECTIVES,
+    CachedMNRLObjective,
     ClassificationObjective,
     CoSENTObjective,
     DataConfig,
@@ -20,6 +21,7 @@ from ctxvec.config.objectives import (
     MNRLObjective,
     ObjectiveConfig,
     SimCSEObjective,
+    TSDAEObjective,
     objective_config,
 )
 from ctxvec.config.serving import (
@@ -43,4 +45,5 @@ __all__ = [
     "QueryConfig", "RayEmbedConfig", "RegistryConfig", "ServeConfig", "SimCSEObjective",
     "TokenizerConfig", "TrainConfig", "WordsConfig", "apply_override", "config_to_yaml", "flatten",
     "load_config", "objective_config",
+    "CachedMNRLObjective", "TSDAEObjective",
 ]

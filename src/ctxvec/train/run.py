@@ -102,6 +102,8 @@ def objective_task(setup: Setup, ocfg, objective, examples, index: int, tcfg,
     world = world or distributed.World()
     if getattr(objective, "attach", None):
         objective.attach(setup.model.config.hidden_size, setup.device)
+    if getattr(objective, "bind", None):  # a head built from the model itself (tsdae's decoder)
+        objective.bind(setup.model, setup.device)
     bs = ocfg.batch_size or tcfg.batch_size
     sampler = Sampler(len(examples), tcfg.seed + index, rank=world.rank, world=world.size)
     log.info("train: objective %s, %d examples, batch %d, weight %g",
