@@ -34,7 +34,7 @@ from ctxvec.config.serving import (
     ServeConfig,
     WordsConfig,
 )
-from ctxvec.config.train import EarlyStoppingConfig, FreezeConfig, TrainConfig
+from ctxvec.config.train import AnchorConfig, EarlyStoppingConfig, FreezeConfig, TrainConfig
 from ctxvec.config.tree import CtxvecConfig
 
 __all__ = [
@@ -45,5 +45,5 @@ __all__ = [
     "QueryConfig", "RayEmbedConfig", "RegistryConfig", "ServeConfig", "SimCSEObjective",
     "TokenizerConfig", "TrainConfig", "WordsConfig", "apply_override", "config_to_yaml", "flatten",
     "load_config", "objective_config",
-    "CachedMNRLObjective", "TSDAEObjective",
+    "AnchorConfig", "CachedMNRLObjective", "TSDAEObjective",
 ]
