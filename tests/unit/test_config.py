@@ -134,7 +134,8 @@ PAIRS = "data: {source: pairs, path: x.jsonl}"
 @pytest.mark.parametrize(("objective", "key", "message"), [
     (f"{{name: mnrl, mask_prob: 0.5, {PAIRS}}}", "mask_prob",
      "a key of mlm, not of mnrl: remove it; mnrl takes .*scale, symmetric"),
-    ("{name: mlm, scale: 5}", "scale", "a key of mnrl and simcse and cosent, not of mlm"),
+    ("{name: mlm, scale: 5}", "scale",
+     "a key of mnrl and simcse and cosent and cached_mnrl, not of mlm"),
     ("{name: simcse, num_labels: 3}", "num_labels", "a key of classification, not of simcse"),
     (f"{{name: mnrl, scal: 5, {PAIRS}}}", "scal", "not a key of mnrl \\(check the spelling\\)"),
 ])

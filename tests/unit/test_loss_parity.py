@@ -12,6 +12,13 @@ The pairs of names:
 - ``mnrl``            = ``MultipleNegativesRankingLoss`` (same default scale, 20; checked at 20
   and 1);
 - ``mnrl`` symmetric  = ``MultipleNegativesSymmetricRankingLoss`` (the mean of both directions);
+- ``mnrl`` with hard negatives = ``MultipleNegativesRankingLoss`` on (anchor, positive, negative
+  columns): every negative of every example is a candidate for every anchor; ctxvec pools a
+  variable number per example, which equals sentence-transformers' columns when the pooled
+  negatives are the same texts;
+- ``cached_mnrl``     = ``mnrl`` (loss and encoder gradients, at the same batch, in chunks of 2)
+  and ``CachedMultipleNegativesRankingLoss``; with dropout on and the batch in one chunk it equals
+  ``mnrl`` under the same seed too (the replayed chunk draws the same dropout masks);
 - ``cosent``          = ``CoSENTLoss`` (same default scale, 20; checked at 20 and 1);
 - ``simcse``          = ``MultipleNegativesRankingLoss`` on (s, s) pairs: sentence-transformers
   has no loss named SimCSE; its unsupervised SimCSE recipe is MNRL over a sentence paired with
@@ -33,6 +40,7 @@ import torch
 
 from ctxvec.model.encoder import load_tokenizer
 from ctxvec.model.refs import minilm_dir
+from ctxvec.train.objectives.cached_mnrl import CachedMultipleNegativesRanking
 from ctxvec.train.objectives.cosent import CoSENT
 from ctxvec.train.objectives.distill import EmbeddingDistillation
 from ctxvec.train.objectives.mnrl import MultipleNegativesRanking
@@ -52,6 +60,12 @@ SCORES = [4.8, 4.2, 3.9, 2.5, 1.0, 0.4]  # graded, as STS gives them
 # aligned pairs make a small loss at scale 20; misaligned ones (each anchor with its neighbour's
 # positive) a large one: parity is checked at both ends, and at another scale
 PAIRINGS = {"aligned": POSITIVES, "misaligned": POSITIVES[1:] + POSITIVES[:1]}
+NEGATIVES = ["A man is sleeping in a hammock.", "The dog barks at the mailman.",
+             "Bond yields rose on Friday.", "He is washing the dishes after lunch.",
+             "The flight left on time.", "Adults are working in the office."]
+NEGATIVES_2 = ["Nobody is making music.", "The cat hunts a mouse in the garden.",
+               "The shop sells fresh bread.", "She orders a pizza online.",
+               "The bus was early today.", "The park is empty at night."]
 
 
 @pytest.fixture(scope="module")
@@ -165,3 +179,118 @@ def test_distill_equals_embed_distill_loss_with_cosine(st_model, view):
                         ours.collate(list(zip(ANCHORS, teacher, strict=True))), torch.Generator())
         want = theirs(features(st_model, ANCHORS), torch.from_numpy(teacher))
     close(got, want)
+
+
+@pytest.mark.parametrize("symmetric", [False, True], ids=["one-way", "symmetric"])
+@pytest.mark.parametrize("scale", [20.0, 1.0])
+@pytest.mark.parametrize("columns", [1, 2], ids=["1-negative", "2-negatives"])
+def test_mnrl_with_hard_negatives_equals_multiple_negatives_ranking_loss(st_model, view, columns,
+                                                                         scale, symmetric):
+    st_model.eval()
+    negatives = [NEGATIVES, NEGATIVES_2][:columns]
+    ours = MultipleNegativesRanking(view, scale=scale, symmetric=symmetric)
+    theirs = (st_losses.MultipleNegativesSymmetricRankingLoss if symmetric
+              else st_losses.MultipleNegativesRankingLoss)(st_model, scale=scale)
+    with torch.no_grad():
+        got = ours.loss(st_model[0].auto_model,
+                        ours.collate(list(zip(ANCHORS, POSITIVES, *negatives, strict=True))),
+                        torch.Generator())
+        want = theirs(features(st_model, ANCHORS, POSITIVES, *negatives), None)
+        plain = ours.loss(st_model[0].auto_model,
+                          ours.collate(list(zip(ANCHORS, POSITIVES, strict=True))),
+                          torch.Generator())
+    close(got, want)
+    assert got.item() > plain.item()  # the negatives are really in the candidates
+
+
+def test_mnrl_pools_a_variable_number_of_negatives(st_model, view):
+    """Examples with 3, 0, 2, 1, 0 and 0 negatives: the six pooled negatives are candidates for
+    every anchor, as one column of six is in sentence-transformers."""
+    st_model.eval()
+    n = NEGATIVES
+    ragged = [(ANCHORS[0], POSITIVES[0], n[0], n[1], n[2]), (ANCHORS[1], POSITIVES[1]),
+              (ANCHORS[2], POSITIVES[2], n[3], n[4]), (ANCHORS[3], POSITIVES[3], n[5]),
+              (ANCHORS[4], POSITIVES[4]), (ANCHORS[5], POSITIVES[5])]
+    ours = MultipleNegativesRanking(view)
+    with torch.no_grad():
+        got = ours.loss(st_model[0].auto_model, ours.collate(ragged), torch.Generator())
+        want = st_losses.MultipleNegativesRankingLoss(st_model)(
+            features(st_model, ANCHORS, POSITIVES, NEGATIVES), None)
+    close(got, want)
+
+
+def _loss_and_grad(objective, bert, examples):
+    weight = bert.embeddings.word_embeddings.weight
+    bert.zero_grad()
+    loss = objective.loss(bert, objective.collate(examples), torch.Generator())
+    (0.5 * loss).backward()  # a factor, as the task weight and grad_accum apply in the loop
+    grad = weight.grad.clone()
+    bert.zero_grad()
+    return loss.detach(), grad
+
+
+@pytest.mark.parametrize("symmetric", [False, True], ids=["one-way", "symmetric"])
+def test_cached_mnrl_equals_mnrl_in_loss_and_gradients(st_model, view, symmetric):
+    st_model.eval()
+    bert = st_model[0].auto_model
+    examples = list(zip(ANCHORS, POSITIVES, NEGATIVES, strict=True))
+    want, want_grad = _loss_and_grad(MultipleNegativesRanking(view, symmetric=symmetric), bert,
+                                     examples)
+    got, got_grad = _loss_and_grad(
+        CachedMultipleNegativesRanking(view, symmetric=symmetric, mini_batch_size=2), bert,
+        examples)
+    close(got, want)
+    assert want_grad.abs().max() > 0
+    torch.testing.assert_close(got_grad, want_grad, atol=TOL, rtol=1e-4)
+
+
+def test_cached_mnrl_equals_cached_multiple_negatives_ranking_loss(st_model, view):
+    st_model.eval()
+    bert = st_model[0].auto_model
+    examples = list(zip(ANCHORS, POSITIVES, NEGATIVES, strict=True))
+    got, got_grad = _loss_and_grad(CachedMultipleNegativesRanking(view, mini_batch_size=2),
+                                   bert, examples)
+    theirs = st_losses.CachedMultipleNegativesRankingLoss(st_model, mini_batch_size=2)
+    want = theirs(features(st_model, ANCHORS, POSITIVES, NEGATIVES), None)
+    (0.5 * want).backward()
+    want_grad = bert.embeddings.word_embeddings.weight.grad.clone()
+    bert.zero_grad()
+    close(got, want.detach())
+    torch.testing.assert_close(got_grad, want_grad, atol=TOL, rtol=1e-4)
+
+
+def test_cached_mnrl_replays_the_dropout_masks(st_model, view):
+    """Dropout on, the batch in one chunk: the chunk that runs again with a graph must draw the
+    masks the first pass drew, or the gradient would belong to another loss."""
+    bert = st_model[0].auto_model
+    examples = list(zip(ANCHORS, POSITIVES, NEGATIVES, strict=True))
+    st_model.train()
+    try:
+        torch.manual_seed(11)
+        want, want_grad = _loss_and_grad(MultipleNegativesRanking(view, scale=1.0), bert,
+                                         examples)
+        torch.manual_seed(11)
+        got, got_grad = _loss_and_grad(
+            CachedMultipleNegativesRanking(view, scale=1.0, mini_batch_size=64), bert, examples)
+    finally:
+        st_model.eval()
+    close(got, want)
+    torch.testing.assert_close(got_grad, want_grad, atol=TOL, rtol=1e-4)
+
+
+def test_cached_mnrl_runs_the_encoder_on_mini_batches_only(st_model, view):
+    """The memory claim: every forward that keeps a graph sees at most mini_batch_size texts."""
+    st_model.eval()
+    bert = st_model[0].auto_model
+    calls: list[tuple[int, bool]] = []
+    handle = bert.register_forward_hook(
+        lambda m, args, kwargs, out: calls.append((kwargs["input_ids"].shape[0],
+                                                   torch.is_grad_enabled())), with_kwargs=True)
+    try:
+        _loss_and_grad(CachedMultipleNegativesRanking(view, mini_batch_size=2), bert,
+                       list(zip(ANCHORS, POSITIVES, NEGATIVES, strict=True)))
+    finally:
+        handle.remove()
+    with_graph = [n for n, grad in calls if grad]
+    assert len(with_graph) == 9 and max(with_graph) == 2  # 18 texts, 2 at a time
+    assert all(n <= 2 for n, _ in calls)

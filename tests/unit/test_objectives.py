@@ -73,12 +73,13 @@ def test_cosent_prefers_the_gold_order(tokenizer):
     assert loss_right < loss_wrong  # identical texts have cosine 1: the gold order is right
 
 
-@pytest.mark.parametrize("name", ["mnrl", "cosent", "simcse", "classification"])
+@pytest.mark.parametrize("name", ["mnrl", "cached_mnrl", "cosent", "simcse", "classification"])
 def test_each_objective_learns_a_toy_task(name, tokenizer):
     rng = np.random.default_rng(0)
     topics = [int(t) for t in rng.integers(0, 6, size=96)]
-    if name == "mnrl":
-        examples = [(sentence(rng, t), sentence(rng, t)) for t in topics]
+    if name in ("mnrl", "cached_mnrl"):  # a hard negative: a sentence of another topic
+        examples = [(sentence(rng, t), sentence(rng, t), sentence(rng, (t + 1) % 6))
+                    for t in topics]
     elif name == "cosent":
         examples = [(sentence(rng, t), sentence(rng, u), 5.0 if t == u else 0.0)
                     for t, u in zip(topics, topics[1:] + topics[:1], strict=True)]
@@ -87,7 +88,7 @@ def test_each_objective_learns_a_toy_task(name, tokenizer):
         examples = [sentence(rng, t) for t in topics]
     else:
         examples = [(sentence(rng, t), int(t % 2)) for t in topics]
-    obj = objective(name, tokenizer)
+    obj = objective(name, tokenizer, **({"mini_batch_size": 4} if name == "cached_mnrl" else {}))
     model = tiny_bert(tokenizer)
     if name == "classification":
         obj.attach(32, torch.device("cpu"))
@@ -96,6 +97,38 @@ def test_each_objective_learns_a_toy_task(name, tokenizer):
     result = train(model, tasks, cfg)
     first, last = result.history[0]["loss"], result.history[-1]["loss"]
     assert last < 0.8 * first, (name, first, last)
+
+
+def test_tsdae_learns_to_rebuild_sentences_and_saves_no_decoder(tokenizer, tmp_path):
+    from safetensors import safe_open
+
+    from ctxvec.model.encoder import save_encoder
+    from ctxvec.train.objectives.tsdae import delete_words
+
+    gen = torch.Generator().manual_seed(0)
+    kept = [delete_words("w1 w2 w3 w4 w5 w6 w7 w8 w9 w10", 0.6, gen).split() for _ in range(200)]
+    assert 3 < np.mean([len(k) for k in kept]) < 5 and min(len(k) for k in kept) >= 1
+    assert delete_words("w1", 0.99, gen) == "w1"  # one word is always kept
+    rng = np.random.default_rng(3)
+    examples = [sentence(rng, int(t), n=8) for t in rng.integers(0, 6, size=64)]
+    for tie in ("all", "embeddings"):
+        obj = objective("tsdae", tokenizer, tie=tie)
+        model = tiny_bert(tokenizer)
+        obj.bind(model, torch.device("cpu"))
+        own = {id(p) for p in obj.head.parameters()}
+        assert not own & {id(p) for p in model.parameters()}  # each weight trains once
+        emb = model.embeddings.word_embeddings.weight
+        assert obj.head.lm.get_output_embeddings().weight is emb  # tied, as in the paper
+        tasks = MultiTask([Task(obj, examples, 1.0, 16, Sampler(len(examples), 0))])
+        result = train(model, tasks, TrainConfig(steps=30, batch_size=16, lr=3e-3,
+                                                 warmup_steps=3, log_every=5))
+        first, last = result.history[0]["loss"], result.history[-1]["loss"]
+        assert last < 0.9 * first, (tie, first, last)  # from ln(vocab), steadily down
+        save_encoder(model, tokenizer, EncoderSettings(), tmp_path / tie)
+        with safe_open(str(tmp_path / tie / "model.safetensors"), "pt") as f:
+            saved = set(f.keys())
+        assert not any("crossattention" in k or "cls." in k for k in saved)
+        assert len(saved) == len(tiny_bert(tokenizer).state_dict())  # the encoder, nothing else
 
 
 def test_simcse_views_differ_only_by_dropout(tokenizer):

@@ -14,6 +14,7 @@ from ctxvec.config.loader import apply_override, config_to_yaml, flatten, load_c
 from ctxvec.config.model import MODEL_SIZES, ModelConfig
 from ctxvec.config.objectives import (
     OBJECTIVES,
+    CachedMNRLObjective,
     ClassificationObjective,
     CoSENTObjective,
     DataConfig,
@@ -21,6 +22,7 @@ from ctxvec.config.objectives import (
     MNRLObjective,
     ObjectiveConfig,
     SimCSEObjective,
+    TSDAEObjective,
     objective_config,
 )
 from ctxvec.config.serving import (
@@ -33,7 +35,7 @@ from ctxvec.config.serving import (
     ServeConfig,
     WordsConfig,
 )
-from ctxvec.config.train import EarlyStoppingConfig, FreezeConfig, TrainConfig
+from ctxvec.config.train import AnchorConfig, EarlyStoppingConfig, FreezeConfig, TrainConfig
 from ctxvec.config.tree import CtxvecConfig
 
 __all__ = [
@@ -45,4 +47,5 @@ __all__ = [
     "QueryConfig", "RayEmbedConfig", "RegistryConfig", "ServeConfig", "SimCSEObjective",
     "TokenizerConfig", "TrainConfig", "WordsConfig", "apply_override", "config_to_yaml", "flatten",
     "load_config", "objective_config",
+    "AnchorConfig", "CachedMNRLObjective", "TSDAEObjective",
 ]

@@ -25,13 +25,14 @@ class DataConfig(_Section):
 
     source: Source = Field(
         "corpus", description="corpus: the workspace corpus (packed for mlm, sentences "
-        "otherwise); sts: an STS Benchmark TSV; pairs: JSONL/TSV of two texts; labels: "
-        "JSONL/TSV of text and label; mined: (anchor, positive, *negatives) the mine stage "
-        "mined from the corpus (the adapt section).",
+        "otherwise); sts: an STS Benchmark TSV; pairs: JSONL/TSV of two texts (mnrl: then "
+        "hard negatives); labels: JSONL/TSV of text and label; mined: the mine stage's pairs "
+        "with hard negatives.",
     )
     path: str | None = Field(None, description="The file, for every source but corpus and mined.")
     text_fields: list[str] = Field(
-        default_factory=lambda: ["text"], description="JSONL fields: one (labels) or two (pairs)."
+        default_factory=lambda: ["text"], description="JSONL fields: one (labels), two (pairs), "
+        "or more for mnrl and cached_mnrl (anchor, positive, then negatives: texts or lists).",
     )
     label_field: str = "label"
     min_score: float | None = Field(
@@ -73,7 +74,7 @@ class MLMObjective(_Objective):
 
 
 class MNRLObjective(_Objective):
-    """Multiple-negatives ranking on (anchor, positive) pairs."""
+    """Multiple-negatives ranking on (anchor, positive, *hard negatives) examples."""
 
     sources: ClassVar[tuple[str, ...]] = ("pairs", "sts", "mined")
     name: Literal["mnrl"] = "mnrl"
@@ -104,16 +105,47 @@ class ClassificationObjective(_Objective):
     num_labels: int = Field(2, ge=2)
 
 
+class CachedMNRLObjective(_Objective):
+    """Multiple-negatives ranking at a large batch on small memory (GradCache)."""
+
+    sources: ClassVar[tuple[str, ...]] = ("pairs", "sts", "mined")
+    name: Literal["cached_mnrl"] = "cached_mnrl"
+    scale: float = Field(20.0, gt=0, description="1 / temperature of the cosine scores.")
+    symmetric: bool = Field(False, description="Also rank anchors given positives.")
+    mini_batch_size: int = Field(
+        32, ge=1, description="Texts the encoder runs with gradients at once; the batch "
+        "(batch_size) sets the in-batch negatives, this only the memory.",
+    )
+
+
+class TSDAEObjective(_Objective):
+    """A denoising auto-encoder on sentences of the corpus (TSDAE)."""
+
+    name: Literal["tsdae"] = "tsdae"
+    deletion_ratio: float = Field(0.6, ge=0, lt=1, description="Share of words deleted.")
+    pooling: Literal["model", "cls", "mean"] = Field(
+        "model", description="The sentence vector the decoder reads: model: the encoder's own "
+        "pooling (what is served); the paper uses cls.",
+    )
+    tie: Literal["all", "embeddings"] = Field(
+        "all", description="Weights the decoder shares with the encoder: all but the "
+        "cross-attention (the paper's choice), or only the word embeddings.",
+    )
+
+
 OBJECTIVES: dict[str, type[_Objective]] = {
     "mlm": MLMObjective,
     "mnrl": MNRLObjective,
     "simcse": SimCSEObjective,
     "cosent": CoSENTObjective,
     "classification": ClassificationObjective,
+    "cached_mnrl": CachedMNRLObjective,
+    "tsdae": TSDAEObjective,
 }
 
 ObjectiveConfig = Annotated[
-    MLMObjective | MNRLObjective | SimCSEObjective | CoSENTObjective | ClassificationObjective,
+    MLMObjective | MNRLObjective | SimCSEObjective | CoSENTObjective | ClassificationObjective
+    | CachedMNRLObjective | TSDAEObjective,
     Field(discriminator="name"),
 ]
 """One entry of ``train.objectives`` (a type: build one with :func:`objective_config`)."""

@@ -25,6 +25,27 @@ class FreezeConfig(_Section):
     )
 
 
+class AnchorConfig(_Section):
+    """A pull toward the model training starts from, so that it keeps its general ability."""
+
+    kind: Literal["none", "l2sp", "distill"] = Field(
+        "none", description="l2sp: the squared distance of the weights to the starting ones "
+        "(Li et al. 2018); distill: 1 - cosine between the sentence vectors of the batch's "
+        "anchors and those the frozen starting model makes.",
+    )
+    weight: float | None = Field(
+        None, gt=0, description="Default: 0.01 for l2sp (times the summed squared distance), "
+        "1.0 for distill (times the mean 1 - cosine).",
+    )
+
+    @property
+    def strength(self) -> float:
+        """The weight, or its kind's default."""
+        if self.weight is not None:
+            return self.weight
+        return {"l2sp": 0.01, "distill": 1.0}.get(self.kind, 0.0)
+
+
 class TrainConfig(_Section):
     objectives: list[ObjectiveConfig] = Field(
         default_factory=lambda: [MLMObjective()],
@@ -44,6 +65,7 @@ class TrainConfig(_Section):
     warmup_steps: int = Field(10, ge=0)
     max_grad_norm: float = Field(1.0, gt=0)
     freeze: FreezeConfig = FreezeConfig()
+    anchor: AnchorConfig = AnchorConfig()
     eval_fraction: float = Field(0.05, ge=0, lt=1, description="mlm: held-out share of data.")
     eval_every: int | None = Field(None, ge=1, description="Evaluate every N steps.")
     early_stopping: EarlyStoppingConfig | None = None

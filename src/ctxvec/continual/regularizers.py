@@ -10,7 +10,9 @@ does not overwrite what the earlier data taught it.
   on are held firmly, the others move freely. ``F`` is scaled to mean 1, so that one ``weight``
   means the same total pull as L2-SP's and only its distribution differs.
 
-Both are ``MultiTask`` penalties: ``name`` and ``__call__(model) -> scalar``.
+Both are ``MultiTask`` penalties: ``name`` and ``__call__(model) -> scalar``. L2-SP lives in
+``ctxvec.train.anchor`` (any training run can anchor to its starting model with it); EWC is
+L2-SP with per-weight scales, and only the continual update has earlier data for its Fisher.
 """
 
 from __future__ import annotations
@@ -20,33 +22,11 @@ from collections.abc import Callable, Iterable
 
 import torch
 
+from ctxvec.train.anchor import L2SP, trainable_params
+
+__all__ = ["EWC", "L2SP", "fisher_diagonal"]
+
 log = logging.getLogger(__name__)
-
-
-def _params(model: torch.nn.Module) -> list[tuple[str, torch.nn.Parameter]]:
-    return [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-
-
-class L2SP:
-    name = "l2sp"
-
-    def __init__(self, model: torch.nn.Module, weight: float):
-        self.weight = weight
-        self.names = [n for n, _ in _params(model)]
-        self.anchor = [p.detach().clone() for _, p in _params(model)]
-
-    def _weights(self) -> list[torch.Tensor] | None:
-        return None
-
-    def __call__(self, model: torch.nn.Module) -> torch.Tensor:
-        params = dict(model.named_parameters())
-        scales = self._weights()
-        total = None
-        for i, (name, p0) in enumerate(zip(self.names, self.anchor, strict=True)):
-            d = (params[name] - p0).pow(2)
-            term = (d * scales[i]).sum() if scales is not None else d.sum()
-            total = term if total is None else total + term
-        return self.weight * total
 
 
 class EWC(L2SP):
@@ -65,9 +45,9 @@ class EWC(L2SP):
 def fisher_diagonal(model: torch.nn.Module, loss_fn,
                     batches: Iterable[object]) -> list[torch.Tensor]:
     """Mean squared gradient of ``loss_fn(model, batch)`` over ``batches``, per trainable weight,
-    scaled to mean 1 over all weights (in ``_params`` order). The model's mode and gradients are
-    left as they were."""
-    params = _params(model)
+    scaled to mean 1 over all weights (in ``trainable_params`` order). The model's mode and
+    gradients are left as they were."""
+    params = trainable_params(model)
     fisher = [torch.zeros_like(p) for _, p in params]
     was_training = model.training
     model.eval()  # no dropout: the curvature of the function that was trained

@@ -7,6 +7,7 @@ penalties:
   objectives) comes from earlier documents;
 - a penalty towards the parent's weights (L2-SP, or EWC with a Fisher on earlier data);
 - optionally, distillation from the parent's own stored chunk embeddings.
+``train.anchor`` applies as in any training run (toward the parent, on top of the above).
 The run folder is ``runs/continual-<plan key>``: a re-run reuses a finished one.
 """
 
@@ -29,13 +30,14 @@ from ctxvec.faults import crash_point
 from ctxvec.registry import Registry
 from ctxvec.tokenizer.packing import pack_texts
 from ctxvec.train.datasets import Sampler, load_examples, sentences_of
-from ctxvec.train.multitask import MultiTask, Task
+from ctxvec.train.multitask import Task
 from ctxvec.train.objectives import build_objective
 from ctxvec.train.objectives.distill import EmbeddingDistillation
 from ctxvec.train.objectives.mlm import MaskedLM
 from ctxvec.train.objectives.sentences import SentenceView
 from ctxvec.train.run import (
     Setup,
+    anchored,
     finished_record,
     objective_task,
     prepare_model,
@@ -175,7 +177,7 @@ def train_challenger(cfg: CtxvecConfig, ws: Workspace, plan: UpdatePlan,
     log.info("update: training from version %s: %s, %s", plan.parent_version,
              ", ".join(f"{k} {v}" for k, v in counts.items()),
              ccfg.regularizer if penalties else "no regulariser")
-    result = train_logged(run_dir, setup.model, MultiTask(tasks, penalties), tcfg)
+    result = train_logged(run_dir, setup.model, anchored(setup, tcfg, tasks, penalties), tcfg)
     save_model(ws, run_dir, setup)
     summary = {"steps": result.steps if result else 0,
                "tokens_seen": result.tokens_seen if result else 0,

@@ -28,6 +28,8 @@ from ctxvec.train.sts import read_sts
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
 MAX_CORPUS_SENTENCES = 200_000
 MINED_TRAIN_FILE = "train.parquet"  # in the mine stage's folder (ctxvec.adapt.mine writes it)
+SENTENCE_OBJECTIVES = ("simcse", "tsdae")  # single corpus sentences
+RANKING_OBJECTIVES = ("mnrl", "cached_mnrl")  # (anchor, positive, *negatives)
 
 
 class Sampler:
@@ -115,6 +117,11 @@ def _fields(row, names: list[str], path: Path) -> list[Any]:
     return row[: len(names)]
 
 
+def _flat(values: list[Any]) -> tuple:
+    """A row's texts as one tuple: a field holding a list (of negatives) is spread out."""
+    return tuple(t for v in values for t in (v if isinstance(v, list) else [v]))
+
+
 def mined_examples(mined: MinedData | None) -> list[tuple[str, ...]]:
     """``(anchor, positive, *negatives)`` per mined row, in file order (the sampler shuffles).
     Rows may carry fewer negatives than ``adapt.negatives.per_example`` (some had none that
@@ -137,7 +144,7 @@ def load_examples(ocfg: ObjectiveConfig, corpus: list[str] | None,
     if d.source == "mined":
         examples: list[Any] = mined_examples(mined)
     elif d.source == "corpus":
-        if ocfg.name != "simcse":
+        if ocfg.name not in SENTENCE_OBJECTIVES:
             raise UserInputError(f"objective {ocfg.name} needs data.source sts, pairs or labels")
         if not corpus:
             raise UserInputError("data.source=corpus needs an ingested corpus")
@@ -146,15 +153,16 @@ def load_examples(ocfg: ObjectiveConfig, corpus: list[str] | None,
         pairs = read_sts(d.path)
         if ocfg.name == "cosent":
             examples = list(zip(pairs.s1, pairs.s2, pairs.scores.tolist(), strict=True))
-        elif ocfg.name == "mnrl":
+        elif ocfg.name in RANKING_OBJECTIVES:
             floor = 4.0 if d.min_score is None else d.min_score
             examples = [(a, b) for a, b, s in zip(pairs.s1, pairs.s2, pairs.scores, strict=True)
                         if s >= floor]
         else:
             raise UserInputError(f"data.source=sts does not fit objective {ocfg.name}")
     elif d.source == "pairs":
-        names = d.text_fields if len(d.text_fields) == 2 else ["text1", "text2"]
-        examples = [tuple(_fields(r, names, Path(d.path))) for r in _rows(Path(d.path))]
+        wide = ocfg.name in RANKING_OBJECTIVES and len(d.text_fields) > 2  # hard negatives
+        names = d.text_fields if len(d.text_fields) == 2 or wide else ["text1", "text2"]
+        examples = [_flat(_fields(r, names, Path(d.path))) for r in _rows(Path(d.path))]
         if ocfg.name == "cosent":
             raise UserInputError("cosent needs scored pairs: use data.source=sts")
     else:  # labels

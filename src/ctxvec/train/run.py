@@ -32,11 +32,13 @@ from ctxvec.model.bert import build_model
 from ctxvec.model.encoder import Encoder, EncoderSettings, pick_device, save_encoder
 from ctxvec.tokenizer.packing import read_packed
 from ctxvec.train import distributed
+from ctxvec.train.anchor import anchor_parts
 from ctxvec.train.datasets import Sampler, load_examples, split_heldout
 from ctxvec.train.loop import Evaluate, train
 from ctxvec.train.multitask import MultiTask, Task
 from ctxvec.train.objectives import build_objective
 from ctxvec.train.objectives.mlm import MaskedLM
+from ctxvec.train.objectives.sentences import SentenceView
 from ctxvec.train.sts import evaluate_sts, read_sts
 from ctxvec.workspace import Workspace, read_json, sha256_text, write_manifest
 
@@ -105,11 +107,23 @@ def objective_task(setup: Setup, ocfg, objective, examples, index: int, tcfg,
     world = world or distributed.World()
     if getattr(objective, "attach", None):
         objective.attach(setup.model.config.hidden_size, setup.device)
+    if getattr(objective, "bind", None):  # a head built from the model itself (tsdae's decoder)
+        objective.bind(setup.model, setup.device)
     bs = ocfg.batch_size or tcfg.batch_size
     sampler = Sampler(len(examples), tcfg.seed + index, rank=world.rank, world=world.size)
     log.info("train: objective %s, %d examples, batch %d, weight %g",
              ocfg.name, len(examples), bs, ocfg.weight)
     return Task(objective, examples, ocfg.weight, bs, sampler)
+
+
+def anchored(setup: Setup, tcfg, tasks: list[Task], penalties: list | None = None) -> MultiTask:
+    """The tasks with ``train.anchor``'s pull toward the model as it is now (its start)."""
+    view = SentenceView(setup.tokenizer, tcfg.seq_len, setup.settings.pooling)
+    extra, anchors = anchor_parts(tcfg.anchor, setup.model, view, tasks)
+    if tcfg.anchor.kind != "none":
+        log.info("train: anchored to the starting model by %s (weight %g)", tcfg.anchor.kind,
+                 tcfg.anchor.strength)
+    return MultiTask(tasks + extra, list(penalties or []) + anchors)
 
 
 def save_model(ws: Workspace, run_dir: Path, setup: Setup) -> None:
@@ -254,7 +268,8 @@ def run_train(
             tcfg.eval_every or tcfg.early_stopping):
         evals.append(_sts_eval(cfg.evaluate.sts, setup.tokenizer, setup.settings,
                                cfg.evaluate.batch_size))
-    result = train_logged(run_dir, setup.model, MultiTask(tasks), tcfg, _combine(evals))
+    result = train_logged(run_dir, setup.model, anchored(setup, tcfg, tasks), tcfg,
+                          _combine(evals))
     if result is None:
         log.info("train: train.steps=0, keeping %s's weights as they are", cfg.model.init)
     if not world.main:  # rank 0 saves; the others are done once training is
