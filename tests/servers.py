@@ -30,6 +30,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import pytest
+
 BIN = Path(sys.executable).parent  # the venv's bin folder: prefect and mlflow come with it
 
 
@@ -181,8 +183,23 @@ PG_INSTALL = ("install PostgreSQL's server programs: `apt-get install -y postgre
 
 
 class PostgresMissing(RuntimeError):
-    """PostgreSQL's server programs are not installed. Tests that need them fail with this
-    (they do not skip): CI installs them, so a missing server is a broken machine."""
+    """PostgreSQL's server programs are not installed (or cannot run here); the message says
+    how to install them. ``require_postgres`` turns it into a skip, except in CI."""
+
+
+def require_postgres() -> Path:
+    """``postgres_bindir()`` for a test that needs PostgreSQL. Where it is missing the test is
+    skipped with the install hint as its reason, so a fresh machine with only Python passes;
+    but not where the environment variable ``CI`` is set: CI installs PostgreSQL (.ci/run), so
+    there a missing server is a broken machine and fails the test."""
+    try:
+        bindir = postgres_bindir()
+        _cluster_owner()
+    except PostgresMissing as e:
+        if os.environ.get("CI"):
+            raise
+        pytest.skip(f"{e} (CI fails here instead of skipping)")
+    return bindir
 
 
 def postgres_bindir() -> Path:
