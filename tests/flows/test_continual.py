@@ -21,7 +21,18 @@ import pytest
 from ctxvec.refs import ModelRef
 from ctxvec.registry import Registry
 from ctxvec.workspace import Workspace, read_json
+from tests.conftest import STS_DEV, needs_shared_data
 from tests.helpers import REPO, TINY, run_cli
+
+# no replay, no regulariser, a learning rate 50x the recipe's: it forgets
+HARMFUL = ["--set", "train.lr=0.05", "--set", "train.steps=30",
+           "--set", "continual.replay_ratio=0", "--set", "continual.regularizer=none"]
+
+
+def sts_where_present() -> list[str]:
+    """The STS evaluation where its file is here; none otherwise (the gate would refuse to
+    promote without it, and these tests are not about that)."""
+    return ["--set", f"evaluate.sts={STS_DEV}" if STS_DEV.is_file() else "evaluate.sts=null"]
 
 
 def killed_run(home: Path, tmp: Path, point: str, *args: str) -> tuple[int, str]:
@@ -65,15 +76,14 @@ def home(tmp_path_factory):
     return home
 
 
+@needs_shared_data(STS_DEV)
 def test_harmful_update_is_rejected(home):
     ws = Workspace(home)
     registry = Registry(ws)
     before = served_pair(ws)
     index_before = registry.resolve(f"models:/ctxvec-encoder/{before[0]}").index_uri
-    # no replay, no regulariser, a learning rate 50x the recipe's: it forgets
-    out = _ok(run_cli(home, "update", "--config", str(TINY), "--json",
-                      "--set", "train.lr=0.05", "--set", "train.steps=30",
-                      "--set", "continual.replay_ratio=0", "--set", "continual.regularizer=none"))
+    out = _ok(run_cli(home, "update", "--config", str(TINY), "--json", *HARMFUL,
+                      "--set", f"evaluate.sts={STS_DEV}"))
     assert out["status"] == "rejected"
     assert served_pair(ws) == before  # champion and its index untouched
     assert registry.resolve(f"models:/ctxvec-encoder/{before[0]}").index_uri == index_before
@@ -91,6 +101,29 @@ def test_harmful_update_is_rejected(home):
             c["champion"], rel=1e-4)
 
 
+def test_harmful_update_without_its_sts_data_is_not_promoted(home, tmp_path):
+    """The recipe asks for STS (evaluate.sts) but the file is not there: the gate cannot compare
+    what it was asked to compare, so it does not promote, and the version's tags say why."""
+    ws = Workspace(home)
+    registry = Registry(ws)
+    before = served_pair(ws)
+    missing = tmp_path / "shared" / "stsbenchmark" / "sts-dev.csv"
+    out = _ok(run_cli(home, "update", "--config", str(TINY), "--json", *HARMFUL,
+                      "--set", f"evaluate.sts={missing}"))
+    assert out["status"] == "rejected"
+    assert served_pair(ws) == before  # champion and its index untouched
+    challenger = registry.resolve("models:/ctxvec-encoder@challenger")
+    assert challenger.version == out["version"] != before[0]
+    assert challenger.tags["gate.decision"] == "rejected"
+    assert "index_uri" not in challenger.tags  # never embedded or indexed
+    unmeasured = [c for c in json.loads(challenger.tags["gate.checks"])
+                  if c["kind"] == "unmeasured"]
+    assert [(c["metric"], c["passed"]) for c in unmeasured] == [("sts", False)]
+    assert str(missing) in unmeasured[0]["why"]
+    assert f"sts could not be measured (data not found: {missing})" in \
+        challenger.tags["gate.reason"]
+
+
 def test_update_killed_at_each_stage_keeps_a_matching_pair_and_completes(home, tmp_path):
     ws = Workspace(home)
     registry = Registry(ws)
@@ -99,7 +132,7 @@ def test_update_killed_at_each_stage_keeps_a_matching_pair_and_completes(home, t
     # tolerance is wide open because this test is about crash safety, not the gate.
     args = ["update", "--config", str(TINY), "--json", "--set", "continual.regularizer=ewc",
             "--set", "continual.reg_weight=0.1", "--set", "continual.distill_weight=0.5",
-            "--set", "continual.gate.tolerance=10"]
+            "--set", "continual.gate.tolerance=10", *sts_where_present()]
     killed_at = []
     for point in ("after-train", "after-embed", "during-switch"):
         rc, stderr = killed_run(home, tmp_path, point, *args)

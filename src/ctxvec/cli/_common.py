@@ -187,5 +187,15 @@ def format_hits(hits: list[dict]) -> str:
     return "\n".join(out)
 
 
+def format_check(c: dict, champion: str = "", challenger: str = "") -> str:
+    """One gate check (``ctxvec.continual.gate.decide``): its numbers, or why it could not be
+    measured."""
+    head = f"{'ok  ' if c['passed'] else 'FAIL'} {c['metric']:<22}"
+    if c["champion"] is None or c["challenger"] is None:  # an evaluation that could not run
+        return f"{head} not measured: {c.get('why', '')}  {c['rule']}"
+    return (f"{head} {champion}{c['champion']:.4f} -> {challenger}{c['challenger']:.4f} "
+            f"({100 * c['relative_gain']:+.1f}%)  {c['rule']}")
+
+
 def format_metrics(metrics: dict[str, float]) -> str:
     return ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()) or "-"
