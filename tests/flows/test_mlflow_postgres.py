@@ -44,9 +44,11 @@ def servers(tmp_path_factory):
             yield db, uri, root / "mlflow" / "artifacts"
 
 
-def ctxvec(uri: str, home, *args: str) -> dict:
-    """``ctxvec ARGS --json`` in a fresh process tracking to ``uri`` -> its JSON."""
-    env = clean_env(MLFLOW_TRACKING_URI=uri, CTXVEC_HOME=str(home))
+def ctxvec(uri: str, home, *args: str, prefect_api: str | None = None) -> dict:
+    """``ctxvec ARGS --json`` in a fresh process tracking to ``uri`` (and reporting flows to
+    ``prefect_api``) -> its JSON."""
+    env = clean_env(MLFLOW_TRACKING_URI=uri, CTXVEC_HOME=str(home),
+                    **({"PREFECT_API_URL": prefect_api} if prefect_api else {}))
     proc = subprocess.run([sys.executable, "-m", "ctxvec.cli", *args, "--json"], cwd=REPO,
                           env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, f"ctxvec {' '.join(args)} exited {proc.returncode}:\n{proc.stderr}"
@@ -54,14 +56,14 @@ def ctxvec(uri: str, home, *args: str) -> dict:
 
 
 @pytest.fixture(scope="module")
-def run(servers, tmp_path_factory):
+def run(servers, tmp_path_factory, prefect_api):
     """One pipeline run of the tiny recipe on a small corpus -> (workspace, its summary)."""
     _, uri, _ = servers
     root = tmp_path_factory.mktemp("pg-run")
     overrides = small_run_overrides(write_corpus(root / "corpus", docs=120))
     home = root / "home"
     summary = ctxvec(uri, home, "run", "--config", str(TINY),
-                     *[x for o in overrides for x in ("--set", o)])
+                     *[x for o in overrides for x in ("--set", o)], prefect_api=prefect_api)
     return home, summary
 
 

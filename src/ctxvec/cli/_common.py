@@ -163,10 +163,10 @@ def prefect_env(ws_root: Path) -> None:
     """Prefect's local state lives in the workspace too, unless the user points elsewhere; the
     embedded server's telemetry writes race with the flows' on SQLite, so it is off. Prefect
     gives its ephemeral server 20 s to start, which a busy 2-core machine overran (2 runs in
-    13 under load): ctxvec gives it 120 s unless the user set a value."""
+    13 under load): ctxvec gives it 300 s unless the user set a value."""
     os.environ.setdefault("PREFECT_HOME", str(ws_root / "prefect"))
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "300")
 
 
 # --- output ---------------------------------------------------------------------------------
