@@ -19,7 +19,7 @@ CONFIGS = sorted((REPO / "configs").glob("*.yaml"))
 
 
 # Recipes name their larger data relative to themselves, in ../shared/data beside the checkout.
-SHARED_DATA = REPO.parent / "shared" / "data"
+SHARED_DATA = (REPO.parent / "shared" / "data").resolve()  # as the loader resolves paths
 
 
 def recipe_data(cfg: CtxvecConfig) -> tuple[list[str], list[str]]:
