@@ -54,11 +54,23 @@ def train_tiny(cfg, ws):
     return snap, tok, trained, run_evaluate(cfg, ws, trained)
 
 
-def run_cli(home: Path, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
-    """``python -m ctxvec.cli ARGS`` on workspace ``home`` with the embedded default (no MLflow
-    or Prefect server from the environment)."""
+def cli_env(home: Path, prefect_api: str | None = None, **extra: str) -> dict[str, str]:
+    """The environment of a CLI process on workspace ``home``: none of this process's MLflow
+    or Prefect settings, so it runs on the workspace's embedded MLflow store, and on the
+    Prefect server ``prefect_api`` (the session's, tests/conftest.py) if given, else on
+    Prefect's embedded default (an ephemeral server of its own); plus ``extra``."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "PREFECT_"))}
     env["CTXVEC_HOME"] = str(home)
     env["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+    if prefect_api:
+        env["PREFECT_API_URL"] = prefect_api
+    return env | extra
+
+
+def run_cli(home: Path, *args: str, timeout: int = 600,
+            prefect_api: str | None = None) -> subprocess.CompletedProcess:
+    """``python -m ctxvec.cli ARGS`` on workspace ``home`` (see ``cli_env``): commands that run
+    a flow (run, update) report to ``prefect_api`` if given, else to an ephemeral server."""
+    env = cli_env(home, prefect_api)
     return subprocess.run([sys.executable, "-m", "ctxvec.cli", *args], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=timeout)

@@ -30,7 +30,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import pytest
+
 BIN = Path(sys.executable).parent  # the venv's bin folder: prefect and mlflow come with it
+# how long a server may take to answer its health check: generous, for a loaded 2-core machine
+START_TIMEOUT = 300.0
 
 
 def free_port() -> int:
@@ -101,18 +105,21 @@ class Server:
         return self.folder / "server.log"
 
 
-def prefect_spec(folder: Path) -> Server:
+def prefect_spec(folder: Path, scheduler: bool = True) -> Server:
     """``prefect server start`` with its own PREFECT_HOME (SQLite database) under ``folder``;
     its URL is the API's (``http://127.0.0.1:PORT/api``), the value for ``PREFECT_API_URL``.
 
     No UI (nothing to build or serve). Its services run (they record task runs from events and
-    turn schedules into flow runs), the scheduler every 2 s instead of every minute."""
+    turn schedules into flow runs), the scheduler every 2 s instead of every minute; without
+    ``scheduler`` (flows run directly, never from a deployment) the scheduler is off."""
     port = free_port()
     url = f"http://127.0.0.1:{port}/api"
     args = [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port),
             "--no-ui", "--analytics-off", "--no-late-runs"]
     env = clean_env(PREFECT_HOME=str(folder / "home"),
                     PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS="2")
+    if not scheduler:
+        args.append("--no-scheduler")
     return Server(args, env, folder, url, f"{url}/health")
 
 
@@ -146,7 +153,7 @@ def background(args: list[str], log: Path, env: dict[str, str], cwd: Path | None
 
 
 @contextlib.contextmanager
-def running(*servers: Server, timeout: float = 120.0) -> Iterator[list[str]]:
+def running(*servers: Server, timeout: float = START_TIMEOUT) -> Iterator[list[str]]:
     """Start every server at once (they start in parallel), wait until each is healthy, yield
     their URLs; stop them all on exit."""
     with contextlib.ExitStack() as stack:
@@ -158,14 +165,15 @@ def running(*servers: Server, timeout: float = 120.0) -> Iterator[list[str]]:
 
 
 @contextlib.contextmanager
-def prefect_server(folder: Path, timeout: float = 120.0) -> Iterator[str]:
+def prefect_server(folder: Path, timeout: float = START_TIMEOUT,
+                   scheduler: bool = True) -> Iterator[str]:
     """A real Prefect server (see ``prefect_spec``); yields its API URL."""
-    with running(prefect_spec(folder), timeout=timeout) as (url,):
+    with running(prefect_spec(folder, scheduler), timeout=timeout) as (url,):
         yield url
 
 
 @contextlib.contextmanager
-def mlflow_server(folder: Path, timeout: float = 120.0) -> Iterator[str]:
+def mlflow_server(folder: Path, timeout: float = START_TIMEOUT) -> Iterator[str]:
     """A real MLflow tracking server (see ``mlflow_spec``); yields its tracking URI."""
     with running(mlflow_spec(folder), timeout=timeout) as (url,):
         yield url
@@ -181,8 +189,23 @@ PG_INSTALL = ("install PostgreSQL's server programs: `apt-get install -y postgre
 
 
 class PostgresMissing(RuntimeError):
-    """PostgreSQL's server programs are not installed. Tests that need them fail with this
-    (they do not skip): CI installs them, so a missing server is a broken machine."""
+    """PostgreSQL's server programs are not installed (or cannot run here); the message says
+    how to install them. ``require_postgres`` turns it into a skip, except in CI."""
+
+
+def require_postgres() -> Path:
+    """``postgres_bindir()`` for a test that needs PostgreSQL. Where it is missing the test is
+    skipped with the install hint as its reason, so a fresh machine with only Python passes;
+    but not where the environment variable ``CI`` is set: CI installs PostgreSQL (.ci/run), so
+    there a missing server is a broken machine and fails the test."""
+    try:
+        bindir = postgres_bindir()
+        _cluster_owner()
+    except PostgresMissing as e:
+        if os.environ.get("CI"):
+            raise
+        pytest.skip(f"{e} (CI fails here instead of skipping)")
+    return bindir
 
 
 def postgres_bindir() -> Path:

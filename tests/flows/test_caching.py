@@ -1,7 +1,7 @@
 """Stage caching in the pipeline flow (flows/caching.py), through real Prefect task runs.
 
 One workspace, one small corpus that ingest reads completely (so a second ingest finds nothing
-new and names the same corpus), four runs in Prefect's test harness:
+new and names the same corpus), four runs in-process on the session's Prefect server:
 1. everything runs;
 2. the same inputs: every cached stage is ``Cached`` (train is not run again), the same model
    version comes back and the registry holds no new one;
@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
-
-import pytest
 
 from tests.flows.runs import small_run_overrides, task_runs, write_corpus
 from tests.helpers import TINY
@@ -32,15 +30,8 @@ def run(home: Path, overrides: list[str]) -> tuple[dict, dict[str, str]]:
     return state.result(), {name: r.state.name for name, r in runs.items()}
 
 
-@pytest.fixture(scope="module")
-def harness():
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness():
-        yield
-
-
-def test_unchanged_stages_are_cached_and_changed_ones_rerun(tmp_path, harness, monkeypatch):
+def test_unchanged_stages_are_cached_and_changed_ones_rerun(tmp_path, prefect_client,
+                                                            monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     corpus = write_corpus(tmp_path / "corpus", 300)
     home = tmp_path / "home"

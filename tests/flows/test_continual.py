@@ -21,16 +21,27 @@ import pytest
 from ctxvec.refs import ModelRef
 from ctxvec.registry import Registry
 from ctxvec.workspace import Workspace, read_json
-from tests.helpers import REPO, TINY, run_cli
+from tests.conftest import STS_DEV, needs_shared_data
+from tests.helpers import REPO, TINY, cli_env, run_cli
+
+# no replay, no regulariser, a learning rate 50x the recipe's: it forgets
+HARMFUL = ["--set", "train.lr=0.05", "--set", "train.steps=30",
+           "--set", "continual.replay_ratio=0", "--set", "continual.regularizer=none"]
 
 
-def killed_run(home: Path, tmp: Path, point: str, *args: str) -> tuple[int, str]:
-    """Run the CLI until crash point ``point`` kills it (SIGKILL, as a power cut would). Output
-    goes to files and the process gets its own session: Prefect's local server, a child process
-    the kill orphans, would otherwise hold the pipes open; it is killed with its group after."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "PREFECT_"))}
-    env |= {"CTXVEC_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-            "CTXVEC_CRASH_AT": point}
+def sts_where_present() -> list[str]:
+    """The STS evaluation where its file is here; none otherwise (the gate would refuse to
+    promote without it, and these tests are not about that)."""
+    return ["--set", f"evaluate.sts={STS_DEV}" if STS_DEV.is_file() else "evaluate.sts=null"]
+
+
+def killed_run(home: Path, tmp: Path, prefect_api: str, point: str,
+               *args: str) -> tuple[int, str]:
+    """Run the CLI until crash point ``point`` kills it (SIGKILL, as a power cut would). Its
+    flow reports to the session's Prefect server ``prefect_api``. Output goes to files and the
+    process gets its own session: a child process the kill orphans would otherwise hold the
+    pipes open; it is killed with its group after."""
+    env = cli_env(home, prefect_api, CTXVEC_CRASH_AT=point)
     err = tmp / f"{point}.err"
     with open(tmp / f"{point}.out", "w") as o, open(err, "w") as e:
         proc = subprocess.Popen([sys.executable, "-m", "ctxvec.cli", *args], cwd=REPO, env=env,
@@ -59,21 +70,20 @@ def served_pair(ws: Workspace) -> tuple[str, str]:
 
 
 @pytest.fixture(scope="module")
-def home(tmp_path_factory):
+def home(tmp_path_factory, prefect_api):
     home = tmp_path_factory.mktemp("continual") / "home"
-    _ok(run_cli(home, "run", "--config", str(TINY), "--json"))
+    _ok(run_cli(home, "run", "--config", str(TINY), "--json", prefect_api=prefect_api))
     return home
 
 
-def test_harmful_update_is_rejected(home):
+@needs_shared_data(STS_DEV)
+def test_harmful_update_is_rejected(home, prefect_api):
     ws = Workspace(home)
     registry = Registry(ws)
     before = served_pair(ws)
     index_before = registry.resolve(f"models:/ctxvec-encoder/{before[0]}").index_uri
-    # no replay, no regulariser, a learning rate 50x the recipe's: it forgets
-    out = _ok(run_cli(home, "update", "--config", str(TINY), "--json",
-                      "--set", "train.lr=0.05", "--set", "train.steps=30",
-                      "--set", "continual.replay_ratio=0", "--set", "continual.regularizer=none"))
+    out = _ok(run_cli(home, "update", "--config", str(TINY), "--json", *HARMFUL,
+                      "--set", f"evaluate.sts={STS_DEV}", prefect_api=prefect_api))
     assert out["status"] == "rejected"
     assert served_pair(ws) == before  # champion and its index untouched
     assert registry.resolve(f"models:/ctxvec-encoder/{before[0]}").index_uri == index_before
@@ -91,7 +101,31 @@ def test_harmful_update_is_rejected(home):
             c["champion"], rel=1e-4)
 
 
-def test_update_killed_at_each_stage_keeps_a_matching_pair_and_completes(home, tmp_path):
+def test_harmful_update_without_its_sts_data_is_not_promoted(home, tmp_path, prefect_api):
+    """The recipe asks for STS (evaluate.sts) but the file is not there: the gate cannot compare
+    what it was asked to compare, so it does not promote, and the version's tags say why."""
+    ws = Workspace(home)
+    registry = Registry(ws)
+    before = served_pair(ws)
+    missing = tmp_path / "shared" / "stsbenchmark" / "sts-dev.csv"
+    out = _ok(run_cli(home, "update", "--config", str(TINY), "--json", *HARMFUL,
+                      "--set", f"evaluate.sts={missing}", prefect_api=prefect_api))
+    assert out["status"] == "rejected"
+    assert served_pair(ws) == before  # champion and its index untouched
+    challenger = registry.resolve("models:/ctxvec-encoder@challenger")
+    assert challenger.version == out["version"] != before[0]
+    assert challenger.tags["gate.decision"] == "rejected"
+    assert "index_uri" not in challenger.tags  # never embedded or indexed
+    unmeasured = [c for c in json.loads(challenger.tags["gate.checks"])
+                  if c["kind"] == "unmeasured"]
+    assert [(c["metric"], c["passed"]) for c in unmeasured] == [("sts", False)]
+    assert str(missing) in unmeasured[0]["why"]
+    assert f"sts could not be measured (data not found: {missing})" in \
+        challenger.tags["gate.reason"]
+
+
+def test_update_killed_at_each_stage_keeps_a_matching_pair_and_completes(home, tmp_path,
+                                                                       prefect_api):
     ws = Workspace(home)
     registry = Registry(ws)
     champion_before = served_pair(ws)[0]
@@ -99,16 +133,16 @@ def test_update_killed_at_each_stage_keeps_a_matching_pair_and_completes(home, t
     # tolerance is wide open because this test is about crash safety, not the gate.
     args = ["update", "--config", str(TINY), "--json", "--set", "continual.regularizer=ewc",
             "--set", "continual.reg_weight=0.1", "--set", "continual.distill_weight=0.5",
-            "--set", "continual.gate.tolerance=10"]
+            "--set", "continual.gate.tolerance=10", *sts_where_present()]
     killed_at = []
     for point in ("after-train", "after-embed", "during-switch"):
-        rc, stderr = killed_run(home, tmp_path, point, *args)
+        rc, stderr = killed_run(home, tmp_path, prefect_api, point, *args)
         assert rc == -signal.SIGKILL, stderr[-3000:]
         assert f"crash point {point}" in stderr
         killed_at.append(point)
         champion, index_version = served_pair(ws)
         assert champion == index_version == champion_before, killed_at
-    out = _ok(run_cli(home, *args))
+    out = _ok(run_cli(home, *args, prefect_api=prefect_api))
     assert out["status"] == "promoted"
     new = out["version"]
     assert served_pair(ws) == (new, new)

@@ -1,8 +1,9 @@
 """The tiny recipe end to end through the real Prefect flow, MLflow on SQLite and FAISS.
 
 The first run goes through the CLI exactly as a user types it (a fresh process, Prefect's
-ephemeral local server); the second runs the flow in-process under Prefect's test harness on the
-same workspace, which must register version 2, move ``champion`` and build a separate index.
+ephemeral local server: the embedded default the README's commands use); the second runs the
+flow in-process, reporting to the session's Prefect server (tests/conftest.py), on the same
+workspace, which must register version 2, move ``champion`` and build a separate index.
 """
 
 from __future__ import annotations
@@ -165,13 +166,11 @@ def test_pyfunc_loads_in_a_fresh_process(first_run):
     assert np.allclose(vecs, direct, atol=1e-5)
 
 
-def test_second_run_in_process_moves_champion(first_run):
+def test_second_run_in_process_moves_champion(first_run, prefect_client):
     home, s = first_run
     from ctxvec_flows.pipeline import pipeline
-    from prefect.testing.utilities import prefect_test_harness
 
-    with prefect_test_harness():
-        s2 = pipeline(str(TINY), ["train.steps=4", "evaluate.sts=null"], str(home))
+    s2 = pipeline(str(TINY), ["train.steps=4", "evaluate.sts=null"], str(home))
     # The first run stopped at ingest.max_docs=150, so the source file was not complete: the
     # second ingest reads it again, skips the 150 it has, and adds the next 150.
     snap2 = s2["snapshot"]

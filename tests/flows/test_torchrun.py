@@ -43,20 +43,18 @@ def _task_log(task_run_id, expect: str, timeout: float = 30.0) -> list[str]:
         time.sleep(0.5)
 
 
-def test_pipeline_trains_with_two_torchrun_processes(tmp_path, monkeypatch):
+def test_pipeline_trains_with_two_torchrun_processes(tmp_path, monkeypatch, prefect_client):
     from ctxvec_flows.pipeline import pipeline
-    from prefect.testing.utilities import prefect_test_harness
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     corpus = write_corpus(tmp_path / "corpus", 120)  # about 45 documents: enough for 2 ranks
     home = tmp_path / "home"
     overrides = [*small_run_overrides(corpus), "train.nproc_per_node=2", "train.steps=6"]
-    with prefect_test_harness():
-        state = pipeline(str(TINY), overrides, str(home), return_state=True)
-        assert state.is_completed(), state.message
-        out = state.result()
-        train_run = task_runs(state.state_details.flow_run_id)["train"]
-        messages = _task_log(train_run.id, "[rank 0] ctxvec.train.run")
+    state = pipeline(str(TINY), overrides, str(home), return_state=True)
+    assert state.is_completed(), state.message
+    out = state.result()
+    train_run = task_runs(state.state_details.flow_run_id)["train"]
+    messages = _task_log(train_run.id, "[rank 0] ctxvec.train.run")
 
     manifest = json.loads((Path(out["train"]["run_dir"]) / "manifest.json").read_text())
     assert manifest["world_size"] == 2 and manifest["steps"] == out["train"]["steps"] == 6

@@ -30,8 +30,9 @@ class ServedWorkspace:
     summary: dict  # what `ctxvec run --json` printed
 
 
-def ctxvec_cli(home: Path, *args: str) -> subprocess.CompletedProcess:
-    proc = run_cli(home, *args)
+def ctxvec_cli(home: Path, *args: str, prefect_api: str | None = None
+               ) -> subprocess.CompletedProcess:
+    proc = run_cli(home, *args, prefect_api=prefect_api)
     if proc.returncode != 0:
         raise AssertionError(f"ctxvec {' '.join(args)} exited {proc.returncode}:\n"
                              f"{proc.stderr[-4000:]}")
@@ -39,15 +40,16 @@ def ctxvec_cli(home: Path, *args: str) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture(scope="session")
-def served_workspace(tmp_path_factory) -> ServedWorkspace:
-    """The tiny pipeline run once, as a user runs it: version 1 is the champion, with its index
-    (and sense index)."""
+def served_workspace(tmp_path_factory, prefect_api) -> ServedWorkspace:
+    """The tiny pipeline run once, as a user runs it (its flow on the session's Prefect
+    server): version 1 is the champion, with its index (and sense index)."""
     if os.environ.get("MLFLOW_TRACKING_URI"):
         pytest.skip("MLFLOW_TRACKING_URI is set: these tests need the embedded workspace store")
     home = tmp_path_factory.mktemp("serve") / "home"
     home.mkdir()
     sets = [a for o in TINY_OVERRIDES for a in ("--set", o)]
-    proc = ctxvec_cli(home, "run", "--config", str(TINY), *sets, "--json")
+    proc = ctxvec_cli(home, "run", "--config", str(TINY), *sets, "--json",
+                      prefect_api=prefect_api)
     return ServedWorkspace(home, json.loads(proc.stdout))
 
 

@@ -15,11 +15,11 @@ from tests.helpers import TINY, run_cli
 
 
 @pytest.mark.slow
-def test_pipeline_embeds_on_ray(tmp_path):
+def test_pipeline_embeds_on_ray(tmp_path, prefect_api):
     pytest.importorskip("ray")
     home = tmp_path / "home"
     proc = run_cli(home, "run", "--config", str(TINY), "--set", "embed.engine=ray",
-                   "--set", "evaluate.sts=null", "--json")
+                   "--set", "evaluate.sts=null", "--json", prefect_api=prefect_api)
     assert proc.returncode == 0, proc.stderr[-4000:]
     out = json.loads(proc.stdout)  # stdout holds the one JSON object, nothing from Ray
     emb, idx = out["embeddings"], out["index"]

@@ -50,11 +50,13 @@ def ranked(hits: list[dict]) -> list[tuple[str, float]]:
     return [(h["doc_id"], round(h["score"], 4)) for h in hits]
 
 
-def test_a_pipeline_on_s3_is_served_by_another_machine_with_an_empty_cache(tmp_path):
+def test_a_pipeline_on_s3_is_served_by_another_machine_with_an_empty_cache(tmp_path,
+                                                                          prefect_api):
     with moto_server() as endpoint:
         bucket = new_bucket(endpoint)
         uri = f"s3://{bucket}/ws"
-        one = machine_env(**s3_env(endpoint), CTXVEC_HOME=uri,
+        # the pipeline's flow reports to the session's Prefect server, as to a shared one
+        one = machine_env(**s3_env(endpoint), CTXVEC_HOME=uri, PREFECT_API_URL=prefect_api,
                           CTXVEC_CACHE=str(tmp_path / "one"))
         s = ok(ctxvec(one, "run", "--config", TINY, *SETS, "--json"))
         assert s["workspace"] == uri

@@ -124,12 +124,12 @@ def _title_of(built, doc_id: str) -> str:
 
 
 @pytest.mark.slow
-def test_ctxvec_run_with_three_shards_then_query(tmp_path):
+def test_ctxvec_run_with_three_shards_then_query(tmp_path, prefect_api):
     """The command a user types: ``ctxvec run --set index.shards=3``, then ``ctxvec query``."""
     home = tmp_path / "home"
     sets = ["evaluate.sts=null", "embed.words.enabled=false", "index.shards=3"]
     proc = run_cli(home, "run", "--config", str(TINY), *[a for s in sets for a in ("--set", s)],
-                   "--json")
+                   "--json", prefect_api=prefect_api)
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads(proc.stdout)
     manifest = json.loads((Path(out["index"]["path"]) / "manifest.json").read_text())

@@ -46,6 +46,42 @@ def test_gate_promotes_only_if_new_improves_and_old_holds():
         decide(GateConfig(new_metric="new.wic"), champion, champion)
 
 
+def test_gate_does_not_promote_when_an_asked_for_check_cannot_run():
+    """Fail safe: the recipe asked for an evaluation (evaluate.sts is set) that could not run
+    (its file is missing), so the comparison lacks that metric: no promotion, and the reason
+    says which evaluation and why, however good the rest looks."""
+    champion = {"new.mlm_loss": 4.0, "old.mlm_loss": 3.0}
+    better = {"new.mlm_loss": 3.0, "old.mlm_loss": 2.9}
+    gate = GateConfig(tolerance=0.02)
+    assert decide(gate, champion, better)["promote"]
+    missing = {"sts": "data not found: /nowhere/sts-dev.csv"}
+    d = decide(gate, champion, better, unmeasured=missing)
+    assert not d["promote"]
+    failed = [c for c in d["checks"] if not c["passed"]]
+    assert [(c["metric"], c["kind"]) for c in failed] == [("sts", "unmeasured")]
+    assert failed[0]["why"] == missing["sts"]
+    assert failed[0]["champion"] is None and failed[0]["challenger"] is None
+    assert "sts could not be measured (data not found: /nowhere/sts-dev.csv)" in d["reason"]
+    assert "evaluate.sts=null" in d["reason"]  # how to update without it, on purpose
+
+
+def test_unmeasured_lists_the_evaluations_asked_for_but_skipped_on_either_side():
+    from ctxvec.artifacts import EvalReport
+    from ctxvec.config import EvaluateConfig
+    from ctxvec.continual.evaluate import PairReport, unmeasured
+
+    ecfg = EvaluateConfig(sts="/nowhere/sts-dev.csv", wic="/data/wic")
+    not_set = "evaluate.retrieval is not set in the recipe"
+    pair = PairReport({"old.mlm_loss": 3.0}, EvalReport(
+        {"old.mlm_loss": 2.9, "wic_accuracy": 0.6},
+        {"sts": "data not found: /nowhere/sts-dev.csv", "retrieval": not_set}),
+        champion_skipped={"sts": "data not found: /nowhere/sts-dev.csv", "retrieval": not_set,
+                          "wic": "data not found: /data/wic"})
+    assert unmeasured(ecfg, pair) == {"sts": "data not found: /nowhere/sts-dev.csv",
+                                      "wic": "champion: data not found: /data/wic"}
+    assert unmeasured(EvaluateConfig(), pair) == {}  # nothing asked for: nothing missing
+
+
 def _model():
     torch.manual_seed(0)
     return torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.Linear(3, 2))

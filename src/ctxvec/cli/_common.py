@@ -163,10 +163,10 @@ def prefect_env(ws_root: Path) -> None:
     """Prefect's local state lives in the workspace too, unless the user points elsewhere; the
     embedded server's telemetry writes race with the flows' on SQLite, so it is off. Prefect
     gives its ephemeral server 20 s to start, which a busy 2-core machine overran (2 runs in
-    13 under load): ctxvec gives it 120 s unless the user set a value."""
+    13 under load): ctxvec gives it 300 s unless the user set a value."""
     os.environ.setdefault("PREFECT_HOME", str(ws_root / "prefect"))
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "300")
 
 
 # --- output ---------------------------------------------------------------------------------
@@ -185,6 +185,16 @@ def format_hits(hits: list[dict]) -> str:
         title = f" [{h['title']}]" if h.get("title") else ""
         out.append(f"{rank:>3}. {h['score']:.4f}  {h['doc_id']}{title}\n       {snippet}")
     return "\n".join(out)
+
+
+def format_check(c: dict, champion: str = "", challenger: str = "") -> str:
+    """One gate check (``ctxvec.continual.gate.decide``): its numbers, or why it could not be
+    measured."""
+    head = f"{'ok  ' if c['passed'] else 'FAIL'} {c['metric']:<22}"
+    if c["champion"] is None or c["challenger"] is None:  # an evaluation that could not run
+        return f"{head} not measured: {c.get('why', '')}  {c['rule']}"
+    return (f"{head} {champion}{c['champion']:.4f} -> {challenger}{c['challenger']:.4f} "
+            f"({100 * c['relative_gain']:+.1f}%)  {c['rule']}")
 
 
 def format_metrics(metrics: dict[str, float]) -> str:

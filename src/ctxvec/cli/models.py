@@ -13,6 +13,7 @@ from ctxvec.cli._common import (
     UserError,
     command,
     dump,
+    format_check,
     format_metrics,
     workspace,
 )
@@ -81,10 +82,8 @@ def models_show(
             f"{k}={v:.4f}" for k, v in d["drift"].items() if isinstance(v, float)))
     if "gate.decision" in d["tags"]:
         lines.append(f"  gate: {d['tags']['gate.decision']} ({d['tags'].get('gate.reason', '')})")
-        for c in json.loads(d["tags"].get("gate.checks", "[]")):
-            lines.append(f"    {'ok  ' if c['passed'] else 'FAIL'} {c['metric']}: champion "
-                         f"{c['champion']:.4f}, this version {c['challenger']:.4f} "
-                         f"({100 * c['relative_gain']:+.1f}%)")
+        lines += [f"    {format_check(c, 'champion ', 'this version ')}"
+                  for c in json.loads(d["tags"].get("gate.checks", "[]"))]
     return "\n".join(lines)
 
 

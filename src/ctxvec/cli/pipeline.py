@@ -12,6 +12,7 @@ from ctxvec.cli._common import (
     JsonOpt,
     command,
     dump,
+    format_check,
     format_hits,
     format_metrics,
     load_recipe,
@@ -89,10 +90,7 @@ def format_update(s: dict) -> str:
     if s["status"] == "nothing-new":
         return "\n".join([*lines, "status      nothing new: the champion stays"])
     lines.append(f"challenger  version {s['version']}")
-    for c in s["gate"]["checks"]:
-        lines.append(f"  {'ok  ' if c['passed'] else 'FAIL'} {c['metric']:<22} "
-                     f"{c['champion']:.4f} -> {c['challenger']:.4f} "
-                     f"({100 * c['relative_gain']:+.1f}%)  {c['rule']}")
+    lines += [f"  {format_check(c)}" for c in s["gate"]["checks"]]
     if s["status"] == "rejected":
         lines.append(f"status      rejected: {s['gate']['reason']}; the champion stays "
                      f"version {plan['parent_version']}")

@@ -4,24 +4,26 @@ like.
 ``old.*`` and ``new.*`` metrics come from each domain's held-out documents: the MLM loss (with
 masks from a fixed seed, where the model has an MLM head) and ``halves_mrr``, a label-free
 measure that finds each held-out document's second half from its first half among all of them.
-The recipe's own evaluations (``run_evaluate``) run on both models too. The champion's figures
-are stored next to the challenger's run, so a re-run does not evaluate it again.
+The recipe's own evaluations (``run_evaluate``) run on both models too; ``unmeasured`` names
+those the recipe asks for that could not run on either side, which the gate refuses to promote
+without. The champion's figures are stored next to the challenger's run, so a re-run does not
+evaluate it again.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from ctxvec.artifacts import EvalReport, TrainedModel
-from ctxvec.config import CtxvecConfig
+from ctxvec.config import CtxvecConfig, EvaluateConfig
 from ctxvec.continual.plan import Domains, UpdatePlan
 from ctxvec.continual.train import has_mlm_head, pack_docs
-from ctxvec.evaluate.run import run_evaluate
+from ctxvec.evaluate.run import EVALUATORS, run_evaluate
 from ctxvec.model.encoder import Encoder, load_tokenizer, pick_device
 from ctxvec.train.objectives.mlm import MaskedLM
 from ctxvec.workspace import Workspace, read_json, write_json
@@ -35,6 +37,21 @@ class PairReport:
 
     champion: dict[str, float]
     challenger: EvalReport
+    champion_skipped: dict[str, str] = field(default_factory=dict)  # evaluation -> reason
+
+
+def unmeasured(ecfg: EvaluateConfig, pair: PairReport) -> dict[str, str]:
+    """The evaluations the recipe asks for (``evaluate.<name>`` set) that were skipped for the
+    challenger or the champion (their data is missing): evaluation name -> why. Without them
+    the comparison lacks metrics the recipe wanted checked."""
+    asked = [ev.name for ev in EVALUATORS if getattr(ecfg, ev.name) is not None]
+    out = {}
+    for name in asked:
+        if name in pair.challenger.skipped:
+            out[name] = pair.challenger.skipped[name]
+        elif name in pair.champion_skipped:
+            out[name] = f"champion: {pair.champion_skipped[name]}"
+    return out
 
 
 def mlm_loss(model_dir: str, texts: list[str], seq_len: int, batch_size: int,
@@ -102,15 +119,18 @@ def evaluate_pair(cfg: CtxvecConfig, ws: Workspace, plan: UpdatePlan, domains: D
     run_dir = Path(trained.run_dir)
     parent_file = run_dir / "parent_evaluation.json"
     if parent_file.is_file():
-        champion = read_json(parent_file)["metrics"]
+        stored = read_json(parent_file)
+        champion, champion_skipped = stored["metrics"], stored.get("skipped", {})
     else:
         parent_run = TrainedModel(str(run_dir / "parent"), plan.parent_dir, 0, 0, None, None,
                                   None)
-        champion = {**run_evaluate(cfg, ws, parent_run).metrics,
-                    **domain_metrics(cfg, plan.parent_dir, domains)}
-        write_json(parent_file, {"version": plan.parent_version, "metrics": champion})
+        parent_report = run_evaluate(cfg, ws, parent_run)
+        champion = {**parent_report.metrics, **domain_metrics(cfg, plan.parent_dir, domains)}
+        champion_skipped = parent_report.skipped
+        write_json(parent_file, {"version": plan.parent_version, "metrics": champion,
+                                 "skipped": champion_skipped})
     report = run_evaluate(cfg, ws, trained)
     metrics = {**report.metrics, **domain_metrics(cfg, trained.model_dir, domains)}
     report = EvalReport(metrics=metrics, skipped=report.skipped)
     write_json(run_dir / "evaluation.json", {"metrics": metrics, "skipped": report.skipped})
-    return PairReport(champion, report)
+    return PairReport(champion, report, champion_skipped)

@@ -1,15 +1,18 @@
 """The gate: promote the challenger only if it learned the new domain without forgetting.
 
 ``decide`` passes when the new-domain metric improves by more than ``gate.min_improvement`` and
-no old-domain metric worsens by more than ``gate.tolerance`` (relative). The decision and every
-check, with its numbers, become tags of the challenger's version (``record_decision``), so why a
-version was or was not promoted can be read in the registry.
+no old-domain metric worsens by more than ``gate.tolerance`` (relative). It fails safe: an
+evaluation the recipe asks for that could not run (``unmeasured``, e.g. ``evaluate.sts`` set but
+its file missing) is a failed check, so a comparison that lacks it never promotes. The decision
+and every check, with its numbers, become tags of the challenger's version (``record_decision``),
+so why a version was or was not promoted can be read in the registry.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Mapping
 from typing import Any
 
 from ctxvec.artifacts import RegisteredModel
@@ -24,9 +27,11 @@ def lower_is_better(metric: str) -> bool:
     return metric.endswith(("loss", "perplexity"))
 
 
-def decide(gcfg: GateConfig, champion: dict[str, float],
-           challenger: dict[str, float]) -> dict[str, Any]:
-    """The gate: every check with its numbers, and ``promote`` True only if all pass."""
+def decide(gcfg: GateConfig, champion: dict[str, float], challenger: dict[str, float],
+           unmeasured: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """The gate: every check with its numbers, and ``promote`` True only if all pass.
+    ``unmeasured``: evaluation name -> why it could not run, for the evaluations the recipe
+    asks for (``ctxvec.continual.evaluate.unmeasured``); each is a failed check."""
     def gain(m: str) -> float:  # relative improvement; negative: worse
         a, b = champion[m], challenger[m]
         d = (a - b) if lower_is_better(m) else (b - a)
@@ -54,14 +59,23 @@ def decide(gcfg: GateConfig, champion: dict[str, float],
             "challenger": challenger[m], "relative_gain": g,
             "rule": f"worsens by at most {gcfg.tolerance:g}", "passed": g >= -gcfg.tolerance,
         })
-    failed = [c for c in checks if not c["passed"]]
-    reasons = []
-    for c in failed:
-        verb = "did not improve" if c["kind"] == "new-domain" else "worsened"
-        reasons.append(f"{c['metric']} {verb}: {c['champion']:.4g} -> {c['challenger']:.4g} "
-                       f"({100 * c['relative_gain']:+.1f}%; rule: {c['rule']})")
-    return {"promote": not failed, "new_metric": new_metric, "checks": checks,
+    checks += [{"metric": name, "kind": "unmeasured", "champion": None, "challenger": None,
+                "relative_gain": None, "why": why, "passed": False,
+                "rule": f"evaluate.{name} is set: it must be measured"}
+               for name, why in sorted((unmeasured or {}).items())]
+    reasons = [failure(c) for c in checks if not c["passed"]]
+    return {"promote": not reasons, "new_metric": new_metric, "checks": checks,
             "reason": "; ".join(reasons) if reasons else "every check passed"}
+
+
+def failure(c: dict[str, Any]) -> str:
+    """Why check ``c`` failed, in one phrase."""
+    if c["kind"] == "unmeasured":
+        return (f"{c['metric']} could not be measured ({c['why']}): provide its data, or set "
+                f"evaluate.{c['metric']}=null to update without it")
+    verb = "did not improve" if c["kind"] == "new-domain" else "worsened"
+    return (f"{c['metric']} {verb}: {c['champion']:.4g} -> {c['challenger']:.4g} "
+            f"({100 * c['relative_gain']:+.1f}%; rule: {c['rule']})")
 
 
 def record_decision(ws: Workspace, reg: RegisteredModel, champion: dict[str, float],

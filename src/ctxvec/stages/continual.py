@@ -21,7 +21,7 @@ from typing import Any
 from ctxvec.artifacts import RegisteredModel, TrainedModel
 from ctxvec.config import CtxvecConfig
 from ctxvec.continual.drift import drift_report
-from ctxvec.continual.evaluate import PairReport, evaluate_pair
+from ctxvec.continual.evaluate import PairReport, evaluate_pair, unmeasured
 from ctxvec.continual.gate import decide, record_decision
 from ctxvec.continual.plan import Domains, UpdatePlan, plan_update, snapshot_record, split_domains
 from ctxvec.continual.register import register_challenger
@@ -45,8 +45,10 @@ def register(cfg: CtxvecConfig, ws: Workspace, plan: UpdatePlan, trained: Traine
 
 def gate(cfg: CtxvecConfig, ws: Workspace, reg: RegisteredModel,
          pair: PairReport) -> dict[str, Any]:
-    """The gate's decision, recorded as tags of the challenger's version."""
-    decision = decide(cfg.continual.gate, pair.champion, pair.challenger.metrics)
+    """The gate's decision, recorded as tags of the challenger's version. An evaluation the
+    recipe asks for that could not run is a failed check: no promotion without it."""
+    decision = decide(cfg.continual.gate, pair.champion, pair.challenger.metrics,
+                      unmeasured(cfg.evaluate, pair))
     record_decision(ws, reg, pair.champion, decision)
     return decision
 
