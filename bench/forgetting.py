@@ -221,7 +221,7 @@ def update_overrides(plan: dict, continual: dict, threads: int) -> list[str]:
 def run_condition(home: Path, name: str, label: str, sets: list[str]) -> dict:
     """plan_update -> split_domains -> train_challenger -> evaluate_pair -> decide."""
     from ctxvec.config import load_config
-    from ctxvec.continual.evaluate import evaluate_pair
+    from ctxvec.continual.evaluate import evaluate_pair, unmeasured
     from ctxvec.continual.gate import decide
     from ctxvec.continual.plan import plan_update, split_domains
     from ctxvec.continual.train import train_challenger
@@ -245,12 +245,14 @@ def run_condition(home: Path, name: str, label: str, sets: list[str]) -> dict:
         t1 = time.time()
         trained = train_challenger(cfg, ws, plan, domains)
         t2 = time.time()
-        champion, report = evaluate_pair(cfg, ws, plan, domains, trained)
+        pair = evaluate_pair(cfg, ws, plan, domains, trained)
+        champion, report = pair.champion, pair.challenger
         drift = {"champion": embedding_drift(ws, plan, domains, plan.parent_dir),
                  "champion_dropout": embedding_drift(ws, plan, domains, plan.parent_dir, True),
                  "challenger": embedding_drift(ws, plan, domains, trained.model_dir)}
         t3 = time.time()
-    decision = decide(cfg.continual.gate, champion, report.metrics)
+    decision = decide(cfg.continual.gate, champion, report.metrics,
+                      unmeasured=unmeasured(cfg.evaluate, pair))
     manifest = read_json(Path(trained.run_dir) / "manifest.json")
     rows = [json.loads(x) for x in
             (Path(trained.run_dir) / "metrics.jsonl").read_text().splitlines() if x.strip()]
