@@ -80,6 +80,12 @@ def test_unmeasured_lists_the_evaluations_asked_for_but_skipped_on_either_side()
     assert unmeasured(ecfg, pair) == {"sts": "data not found: /nowhere/sts-dev.csv",
                                       "wic": "champion: data not found: /data/wic"}
     assert unmeasured(EvaluateConfig(), pair) == {}  # nothing asked for: nothing missing
+    # a switch (evaluate.pseudo) counts only when on, not because it is a key with a value
+    no_mined = "no mined data: the mine stage did not run"
+    pseudo = PairReport({}, EvalReport({}, {"pseudo": no_mined}),
+                        champion_skipped={"pseudo": no_mined})
+    assert unmeasured(EvaluateConfig(pseudo=False), pseudo) == {}
+    assert unmeasured(EvaluateConfig(pseudo=True), pseudo) == {"pseudo": no_mined}
 
 
 def _model():

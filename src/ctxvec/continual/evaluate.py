@@ -41,10 +41,10 @@ class PairReport:
 
 
 def unmeasured(ecfg: EvaluateConfig, pair: PairReport) -> dict[str, str]:
-    """The evaluations the recipe asks for (``evaluate.<name>`` set) that were skipped for the
+    """The evaluations the recipe asks for (``Evaluator.asked``) that were skipped for the
     challenger or the champion (their data is missing): evaluation name -> why. Without them
     the comparison lacks metrics the recipe wanted checked."""
-    asked = [ev.name for ev in EVALUATORS if getattr(ecfg, ev.name) is not None]
+    asked = [ev.name for ev in EVALUATORS if ev.asked(ecfg)]
     out = {}
     for name in asked:
         if name in pair.challenger.skipped:

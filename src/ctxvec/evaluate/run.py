@@ -58,6 +58,11 @@ class Evaluator:
     run: Callable[[Encoder, str, EvaluateConfig], Metrics]
     data: DataOf | None = None
 
+    def asked(self, ecfg: EvaluateConfig) -> bool:
+        """Whether the recipe asks for this evaluation: its ``evaluate.<name>`` key is set (a
+        data path, or true)."""
+        return bool(getattr(ecfg, self.name))
+
     def path(self, ecfg: EvaluateConfig, mined: MinedData | None) -> tuple[str | None, str]:
         return (self.data or _named_by_config(self.name))(ecfg, mined)
 
@@ -121,8 +126,9 @@ def run_evaluate(cfg: CtxvecConfig, ws: Workspace, trained: TrainedModel,
             skipped[ev.name] = f"data not found: {path}"
         else:
             metrics.update(ev.run(get_encoder(), path, ecfg))
+    asked = {ev.name for ev in EVALUATORS if ev.asked(ecfg)}
     for name, why in skipped.items():  # not asked for is normal; asked for but missing is not
-        log.log(logging.INFO if "not set" in why else logging.WARNING,
+        log.log(logging.WARNING if name in asked else logging.INFO,
                 "evaluate: %s skipped: %s", name, why)
     for name, value in metrics.items():
         log.info("evaluate: %s = %.4f", name, value)
