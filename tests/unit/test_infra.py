@@ -187,15 +187,16 @@ def gpu_pool(pools: dict[str, set[str]]) -> str:
 
 
 def gpu_train_tag() -> str:
-    """The tag of the training tasks: flows/pipeline.py's GPU_TRAIN_TAG, read without importing
-    the flow (which imports torch and Prefect: seconds)."""
-    tree = ast.parse((REPO / "flows" / "pipeline.py").read_text())
+    """The tag of the training tasks: the stage graph's GPU_TRAIN_TAG (src/ctxvec/stages/
+    pipeline.py, which flows/pipeline.py tags the train task with), read without importing it
+    (it imports torch: seconds)."""
+    tree = ast.parse((REPO / "src" / "ctxvec" / "stages" / "pipeline.py").read_text())
     for node in ast.walk(tree):
         if (isinstance(node, ast.Assign) and isinstance(node.value, ast.Constant)
                 and any(isinstance(t, ast.Name) and t.id == "GPU_TRAIN_TAG"
                         for t in node.targets)):
             return node.value.value
-    raise AssertionError("flows/pipeline.py defines no GPU_TRAIN_TAG = '...' any more: "
+    raise AssertionError("src/ctxvec/stages/pipeline.py defines no GPU_TRAIN_TAG = '...' any more: "
                          "update this test and the compose setup service")
 
 
