@@ -148,7 +148,8 @@ def test_mining_is_deterministic_by_seed(tmp_path, corpus):
 
 def test_mining_with_the_encoder(tmp_path, corpus):
     model = tiny_bert(tmp_path / "bert", [d.full for d in DOCS])
-    extra = [f"model.init={model}", "tokenizer.source=model", "adapt.negatives.per_example=2"]
+    extra = [f"model.init={model}", "tokenizer.source=model", "adapt.negatives.per_example=2",
+             "adapt.pseudo_queries.filter=either", "adapt.negatives.sources=[bm25,encoder]"]
     _, mined = _mine(tmp_path / "ws", corpus, *extra, model_dir=model)
     manifest = json.loads((Path(mined.path) / "manifest.json").read_text())
     assert manifest["pseudo_queries"]["filter"] == "either" and manifest["model"] == str(model)
@@ -161,5 +162,6 @@ def test_mining_with_the_encoder(tmp_path, corpus):
 
 def test_encoder_mining_needs_a_pretrained_model(tmp_path):
     with pytest.raises(ConfigError, match="adapt.pseudo_queries.filter"):
-        load_config(TINY, ["evaluate.pseudo=true"])
+        load_config(TINY, ["evaluate.pseudo=true", "adapt.pseudo_queries.filter=either"])
     load_config(TINY, ["evaluate.pseudo=true", *BM25_ONLY])  # BM25 alone needs no model
+    load_config(TINY, ["evaluate.pseudo=true"])  # the defaults mine with BM25 alone

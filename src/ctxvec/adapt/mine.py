@@ -148,7 +148,21 @@ def _encoder(acfg: AdaptConfig, model_dir: str | Path | None, device: str) -> En
     return enc
 
 
-def _write(tmp: Path, examples: list[Example], heldout: list, docs: list[Doc]) -> None:
+def eval_rows(doc_ids: list[str], held: np.ndarray, eval_docs: int | None) -> list[int]:
+    """The documents the label-free evaluation searches: every held-out one, then the others of
+    smallest hash until ``eval_docs`` (all of them when None), in corpus order. A fixed sample,
+    so every model is scored on the same search, and its cost does not grow with the corpus."""
+    rows = range(len(doc_ids))
+    if eval_docs is None or len(doc_ids) <= eval_docs:
+        return list(rows)
+    others = sorted((r for r in rows if not held[r]),
+                    key=lambda r: stable_hash("eval", doc_ids[r]))
+    keep = {r for r in rows if held[r]} | set(others[: max(0, eval_docs - int(held.sum()))])
+    return sorted(keep)
+
+
+def _write(tmp: Path, examples: list[Example], heldout: list, docs: list[Doc],
+           searched: list[int]) -> None:
     pq.write_table(pa.Table.from_pylist(
         [{"anchor": e.anchor, "positive": e.positive, "negatives": list(e.negatives),
           "signal": e.signal, "doc_id": e.doc_id} for e in examples], schema=TRAIN_SCHEMA),
@@ -161,7 +175,7 @@ def _write(tmp: Path, examples: list[Example], heldout: list, docs: list[Doc]) -
     # are made: finding it is then a matter of meaning, not of copying
     text = {q.row: q.positive for q in heldout if q.kind == "sentence"}
     pq.write_table(pa.Table.from_pylist(
-        [{"doc_id": d.doc_id, "text": text.get(i, d.full)} for i, d in enumerate(docs)],
+        [{"doc_id": docs[i].doc_id, "text": text.get(i, docs[i].full)} for i in searched],
         schema=DOCS_SCHEMA), tmp / DOCS_FILE)
 
 
@@ -203,9 +217,11 @@ def run_mine(cfg: CtxvecConfig, ws: Workspace, snap: Snapshot,
                              "for every signal on (see the adapt section)")
     counts = dict(sorted(Counter(e.signal for e in examples).items()))
     with ws.stage_dir(folder) as tmp:
-        _write(tmp, examples, heldout, docs)
+        searched = eval_rows([d.doc_id for d in docs], held, acfg.eval_docs)
+        _write(tmp, examples, heldout, docs, searched)
         write_manifest(
             tmp, "mine", started, key=key, snapshot=snap.snapshot_id, docs=len(docs),
+            eval_docs=len(searched),
             counts=counts, examples=len(examples),
             pseudo_queries={"made": made, "kept": len(queries),
                             "filter": acfg.pseudo_queries.filter},

@@ -2,8 +2,10 @@
 
 Every default is meant for any corpus, not tuned to one: one example per document and signal,
 a 5% slice of documents held out (by a hash of their ids) for the label-free evaluation, one
-hard negative per example mined from BM25 and the starting encoder, and a relative margin that
-drops candidates scoring within 5% of the positive (likely unlabelled positives).
+hard negative per example mined with BM25, and a relative margin that drops candidates scoring
+within 5% of the positive (likely unlabelled positives). BM25 alone (for the pseudo-query
+filter and the negatives) by default, because an encoder pass over every document and anchor
+costs more than the training itself on two CPU cores; the encoder is one setting away.
 """
 
 from __future__ import annotations
@@ -66,8 +68,9 @@ class PseudoQueriesConfig(_Section):
     min_sentence_words: int = Field(6, ge=2)
     max_sentence_words: int = Field(40, ge=2)
     filter: Literal["bm25", "encoder", "either"] = Field(
-        "either", description="Which retriever must rank the query's document in its top "
-        "filter_k (held-out queries are always filtered by BM25: no model's preference).")
+        "bm25", description="Which retriever must rank the query's document in its top "
+        "filter_k: bm25 (no encoder pass while mining), encoder (the starting model) or "
+        "either. Held-out queries are always filtered by BM25: no model's preference.")
     filter_k: int = Field(10, ge=1)
 
 
@@ -75,7 +78,9 @@ class NegativesConfig(_Section):
     """Hard negatives for every training example."""
 
     sources: list[Literal["bm25", "encoder"]] = Field(
-        default_factory=lambda: ["bm25", "encoder"], description="Where candidates come from.")
+        default_factory=lambda: ["bm25"], description="Where candidates come from: bm25, and "
+        "encoder (the starting model's nearest documents: every anchor and document is "
+        "encoded while mining, which on a CPU costs more than the training that follows).")
     per_example: int = Field(1, ge=0, description="0: no hard negatives (in-batch only).")
     candidates: int = Field(30, ge=1, description="Top documents per source considered.")
     margin: float = Field(
@@ -97,6 +102,9 @@ class AdaptConfig(_Section):
         "below 1 a share (by a hash of doc_id), from 1 a count (a whole number); 0: none.")
     max_docs: int | None = Field(
         None, ge=1, description="Mine at most this many documents (a stable hash sample).")
+    eval_docs: int | None = Field(
+        2000, ge=1, description="Documents the label-free evaluation searches: every held-out "
+        "one, and other documents (a stable hash sample) up to this many; null: all of them.")
     max_words: int = Field(256, ge=16, description="Words kept of any stored text.")
     batch_size: int = Field(64, ge=1, description="Texts per encoder batch while mining.")
     max_tokens: int = Field(

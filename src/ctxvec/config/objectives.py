@@ -18,6 +18,9 @@ from ctxvec.config.base import _Section
 
 Source = Literal["corpus", "sts", "pairs", "labels", "mined"]
 NO_PATH = ("corpus", "mined")  # sources the workspace provides: no data.path
+# the mine stage's signals (the ``signal`` column of mined/<key>/train.parquet)
+MinedSignal = Literal["title_text", "ict", "crops", "neighbours", "pseudo_sentence",
+                      "pseudo_keywords"]
 
 
 class DataConfig(_Section):
@@ -39,11 +42,19 @@ class DataConfig(_Section):
         None, description="sts as positive pairs (mnrl): keep pairs scoring at least this."
     )
     max_examples: int | None = Field(None, ge=1)
+    signals: list[MinedSignal] | None = Field(
+        None, description="mined only: train on these signals' rows alone (title_text, ict, "
+        "crops, neighbours, pseudo_sentence, pseudo_keywords); default: every signal mined.",
+    )
 
     @model_validator(mode="after")
     def _path_needed(self) -> DataConfig:
         if self.source not in NO_PATH and not self.path:
             raise ValueError(f"data.path is required when data.source={self.source}")
+        if self.signals is not None and self.source != "mined":
+            raise ValueError("data.signals picks rows of mined data: it needs data.source=mined")
+        if self.signals is not None and not self.signals:
+            raise ValueError("data.signals is empty: name at least one signal, or leave it out")
         return self
 
 

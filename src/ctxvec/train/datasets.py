@@ -122,19 +122,26 @@ def _flat(values: list[Any]) -> tuple:
     return tuple(t for v in values for t in (v if isinstance(v, list) else [v]))
 
 
-def mined_examples(mined: MinedData | None) -> list[tuple[str, ...]]:
+def mined_examples(mined: MinedData | None,
+                   signals: list[str] | None = None) -> list[tuple[str, ...]]:
     """``(anchor, positive, *negatives)`` per mined row, in file order (the sampler shuffles).
     Rows may carry fewer negatives than ``adapt.negatives.per_example`` (some had none that
-    passed the margin), so tuples differ in length."""
+    passed the margin), so tuples differ in length. ``signals``: only those signals' rows."""
     if mined is None:
         raise UserInputError("data.source=mined needs the mine stage's data: run the recipe "
                              "with `ctxvec run`, `pretrain` or `finetune`, which mine first")
     path = Path(mined.path) / MINED_TRAIN_FILE
     if not path.is_file():
         raise UserInputError(f"mined data not found: {path}")
-    t = pq.read_table(path, columns=["anchor", "positive", "negatives"]).to_pydict()
-    return [(a, p, *(n or ())) for a, p, n in
-            zip(t["anchor"], t["positive"], t["negatives"], strict=True)]
+    t = pq.read_table(path, columns=["anchor", "positive", "negatives", "signal"]).to_pydict()
+    rows = [(a, p, *(n or ())) for a, p, n, s in
+            zip(t["anchor"], t["positive"], t["negatives"], t["signal"], strict=True)
+            if signals is None or s in signals]
+    if not rows:
+        raise UserInputError(f"{path}: no mined row of signal(s) {', '.join(signals or [])} "
+                             f"(mined: {', '.join(sorted(set(t['signal'])))}); turn the signal "
+                             "on in the adapt section or change data.signals")
+    return rows
 
 
 def load_examples(ocfg: ObjectiveConfig, corpus: list[str] | None,
@@ -142,7 +149,7 @@ def load_examples(ocfg: ObjectiveConfig, corpus: list[str] | None,
     """The examples of one non-MLM objective (MLM reads packed sequences; see run.py)."""
     d: DataConfig = ocfg.data
     if d.source == "mined":
-        examples: list[Any] = mined_examples(mined)
+        examples: list[Any] = mined_examples(mined, d.signals)
     elif d.source == "corpus":
         if ocfg.name not in SENTENCE_OBJECTIVES:
             raise UserInputError(f"objective {ocfg.name} needs data.source sts, pairs or labels")
