@@ -12,7 +12,7 @@ from ctxvec.continual.evaluate import domain_metrics, domain_queries, halves_mrr
 from ctxvec.continual.gate import decide
 from ctxvec.continual.plan import Domains
 from ctxvec.continual.regularizers import EWC, L2SP, fisher_diagonal
-from ctxvec.continual.train import replay_rows
+from ctxvec.continual.replay import replay_rows
 from ctxvec.evaluate.pseudo import pseudo_metrics
 from ctxvec.evaluate.retrieval import NDCG_K, exact_search
 from ctxvec.model.encoder import Encoder

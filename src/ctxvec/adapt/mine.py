@@ -66,10 +66,17 @@ def read_docs(corpus: list[str], max_docs: int | None) -> list[Doc]:
     ones of smallest hash, so the sample is the same whatever order the corpus is read in."""
     docs = [Doc(r["doc_id"], r["title"] or "", r["text"] or "")
             for b in iter_corpus(corpus, ("doc_id", "title", "text")) for r in b.to_pylist()]
-    docs = [d for d in docs if d.text.strip()]
-    if max_docs is not None and len(docs) > max_docs:
-        docs = sorted(docs, key=lambda d: stable_hash("sample", d.doc_id))[:max_docs]
-    return sorted(docs, key=lambda d: d.doc_id)
+    return sorted(hash_sample([d for d in docs if d.text.strip()], max_docs),
+                  key=lambda d: d.doc_id)
+
+
+def hash_sample(docs: list[Doc], n: int | None) -> list[Doc]:
+    """At most ``n`` of ``docs`` (in their order): those of smallest hash of doc_id, so the sample
+    is the same whatever order the documents come in."""
+    if n is None or len(docs) <= n:
+        return docs
+    keep = {d.doc_id for d in sorted(docs, key=lambda d: stable_hash("sample", d.doc_id))[:n]}
+    return [d for d in docs if d.doc_id in keep]
 
 
 def heldout_mask(doc_ids: list[str], heldout: float) -> np.ndarray:

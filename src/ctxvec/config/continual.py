@@ -34,7 +34,8 @@ class ContinualConfig(_Section):
         "champion", description="Alias (or version number) of registry.model_name to start from.",
     )
     replay_ratio: float = Field(
-        0.5, ge=0, lt=1, description="Share of each MLM batch drawn from earlier documents.",
+        0.5, ge=0, lt=1, description="Share of the update's data drawn from earlier documents "
+        "(MLM sequences, corpus sentences, documents to mine).",
     )
     regularizer: Literal["none", "l2sp", "ewc"] = Field(
         "l2sp", description="Penalty against moving away from the parent's weights: l2sp "

@@ -58,7 +58,7 @@ class UpdatePlan:
 @dataclass
 class Domains:
     """Texts by doc_id: training and held-out documents of the old and the new domain; and the
-    titles of those that have one (pseudo-queries and mined signals read them)."""
+    titles of those that have one (mined signals pair a title with its text)."""
 
     old_train: dict[str, str] = field(default_factory=dict)
     old_heldout: dict[str, str] = field(default_factory=dict)
@@ -77,6 +77,12 @@ def _hash_bucket(doc_id: str, every: int) -> bool:
     return h % every == 0
 
 
+def trains_on_mined(cfg: CtxvecConfig) -> bool:
+    """Whether an objective trains on mined examples (``data.source: mined``): the update then
+    mines its new and replayed documents (``ctxvec.continual.mining``)."""
+    return any(o.data.source == "mined" for o in cfg.train.objectives)
+
+
 def update_key(cfg: CtxvecConfig, parent_version: str, snapshot_id: str) -> str:
     what = {
         "parent": parent_version, "snapshot": snapshot_id,
@@ -84,6 +90,8 @@ def update_key(cfg: CtxvecConfig, parent_version: str, snapshot_id: str) -> str:
         "train": cfg.train.model_dump(mode="json", exclude={"resume", "device", "threads"}),
         "pack": cfg.pack.mode,
     }
+    if trains_on_mined(cfg):  # the examples are mined by the adapt section
+        what["adapt"] = cfg.adapt.model_dump(mode="json")
     return sha256_text(json.dumps(what, sort_keys=True))[:12]
 
 
