@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from ctxvec.adapt import pseudo_queries
-from ctxvec.adapt.mine import heldout_mask, run_mine
+from ctxvec.adapt.mine import hash_sample, heldout_mask, run_mine
 from ctxvec.adapt.negatives import mine_negatives
 from ctxvec.adapt.search import DocSearch
 from ctxvec.adapt.text import Doc, Example
@@ -100,6 +100,13 @@ def test_heldout_share_and_count_by_doc_id_hash():
     # a document's fate depends on its id alone, not on the other documents
     assert heldout_mask(ids[:100], 0.25).tolist() == share[:100].tolist()
     assert heldout_mask(ids, 7).sum() == 7 and heldout_mask(ids, 0).sum() == 0
+
+
+def test_hash_sample_keeps_the_same_documents_in_any_order():
+    some = hash_sample(DOCS, 10)
+    assert len(some) == 10 and [d for d in DOCS if d in some] == some  # order kept
+    assert set(hash_sample(DOCS[::-1], 10)) == set(some)
+    assert hash_sample(DOCS, None) == DOCS == hash_sample(DOCS, len(DOCS))
 
 
 def test_run_mine_writes_the_folder_and_keeps_heldout_documents_out_of_training(tmp_path, corpus):

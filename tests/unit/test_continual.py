@@ -1,5 +1,5 @@
 """The continual update's parts: the gate's rules, the penalties against forgetting, replay,
-distillation from stored vectors, and the label-free halves metric."""
+distillation from stored vectors, and the label-free domain metrics (halves, pseudo-queries)."""
 
 from __future__ import annotations
 
@@ -7,12 +7,17 @@ import numpy as np
 import pytest
 import torch
 
-from ctxvec.config import ConfigError, GateConfig
-from ctxvec.continual.evaluate import halves_mrr
+from ctxvec.config import ConfigError, GateConfig, load_config
+from ctxvec.continual.evaluate import domain_metrics, domain_queries, halves_mrr
 from ctxvec.continual.gate import decide
+from ctxvec.continual.plan import Domains
 from ctxvec.continual.regularizers import EWC, L2SP, fisher_diagonal
-from ctxvec.continual.train import replay_rows
-from tests.helpers import tiny_bert
+from ctxvec.continual.replay import replay_rows
+from ctxvec.evaluate.pseudo import pseudo_metrics
+from ctxvec.evaluate.retrieval import NDCG_K, exact_search
+from ctxvec.model.encoder import Encoder
+from tests.adapt_corpus import documents
+from tests.helpers import TINY, tiny_bert
 
 SENTENCES = ["the river bank was flooded after the storm",
              "she deposited the cheque at the bank on monday",
@@ -44,6 +49,86 @@ def test_gate_promotes_only_if_new_improves_and_old_holds():
         "new.halves_mrr"
     with pytest.raises(ConfigError, match="was not measured"):
         decide(GateConfig(new_metric="new.wic"), champion, champion)
+
+
+def test_gate_auto_prefers_the_label_free_retrieval_measure():
+    """auto: new.pseudo_ndcg_at_10 wherever it was measured, even with an MLM head; its old-domain
+    twin is held to the tolerance like every other old-domain metric."""
+    champion = {"new.pseudo_ndcg_at_10": 0.50, "new.mlm_loss": 4.0, "new.halves_mrr": 0.6,
+                "old.pseudo_ndcg_at_10": 0.70, "old.mlm_loss": 3.0}
+    gate = GateConfig(tolerance=0.02)
+    # the MLM loss got worse and the pseudo-queries better: auto judges by the latter
+    better = {**champion, "new.pseudo_ndcg_at_10": 0.55, "new.mlm_loss": 4.4}
+    d = decide(gate, champion, better)
+    assert d["promote"] and d["new_metric"] == "new.pseudo_ndcg_at_10"
+    assert [c["metric"] for c in d["checks"] if c["kind"] == "new-domain"] == \
+        ["new.pseudo_ndcg_at_10"]
+    worse = {**champion, "new.pseudo_ndcg_at_10": 0.45, "new.mlm_loss": 3.0}
+    assert "new.pseudo_ndcg_at_10 did not improve" in decide(gate, champion, worse)["reason"]
+    # old.pseudo_ndcg_at_10 down 5% (> 2%): rejected
+    forgot = {**better, "old.pseudo_ndcg_at_10": 0.665}
+    bad = decide(gate, champion, forgot)
+    assert not bad["promote"] and "old.pseudo_ndcg_at_10 worsened" in bad["reason"]
+    # without it: the MLM loss, then the halves MRR, as before
+    no_pseudo = {k: v for k, v in champion.items() if "pseudo" not in k}
+    assert decide(gate, no_pseudo, no_pseudo)["new_metric"] == "new.mlm_loss"
+    # an explicit new_metric wins over auto
+    assert decide(GateConfig(new_metric="new.mlm_loss"), champion, better)["new_metric"] == \
+        "new.mlm_loss"
+
+
+def _domains(n_old: int = 30, n_new: int = 30) -> Domains:
+    """Two domains of synthetic documents (titled), a third of each held out."""
+    d = Domains()
+    for prefix, seed, n, train, held in (("o", 0, n_old, d.old_train, d.old_heldout),
+                                         ("n", 1, n_new, d.new_train, d.new_heldout)):
+        for i, doc in enumerate(documents(n, seed)):
+            doc_id = f"{prefix}{i:03d}"
+            (held if i % 3 == 0 else train)[doc_id] = doc["text"]
+            d.titles[doc_id] = doc["title"]
+    return d
+
+
+def test_domain_metrics_score_both_models_on_the_same_held_out_pseudo_queries(tmp_path, caplog):
+    domains = _domains()
+    cfg = load_config(TINY, ["evaluate.batch_size=16"])
+    # the queries: made as the mine stage makes its held-out ones, from each domain's held-out
+    # documents alone; the same every time they are made
+    queries = domain_queries(cfg.adapt, domains)
+    assert set(queries) == {"old", "new"}
+    assert queries == domain_queries(cfg.adapt, domains)
+    for dom, held in (("old", domains.old_heldout), ("new", domains.new_heldout)):
+        q = queries[dom]
+        assert q.doc_ids == list(held) and 0 < len(q.queries) <= len(held)
+        assert len(set(q.relevant)) == len(q.relevant)  # at most one per document
+        assert set(q.relevant) <= set(held)
+        # a sentence query's document is searched without that sentence (keyword queries
+        # have no full stop)
+        sentence_queries = [(t, doc) for t, doc in zip(q.queries, q.relevant, strict=True)
+                            if t.endswith(".")]
+        assert sentence_queries
+        for text, doc in sentence_queries:
+            assert text not in q.doc_texts[q.doc_ids.index(doc)]
+    texts = [f"{domains.titles[i]} {t}" for i, t in {**domains.old_train,
+                                                     **domains.new_train}.items()]
+    models = [tiny_bert(tmp_path / "a", texts), tiny_bert(tmp_path / "b", texts, with_head=True)]
+    for model in models:
+        m = domain_metrics(cfg, str(model), domains)
+        for dom in ("old", "new"):
+            assert {f"{dom}.pseudo_ndcg_at_10", f"{dom}.pseudo_mrr_at_10"} <= m.keys()
+            # the figure is the one the given queries make, for either model
+            q, enc = queries[dom], Encoder.load(model)
+            ranked = exact_search(enc.encode(q.queries), enc.encode(q.doc_texts),
+                                  [f"pq:{i}" for i in range(len(q.queries))], q.doc_ids, NDCG_K)
+            assert m[f"{dom}.pseudo_ndcg_at_10"] == pytest.approx(
+                pseudo_metrics(ranked, q.relevant)["ndcg@10"], abs=1e-6)
+    # a domain whose held-out documents make no query has no figure, and says so
+    bare = _domains()
+    bare.old_heldout = {"x1": "tiny", "x2": "words"}
+    with caplog.at_level("INFO", logger="ctxvec.continual.evaluate"):
+        m = domain_metrics(cfg, str(models[0]), bare)
+    assert "new.pseudo_ndcg_at_10" in m and "old.pseudo_ndcg_at_10" not in m
+    assert "old domain: no held-out pseudo-query" in caplog.text
 
 
 def test_gate_does_not_promote_when_an_asked_for_check_cannot_run():

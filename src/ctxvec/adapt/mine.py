@@ -1,6 +1,8 @@
 """``run_mine``: mine label-free training examples and held-out pseudo-queries from a snapshot.
 
-Steps, each batched so that ~10k documents take minutes on two CPU cores:
+Steps, each batched so that ~10k documents take minutes on two CPU cores (``mine_examples`` is
+steps 3 and 4 on any list of documents: the continual update mines its new and replayed
+documents with it):
 
 1. read the documents (``adapt.max_docs``: a sample by a hash of doc_id, stable across runs);
 2. hold out documents by another hash of doc_id (``adapt.heldout_docs``): none of their pairs is
@@ -22,7 +24,8 @@ import json
 import logging
 import time
 from collections import Counter
-from dataclasses import replace
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +33,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ctxvec.adapt import crops, ict, neighbours, pseudo_queries, title_text
-from ctxvec.adapt.negatives import mine_negatives
+from ctxvec.adapt.negatives import NegativeStats, mine_negatives
+from ctxvec.adapt.pseudo_queries import Query
 from ctxvec.adapt.search import DocSearch
 from ctxvec.adapt.text import Doc, Example, rng_for, stable_hash
 from ctxvec.artifacts import MinedData, Snapshot
@@ -62,10 +66,17 @@ def read_docs(corpus: list[str], max_docs: int | None) -> list[Doc]:
     ones of smallest hash, so the sample is the same whatever order the corpus is read in."""
     docs = [Doc(r["doc_id"], r["title"] or "", r["text"] or "")
             for b in iter_corpus(corpus, ("doc_id", "title", "text")) for r in b.to_pylist()]
-    docs = [d for d in docs if d.text.strip()]
-    if max_docs is not None and len(docs) > max_docs:
-        docs = sorted(docs, key=lambda d: stable_hash("sample", d.doc_id))[:max_docs]
-    return sorted(docs, key=lambda d: d.doc_id)
+    return sorted(hash_sample([d for d in docs if d.text.strip()], max_docs),
+                  key=lambda d: d.doc_id)
+
+
+def hash_sample(docs: list[Doc], n: int | None) -> list[Doc]:
+    """At most ``n`` of ``docs`` (in their order): those of smallest hash of doc_id, so the sample
+    is the same whatever order the documents come in."""
+    if n is None or len(docs) <= n:
+        return docs
+    keep = {d.doc_id for d in sorted(docs, key=lambda d: stable_hash("sample", d.doc_id))[:n]}
+    return [d for d in docs if d.doc_id in keep]
 
 
 def heldout_mask(doc_ids: list[str], heldout: float) -> np.ndarray:
@@ -116,6 +127,68 @@ def filtered_queries(docs: list[Doc], rows: list[int], search: DocSearch, acfg: 
     return kept, len(made)
 
 
+def heldout_queries(docs: list[Doc], rows: Sequence[int], search: DocSearch,
+                    acfg: AdaptConfig) -> tuple[list[Query], int]:
+    """(held-out pseudo-queries of the documents at ``rows``, how many were made): filtered by
+    BM25 alone, so no model's preference decides what the label-free evaluation asks, and at
+    most one per document, so every document weighs the same."""
+    return filtered_queries(docs, list(rows), search, acfg, "bm25", per_doc=1)
+
+
+def searched_texts(docs: list[Doc], heldout: list[Query]) -> list[str]:
+    """Each document's text as the held-out queries search it: a sentence query's document
+    without that sentence, as trained pairs are made (finding it is then a matter of meaning,
+    not of copying); any other document whole."""
+    text = {q.row: q.positive for q in heldout if q.kind == "sentence"}
+    return [text.get(i, d.full) for i, d in enumerate(docs)]
+
+
+@dataclass(frozen=True)
+class MineStats:
+    """What ``mine_examples`` made and kept, for the manifests."""
+
+    made: int  # pseudo-queries of the training documents, before the filter
+    kept: int  # ... that the filter kept
+    heldout_made: int  # pseudo-queries of the held-out documents, before BM25's filter
+    negatives: NegativeStats
+
+
+def mine_examples(acfg: AdaptConfig, docs: list[Doc], train_rows: list[int],
+                  held_rows: list[int], search: DocSearch
+                  ) -> tuple[list[Example], list[Query], MineStats]:
+    """The examples of the documents at ``train_rows`` (structural signals and filtered
+    pseudo-queries, then hard negatives from ``search``, never a held-out document) and the
+    held-out pseudo-queries of those at ``held_rows``. ``search`` indexes ``docs``."""
+    examples = structural_examples(docs, train_rows, acfg)
+    queries, made = filtered_queries(docs, train_rows, search, acfg,
+                                     acfg.pseudo_queries.filter)
+    examples += pseudo_queries.to_examples(queries, docs)
+    heldout, held_made = heldout_queries(docs, held_rows, search, acfg)
+    allowed = np.ones(len(docs), dtype=bool)
+    allowed[held_rows] = False
+    row_of = {d.doc_id: i for i, d in enumerate(docs)}
+    examples, neg = mine_negatives(examples, [row_of[e.doc_id] for e in examples], docs, allowed,
+                                   search, acfg.negatives, acfg.seed, acfg.max_words)
+    return examples, heldout, MineStats(made, len(queries), held_made, neg)
+
+
+def build_search(acfg: AdaptConfig, docs: list[Doc], model_dir: str | Path | None,
+                 train_device: str) -> DocSearch:
+    """BM25 over ``docs`` and, when the adapt section asks for the encoder (filter or
+    negatives), the model at ``model_dir`` with the documents' vectors; on the CPU when
+    ``train.device`` is, else wherever it runs fastest."""
+    device = "cpu" if train_device == "cpu" else "auto"
+    return DocSearch.build([d.full for d in docs], _encoder(acfg, model_dir, device),
+                           acfg.batch_size)
+
+
+def write_examples(path: Path, examples: list[Example]) -> None:
+    """``examples`` as ``train.parquet`` rows: what ``data.source: mined`` trains on."""
+    pq.write_table(pa.Table.from_pylist(
+        [{"anchor": e.anchor, "positive": e.positive, "negatives": list(e.negatives),
+          "signal": e.signal, "doc_id": e.doc_id} for e in examples], schema=TRAIN_SCHEMA), path)
+
+
 # --- the stage ------------------------------------------------------------------------------
 
 
@@ -161,21 +234,16 @@ def eval_rows(doc_ids: list[str], held: np.ndarray, eval_docs: int | None) -> li
     return sorted(keep)
 
 
-def _write(tmp: Path, examples: list[Example], heldout: list, docs: list[Doc],
+def _write(tmp: Path, examples: list[Example], heldout: list[Query], docs: list[Doc],
            searched: list[int]) -> None:
-    pq.write_table(pa.Table.from_pylist(
-        [{"anchor": e.anchor, "positive": e.positive, "negatives": list(e.negatives),
-          "signal": e.signal, "doc_id": e.doc_id} for e in examples], schema=TRAIN_SCHEMA),
-        tmp / TRAIN_FILE)
+    write_examples(tmp / TRAIN_FILE, examples)
+    texts = searched_texts(docs, heldout)
     pq.write_table(pa.Table.from_pylist(
         [{"query": q.text, "doc_id": docs[q.row].doc_id,
           "signal": pseudo_queries.SIGNAL[q.kind]} for q in heldout], schema=HELDOUT_SCHEMA),
         tmp / HELDOUT_FILE)
-    # a held-out sentence query's document is searched without that sentence, as trained pairs
-    # are made: finding it is then a matter of meaning, not of copying
-    text = {q.row: q.positive for q in heldout if q.kind == "sentence"}
     pq.write_table(pa.Table.from_pylist(
-        [{"doc_id": docs[i].doc_id, "text": text.get(i, docs[i].full)} for i in searched],
+        [{"doc_id": docs[i].doc_id, "text": texts[i]} for i in searched],
         schema=DOCS_SCHEMA), tmp / DOCS_FILE)
 
 
@@ -201,17 +269,9 @@ def run_mine(cfg: CtxvecConfig, ws: Workspace, snap: Snapshot,
     train_rows = [i for i in range(len(docs)) if not held[i]]
     held_rows = [i for i in range(len(docs)) if held[i]]
     log.info("mine: %d documents, %d held out", len(docs), len(held_rows))
-    device = "cpu" if cfg.train.device == "cpu" else "auto"
-    search = DocSearch.build([d.full for d in docs], _encoder(acfg, model_dir, device),
-                             acfg.batch_size)
-    examples = structural_examples(docs, train_rows, acfg)
-    queries, made = filtered_queries(docs, train_rows, search, acfg,
-                                     acfg.pseudo_queries.filter)
-    examples += pseudo_queries.to_examples(queries, docs)
-    heldout, held_made = filtered_queries(docs, held_rows, search, acfg, "bm25", per_doc=1)
-    row_of = {d.doc_id: i for i, d in enumerate(docs)}
-    examples, neg = mine_negatives(examples, [row_of[e.doc_id] for e in examples], docs, ~held,
-                                   search, acfg.negatives, acfg.seed, acfg.max_words)
+    search = build_search(acfg, docs, model_dir, cfg.train.device)
+    examples, heldout, stats = mine_examples(acfg, docs, train_rows, held_rows, search)
+    neg = stats.negatives
     if not examples:
         raise UserInputError("mining found no training example: the documents are too short "
                              "for every signal on (see the adapt section)")
@@ -223,9 +283,10 @@ def run_mine(cfg: CtxvecConfig, ws: Workspace, snap: Snapshot,
             tmp, "mine", started, key=key, snapshot=snap.snapshot_id, docs=len(docs),
             eval_docs=len(searched),
             counts=counts, examples=len(examples),
-            pseudo_queries={"made": made, "kept": len(queries),
+            pseudo_queries={"made": stats.made, "kept": stats.kept,
                             "filter": acfg.pseudo_queries.filter},
-            heldout={"docs": len(held_rows), "made": held_made, "queries": len(heldout)},
+            heldout={"docs": len(held_rows), "made": stats.heldout_made,
+                     "queries": len(heldout)},
             negatives={"with_negatives": neg.with_negatives, "negatives": neg.negatives,
                        "dropped_by_margin": neg.dropped_by_margin},
             model=str(model_dir) if model_dir is not None and acfg.uses_encoder() else None,

@@ -13,15 +13,17 @@ class GateConfig(_Section):
     """When a challenger may replace the champion (both measured on the same held-out data)."""
 
     new_metric: str = Field(
-        "auto", description="The new-domain metric that must improve: new.mlm_loss (needs an MLM "
-        "head), new.halves_mrr, or auto (mlm_loss when the model has an MLM head).",
+        "auto", description="The new-domain metric that must improve: new.pseudo_ndcg_at_10 "
+        "(label-free: held-out pseudo-queries of the new documents), new.mlm_loss (needs an MLM "
+        "head), new.halves_mrr, or auto (the first of these measured).",
     )
     min_improvement: float = Field(
         0.0, ge=0, description="Relative improvement new_metric must exceed (0: any).",
     )
     tolerance: float = Field(
         0.02, ge=0, description="Largest relative worsening allowed on any old-domain metric "
-        "(old.*, and the recipe's evaluations: sts_spearman, retrieval_*, wic_accuracy).",
+        "(old.*, e.g. old.pseudo_ndcg_at_10, and the recipe's evaluations: sts_spearman, "
+        "retrieval_*, wic_accuracy).",
     )
 
 
@@ -32,7 +34,8 @@ class ContinualConfig(_Section):
         "champion", description="Alias (or version number) of registry.model_name to start from.",
     )
     replay_ratio: float = Field(
-        0.5, ge=0, lt=1, description="Share of each MLM batch drawn from earlier documents.",
+        0.5, ge=0, lt=1, description="Share of the update's data drawn from earlier documents "
+        "(MLM sequences, corpus sentences, documents to mine).",
     )
     regularizer: Literal["none", "l2sp", "ewc"] = Field(
         "l2sp", description="Penalty against moving away from the parent's weights: l2sp "

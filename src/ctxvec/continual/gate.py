@@ -1,11 +1,19 @@
 """The gate: promote the challenger only if it learned the new domain without forgetting.
 
 ``decide`` passes when the new-domain metric improves by more than ``gate.min_improvement`` and
-no old-domain metric worsens by more than ``gate.tolerance`` (relative). It fails safe: an
-evaluation the recipe asks for that could not run (``unmeasured``, e.g. ``evaluate.sts`` set but
-its file missing) is a failed check, so a comparison that lacks it never promotes. The decision
-and every check, with its numbers, become tags of the challenger's version (``record_decision``),
-so why a version was or was not promoted can be read in the registry.
+no old-domain metric worsens by more than ``gate.tolerance`` (relative). The new-domain metric
+(``gate.new_metric: auto``) is the label-free retrieval measure, ``new.pseudo_ndcg_at_10``,
+wherever it was measured: it scores what an encoder is used for, finding documents, with no
+labels, while the MLM loss of a sentence encoder need not move with retrieval quality at all;
+the MLM loss, then ``halves_mrr``, otherwise. Every other metric measured on both (but
+perplexities, which repeat the losses, and the training run's own held-out loss) is an
+old-domain check, ``old.pseudo_ndcg_at_10`` among them.
+
+It fails safe: an evaluation the recipe asks for that could not run (``unmeasured``, e.g.
+``evaluate.sts`` set but its file missing) is a failed check, so a comparison that lacks it never
+promotes. The decision and every check, with its numbers, become tags of the challenger's
+version (``record_decision``), so why a version was or was not promoted can be read in the
+registry.
 """
 
 from __future__ import annotations
@@ -21,6 +29,10 @@ from ctxvec.registry import Registry
 from ctxvec.workspace import Workspace
 
 log = logging.getLogger(__name__)
+
+
+# gate.new_metric=auto: the first of these measured
+AUTO_NEW_METRICS = ("new.pseudo_ndcg_at_10", "new.mlm_loss", "new.halves_mrr")
 
 
 def lower_is_better(metric: str) -> bool:
@@ -39,7 +51,7 @@ def decide(gcfg: GateConfig, champion: dict[str, float], challenger: dict[str, f
 
     new_metric = gcfg.new_metric
     if new_metric == "auto":
-        new_metric = "new.mlm_loss" if "new.mlm_loss" in champion else "new.halves_mrr"
+        new_metric = next((m for m in AUTO_NEW_METRICS if m in champion), AUTO_NEW_METRICS[-1])
     if new_metric not in champion or new_metric not in challenger:
         raise ConfigError(f"continual.gate.new_metric={new_metric} was not measured (measured: "
                           f"{sorted(champion)})")

@@ -12,9 +12,11 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from ctxvec.adapt.text import Doc
 from ctxvec.artifacts import Snapshot
 from ctxvec.config import CtxvecConfig
 from ctxvec.errors import UserInputError
@@ -55,17 +57,30 @@ class UpdatePlan:
 
 @dataclass
 class Domains:
-    """Texts by doc_id: training and held-out documents of the old and the new domain."""
+    """Texts by doc_id: training and held-out documents of the old and the new domain; and the
+    titles of those that have one (mined signals pair a title with its text)."""
 
     old_train: dict[str, str] = field(default_factory=dict)
     old_heldout: dict[str, str] = field(default_factory=dict)
     new_train: dict[str, str] = field(default_factory=dict)
     new_heldout: dict[str, str] = field(default_factory=dict)
+    titles: dict[str, str] = field(default_factory=dict)
+
+    def docs(self, texts: Mapping[str, str]) -> list[Doc]:
+        """The documents of ``texts`` (one of the four) with text, titled, as mining takes
+        them."""
+        return [Doc(i, self.titles.get(i, ""), t) for i, t in texts.items() if t and t.strip()]
 
 
 def _hash_bucket(doc_id: str, every: int) -> bool:
     h = int.from_bytes(hashlib.blake2b(doc_id.encode(), digest_size=8).digest(), "little")
     return h % every == 0
+
+
+def trains_on_mined(cfg: CtxvecConfig) -> bool:
+    """Whether an objective trains on mined examples (``data.source: mined``): the update then
+    mines its new and replayed documents (``ctxvec.continual.mining``)."""
+    return any(o.data.source == "mined" for o in cfg.train.objectives)
 
 
 def update_key(cfg: CtxvecConfig, parent_version: str, snapshot_id: str) -> str:
@@ -75,6 +90,8 @@ def update_key(cfg: CtxvecConfig, parent_version: str, snapshot_id: str) -> str:
         "train": cfg.train.model_dump(mode="json", exclude={"resume", "device", "threads"}),
         "pack": cfg.pack.mode,
     }
+    if trains_on_mined(cfg):  # the examples are mined by the adapt section
+        what["adapt"] = cfg.adapt.model_dump(mode="json")
     return sha256_text(json.dumps(what, sort_keys=True))[:12]
 
 
@@ -114,9 +131,12 @@ def split_domains(cfg: CtxvecConfig, plan: UpdatePlan) -> Domains:
     """Each document's newest text, by domain, with every ``heldout_every``-th held out."""
     d = Domains()
     every, cap = cfg.continual.heldout_every, cfg.continual.eval_docs
-    for batch in iter_corpus(plan.corpus, ("doc_id", "text", "snapshot")):
-        for doc_id, text, snap in zip(*(c.to_pylist() for c in batch.columns), strict=True):
+    for batch in iter_corpus(plan.corpus, ("doc_id", "title", "text", "snapshot")):
+        cols = [batch.column(c).to_pylist() for c in ("doc_id", "title", "text", "snapshot")]
+        for doc_id, title, text, snap in zip(*cols, strict=True):
             is_new = snap > plan.parent_snapshot
+            if title:
+                d.titles[doc_id] = title
             if _hash_bucket(doc_id, every):
                 held = d.new_heldout if is_new else d.old_heldout
                 if len(held) < cap:

@@ -4,7 +4,8 @@ The setup is the recipe's own (``ctxvec.train.run``: seed and threads, the model
 one task per objective, the same loop, the same saved model); what differs is the data and the
 penalties:
 - a replay buffer: ``replay_ratio`` of every MLM batch (and of the corpus sentences of sentence
-  objectives) comes from earlier documents;
+  objectives, and of the documents mined for ``data.source: mined``, ``continual.mining``) comes
+  from earlier documents;
 - a penalty towards the parent's weights (L2-SP, or EWC with a Fisher on earlier data);
 - optionally, distillation from the parent's own stored chunk embeddings.
 ``train.anchor`` applies as in any training run (toward the parent, on top of the above).
@@ -20,10 +21,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ctxvec.artifacts import TrainedModel
+from ctxvec.artifacts import MinedData, TrainedModel
 from ctxvec.config import ConfigError, CtxvecConfig
-from ctxvec.continual.plan import Domains, UpdatePlan
+from ctxvec.continual.mining import mine_update
+from ctxvec.continual.plan import Domains, UpdatePlan, trains_on_mined
 from ctxvec.continual.regularizers import EWC, L2SP
+from ctxvec.continual.replay import replay_count, replay_rows
 from ctxvec.embed.corpus import read_vectors
 from ctxvec.errors import UserInputError
 from ctxvec.faults import crash_point
@@ -71,25 +74,6 @@ def has_mlm_head(model_dir: str | Path) -> bool:
     return any(a.endswith("ForMaskedLM") for a in config.get("architectures") or [])
 
 
-def replay_count(n_new: int, ratio: float) -> int:
-    """Earlier examples to mix with ``n_new`` new ones so that they make ``ratio`` of the data."""
-    return int(round(n_new * ratio / (1 - ratio))) if ratio > 0 else 0
-
-
-def replay_rows(new_rows: np.ndarray, old_rows: np.ndarray, ratio: float,
-                seed: int) -> np.ndarray:
-    """``ratio / (1 - ratio)`` earlier rows per new row (fewer if that many do not exist)."""
-    if ratio <= 0 or not len(old_rows):
-        return old_rows[:0]
-    want = replay_count(len(new_rows), ratio)
-    if want > len(old_rows):
-        log.warning("update: replay wants %d earlier sequences, only %d exist: using all",
-                    want, len(old_rows))
-        want = len(old_rows)
-    pick = np.random.default_rng(seed).choice(len(old_rows), want, replace=False)
-    return old_rows[np.sort(pick)]
-
-
 def distill_examples(ws: Workspace, plan: UpdatePlan, domains: Domains, n: int, seed: int):
     """(chunk text, the parent's stored vector) for chunks of earlier training documents."""
     index_uri = Registry(ws).resolve(plan.parent_ref).index_uri
@@ -112,8 +96,10 @@ def distill_examples(ws: Workspace, plan: UpdatePlan, domains: Domains, n: int, 
 
 
 def _update_examples(cfg: CtxvecConfig, plan: UpdatePlan, domains: Domains, ocfg, index: int,
-                     mode: str, counts: dict):
-    """An objective's examples for the update: new documents plus replayed earlier ones."""
+                     mode: str, counts: dict, mined: MinedData | None):
+    """An objective's examples for the update: new documents plus replayed earlier ones (for
+    ``data.source: mined``, the examples ``mine_update`` mined from them); a data file as in
+    any run."""
     tcfg, ccfg = cfg.train, cfg.continual
     if ocfg.name == "mlm":
         new_rows = pack_docs(list(domains.new_train.values()), plan.parent_dir, tcfg.seq_len,
@@ -130,7 +116,7 @@ def _update_examples(cfg: CtxvecConfig, plan: UpdatePlan, domains: Domains, ocfg
         rng = np.random.default_rng(tcfg.seed + index)
         counts |= {f"{ocfg.name}_new": len(new), f"{ocfg.name}_replay": n_old}
         return new + [old[j] for j in sorted(rng.choice(len(old), n_old, replace=False))]
-    return load_examples(ocfg, None)
+    return load_examples(ocfg, None, mined)
 
 
 def _penalties(cfg: CtxvecConfig, setup: Setup, plan: UpdatePlan, domains: Domains,
@@ -156,16 +142,19 @@ def train_challenger(cfg: CtxvecConfig, ws: Workspace, plan: UpdatePlan,
     if wants_mlm(cfg) and not has_mlm_head(plan.parent_dir):
         log.warning("update: version %s has no trained MLM head; MLM starts with a random one",
                     plan.parent_version)
+    tasks, counts, mined = [], {}, None
+    if trains_on_mined(cfg):  # once for every objective that reads it, before the model loads
+        mined, mined_counts = mine_update(cfg, ws, plan, domains)
+        counts |= mined_counts
     # the model starts from the parent version, whatever the recipe's model.init; its folder
     # was downloaded by plan_update. On train.device: the update trains in one process.
     from_parent = cfg.model_copy(update={"model": cfg.model.model_copy(
         update={"init": plan.parent_ref})})
     setup = prepare_model(from_parent, ws, None, plan.parent_dir, device=tcfg.device)
     mode = "concat" if cfg.pack.mode == "pair" else cfg.pack.mode
-    tasks, counts = [], {}
     for i, ocfg in enumerate(tcfg.objectives):
         objective = build_objective(ocfg, setup.tokenizer, setup.settings, tcfg.seq_len)
-        examples = _update_examples(cfg, plan, domains, ocfg, i, mode, counts)
+        examples = _update_examples(cfg, plan, domains, ocfg, i, mode, counts, mined)
         tasks.append(objective_task(setup, ocfg, objective, examples, i, tcfg))
     if ccfg.distill_weight > 0:
         pairs = distill_examples(ws, plan, domains, ccfg.distill_examples, tcfg.seed)
@@ -184,6 +173,8 @@ def train_challenger(cfg: CtxvecConfig, ws: Workspace, plan: UpdatePlan,
                "final_loss": result.final_loss if result else None, "parent": plan.parent_ref,
                "metrics": {}}
     write_manifest(run_dir, "train", started, **summary, update=plan.to_dict(), data=counts,
+                   mined=mined.path if mined else None,
+                   mined_counts=mined.counts if mined else None,
                    regularizer=ccfg.regularizer if penalties else "none",
                    config={"train": tcfg.model_dump(mode="json"),
                            "continual": ccfg.model_dump(mode="json")})
