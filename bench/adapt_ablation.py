@@ -56,6 +56,7 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
                      ["adapt.negatives.per_example=0"]),
     "mlm": ("masked-LM on the corpus (the old default adaptation)",
             ["train.objectives=[{name: mlm}]", "train.lr=5.0e-5"]),
+    "lr6e-5": ("the recipe at 3x the learning rate (6e-5)", ["train.lr=6.0e-5"]),
     "harmed": ("deliberately harmed: the recipe at 50x the learning rate, no warm-up",
                ["train.lr=1.0e-3", "train.warmup_steps=0"]),
 }
