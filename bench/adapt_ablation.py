@@ -54,11 +54,18 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
                [f"train.objectives=[{MNRL % ', signals: [pseudo_sentence, pseudo_keywords]'}]"]),
     "no_negatives": ("every signal, in-batch negatives only",
                      ["adapt.negatives.per_example=0"]),
-    "mlm": ("masked-LM on the corpus (the old default adaptation)",
+    "mlm": ("masked-LM on the corpus, 100 steps at 5e-5 (the old default adaptation)",
             ["train.objectives=[{name: mlm}]", "train.lr=5.0e-5"]),
     "lr6e-5": ("the recipe at 3x the learning rate (6e-5)", ["train.lr=6.0e-5"]),
-    "harmed": ("deliberately harmed: the recipe at 50x the learning rate, no warm-up",
-               ["train.lr=1.0e-3", "train.warmup_steps=0"]),
+    "harmed": ("deliberately harmed: 30 steps at 50x the learning rate, no warm-up",
+               ["train.lr=1.0e-3", "train.warmup_steps=0", "train.steps=30"]),
+}
+
+# name -> (variant whose run it is taken from, checkpoint step, what it is): a model a variant's
+# run passed through, scored without training anything again
+CHECKPOINTS: dict[str, tuple[str, int, str]] = {
+    "combined@50": ("combined", 50, "the recipe after 50 of its 100 steps (its checkpoint)"),
+    "lr6e-5@50": ("lr6e-5", 50, "3x the learning rate, after 50 of 100 steps (checkpoint)"),
 }
 
 
@@ -104,7 +111,8 @@ def run_variant(name: str, args: argparse.Namespace, beir_eval: Path) -> dict:
     from ctxvec.stages import pipeline
     from ctxvec.workspace import Workspace
 
-    what, overrides = VARIANTS[name]
+    base, step, _ = CHECKPOINTS.get(name, (name, None, ""))
+    what, overrides = VARIANTS[base]
     sets = [f"ingest.sources=[{args.corpus / 'corpus.jsonl'}]", f"evaluate.retrieval={beir_eval}",
             f"evaluate.sts={STS_DEV if STS_DEV.is_file() else 'null'}"]
     if args.steps is not None:
@@ -128,6 +136,9 @@ def run_variant(name: str, args: argparse.Namespace, beir_eval: Path) -> dict:
     t1 = time.time()
     trained = pipeline.train(cfg, ws, snap, tok, packed, mined)
     t_train = time.time() - t1
+    if step is not None:  # the run's checkpoint at `step`, as a model folder of its own
+        what = CHECKPOINTS[name][2]
+        trained = checkpoint_model(trained, step, args.home / "ablation" / f"{name}-model")
     # the label-free evaluation always reads the recipe's own mined folder (the default
     # adapt section), whichever data a variant trained on
     eval_mined = mined if mined is not None and not any(
@@ -143,6 +154,24 @@ def run_variant(name: str, args: argparse.Namespace, beir_eval: Path) -> dict:
             "sts_spearman": m.get("sts_spearman"), "mine_s": round(t_mine, 1),
             "train_s": round(t_train, 1), "eval_s": round(t_eval, 1),
             "mined_counts": mined.counts if mined else None, "skipped": report.skipped}
+
+
+def checkpoint_model(trained, step: int, folder: Path):
+    """A model folder holding the run's weights at ``step`` (its checkpoint) and the finished
+    model's config and tokenizer; -> a TrainedModel record of it."""
+    import shutil
+    from dataclasses import replace
+
+    ckpt = Path(trained.run_dir) / "checkpoints" / f"step-{step:08d}" / "model.safetensors"
+    if not ckpt.is_file():
+        raise SystemExit(f"no checkpoint at step {step}: {ckpt}")
+    if not (folder / "model.safetensors").is_file():
+        tmp = folder.with_name(folder.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.copytree(trained.model_dir, tmp)
+        shutil.copyfile(ckpt, tmp / "model.safetensors")
+        tmp.rename(folder)
+    return replace(trained, run_dir=str(folder), model_dir=str(folder), steps=step)
 
 
 def spearman(a: list[float], b: list[float]) -> float:
@@ -171,7 +200,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--home", type=Path, required=True)
     ap.add_argument("--corpus", type=Path, default=BEIR, help="BEIR folder")
-    ap.add_argument("--only", default=",".join(VARIANTS), help="comma-separated variants")
+    ap.add_argument("--only", default=",".join([*VARIANTS, *CHECKPOINTS]),
+                    help="comma-separated variants")
     ap.add_argument("--steps", type=int, default=None, help="default: the recipe's")
     ap.add_argument("--eval-docs", type=int, default=None,
                     help="score real retrieval over the judged documents and a sample up to N")
@@ -196,7 +226,8 @@ def main() -> None:
         if done.is_file():
             results.append(json.loads(done.read_text()))
             continue
-        log_line(f"variant {name}: {VARIANTS[name][0]}")
+        what = CHECKPOINTS[name][2] if name in CHECKPOINTS else VARIANTS[name][0]
+        log_line(f"variant {name}: {what}")
         r = run_variant(name, args, beir_eval)
         r |= {"eval_docs": args.eval_docs, "eval_queries": args.eval_queries,
               "host": platform.node(), "cpus": os.cpu_count(), "load": os.getloadavg(),
