@@ -28,9 +28,10 @@ r = json.load(sys.stdin)
 print("status:", r["status"], "| version", r.get("version"), "|", r["gate"]["reason"])
 for c in r["gate"]["checks"]:
     if c["champion"] is not None:
-        print(f"  {c[\"kind\"]:10s} {c[\"metric\"]:24s} {c[\"champion\"]:.4f} -> "
-              f"{c[\"challenger\"]:.4f} ({100 * c[\"relative_gain\"]:+.1f}%) "
-              f"{\"pass\" if c[\"passed\"] else \"FAIL\"}")
+        verdict = "pass" if c["passed"] else "FAIL"
+        gain = 100 * c["relative_gain"]
+        print("  %-10s %-24s %.4f -> %.4f (%+.1f%%) %s" % (
+            c["kind"], c["metric"], c["champion"], c["challenger"], gain, verdict))
 '
 }
 if ! ctxvec models list --json 2>/dev/null | grep -q '"champion"'; then
