@@ -37,8 +37,7 @@ from ctxvec.artifacts import EvalReport, TrainedModel
 from ctxvec.config import AdaptConfig, CtxvecConfig, EvaluateConfig
 from ctxvec.continual.plan import Domains, UpdatePlan
 from ctxvec.continual.train import has_mlm_head, pack_docs
-from ctxvec.evaluate.pseudo import pseudo_metrics
-from ctxvec.evaluate.retrieval import NDCG_K, exact_search
+from ctxvec.evaluate.pseudo import score_pseudo
 from ctxvec.evaluate.run import EVALUATORS, run_evaluate
 from ctxvec.model.encoder import Encoder, load_tokenizer, pick_device
 from ctxvec.train.objectives.mlm import MaskedLM
@@ -150,11 +149,7 @@ def domain_queries(acfg: AdaptConfig, domains: Domains) -> dict[str, HeldoutQuer
 
 def pseudo_figures(encoder: Encoder, q: HeldoutQueries, batch_size: int) -> dict[str, float]:
     """nDCG@10 and MRR@10 of ``q``'s queries by exact dense search over its documents."""
-    doc_vecs = encoder.encode(q.doc_texts, batch_size)
-    query_vecs = encoder.encode(q.queries, batch_size)
-    ranked = exact_search(query_vecs, doc_vecs, [f"pq:{i}" for i in range(len(q.queries))],
-                          q.doc_ids, NDCG_K)
-    r = pseudo_metrics(ranked, q.relevant)
+    r = score_pseudo(encoder, q.queries, q.relevant, q.doc_ids, q.doc_texts, batch_size)
     return {"pseudo_ndcg_at_10": r["ndcg@10"], "pseudo_mrr_at_10": r["mrr@10"]}
 
 

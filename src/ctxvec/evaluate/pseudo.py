@@ -58,7 +58,16 @@ def evaluate_pseudo(encoder: Encoder, folder: str | Path,
         raise DataFormatError(f"{folder}: no held-out pseudo-query (adapt.heldout_docs is 0, "
                               "or no held-out document made one that BM25 finds again)")
     log.info("pseudo: %d held-out queries over %d documents", len(queries), len(doc_ids))
-    doc_vecs = encoder.encode(doc_texts, batch_size=batch_size, progress=True)
+    return score_pseudo(encoder, queries, relevant, doc_ids, doc_texts, batch_size,
+                        progress=True)
+
+
+def score_pseudo(encoder: Encoder, queries: list[str], relevant: list[str], doc_ids: list[str],
+                 doc_texts: list[str], batch_size: int = 64,
+                 progress: bool = False) -> dict[str, float]:
+    """Exact dense search of ``queries`` over the documents; query ``i``'s one relevant
+    document is ``relevant[i]`` -> ``pseudo_metrics``."""
+    doc_vecs = encoder.encode(doc_texts, batch_size=batch_size, progress=progress)
     query_vecs = encoder.encode(queries, batch_size=batch_size)
     ranked = exact_search(query_vecs, doc_vecs, [f"pq:{i}" for i in range(len(queries))],
                           doc_ids, NDCG_K)
