@@ -86,7 +86,8 @@ def test_every_bad_input_is_quarantined_with_its_reason(workspace, tmp_path):
     assert has("invalid UTF-8") and has("malformed JSON") and has("not an object")
     assert has("missing or non-string field 'text'") and has("empty file")
     assert has("binary file") and has(f"line longer than {MAX_LINE_BYTES}")
-    assert has("unreadable") and has("malformed row") and has("header has no column 'text'")
+    assert has("truncated compressed file") and has("malformed row")
+    assert has("header has no column 'text'")
     assert has("unterminated <doc>") and has("unsupported format")
     assert {r["source"] for r in _rejected(snap)} >= {str(tmp_path / "utf8.txt")}
     assert all("line" in r for r in _rejected(snap))

@@ -20,8 +20,8 @@ class IngestConfig(_Section):
     sources: list[str] = Field(
         default_factory=list,
         description="Files, directories or globs of .txt, .md, .jsonl, .json, .csv, .tsv, "
-        ".parquet or wikiextractor <doc> files (optionally .gz or .zst). Relative paths resolve "
-        "against the recipe's folder.",
+        ".parquet or wikiextractor <doc> files (optionally .gz, .zst, .bz2 or .xz). Relative "
+        "paths resolve against the recipe's folder.",
     )
     txt_mode: Literal["line", "file"] = "line"
     text_field: str = "text"

@@ -116,7 +116,10 @@ def _rebase_value(raw: str, base: Path) -> str:
 def _rebase(path: str, base: Path) -> str:
     if not isinstance(path, str) or "://" in path or Path(path).is_absolute():
         return path
-    return str((base / path).resolve())
+    try:
+        return str((base / path).resolve())
+    except (RuntimeError, OSError):  # a symlink loop: whoever reads the path reports it
+        return str(base / path)
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> CtxvecConfig:

@@ -34,7 +34,7 @@ from ctxvec.errors import UserInputError
 from ctxvec.ingest.corpus import committed_snapshots, corpus_upto, count_docs
 from ctxvec.ingest.near_dup import NearDupIndex
 from ctxvec.ingest.sources import SourceError, expand_sources
-from ctxvec.ingest.worker import ingest_file
+from ctxvec.ingest.worker import ingest_file, watch_parent
 from ctxvec.workspace import Workspace, read_json, sha256_file, write_manifest
 
 log = logging.getLogger(__name__)
@@ -156,6 +156,15 @@ def _previous_state(ws: Workspace, cfg: CtxvecConfig):
     return hashes, files, sigs
 
 
+def _fingerprint(f: Path) -> tuple[int, str]:
+    """(size, SHA-256) of a file; (-1, "") for a listed file that cannot be read (a broken
+    symlink, a symlink loop, no permission), which its reader then reports."""
+    try:
+        return f.stat().st_size, sha256_file(f)
+    except OSError:
+        return -1, ""
+
+
 def _run_workers(paths: list[Path], cfg: CtxvecConfig, tmp: Path) -> Iterator[dict]:
     """Per-file results in file order, computed in parallel when there are several files."""
     dump = cfg.ingest.model_dump(mode="json")
@@ -165,7 +174,8 @@ def _run_workers(paths: list[Path], cfg: CtxvecConfig, tmp: Path) -> Iterator[di
             yield ingest_file(str(p), dump, str(tmp), i)
         return
     # spawn, not fork: the caller may hold threads (Prefect, torch) that fork would copy mid-lock
-    with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
+    with ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=watch_parent,
+                             initargs=(os.getpid(),)) as pool:
         futures = [pool.submit(ingest_file, str(p), dump, str(tmp), i)
                    for i, p in enumerate(paths)]
         for fut in futures:
@@ -180,8 +190,9 @@ def run_ingest(cfg: CtxvecConfig, ws: Workspace) -> Snapshot:
     files = expand_sources(icfg.sources)
     previous = committed_snapshots(ws)
     prev_hashes, prev_files, prev_sigs = _previous_state(ws, cfg)
-    sizes = {str(f): f.stat().st_size for f in files}
-    shas = {str(f): sha256_file(f) for f in files}
+    prints = {str(f): _fingerprint(f) for f in files}
+    sizes = {k: size for k, (size, _) in prints.items()}
+    shas = {k: sha for k, (_, sha) in prints.items()}
     todo = [f for f in files
             if not (icfg.incremental and prev_files.get(str(f)) == (sizes[str(f)], shas[str(f)]))]
     skipped = len(files) - len(todo)
@@ -218,7 +229,7 @@ def run_ingest(cfg: CtxvecConfig, ws: Workspace) -> Snapshot:
             if near else None)
         with open(tmp / REJECTED_FILE, "w", encoding="utf-8") as rej:
             merger = _Merger(prev_hashes, near, icfg.max_docs, counts, reasons, rej)
-            bar = tqdm(total=sum(sizes[str(f)] for f in todo), desc="ingest", unit="B",
+            bar = tqdm(total=sum(max(sizes[str(f)], 0) for f in todo), desc="ingest", unit="B",
                        unit_scale=True, leave=False)
             for path, res in zip(todo, _run_workers(todo, cfg, parts), strict=True):
                 for key in ("read", "filtered", "quarantined"):
@@ -250,11 +261,14 @@ def run_ingest(cfg: CtxvecConfig, ws: Workspace) -> Snapshot:
                 # Documents left unexamined at max_docs are not rejected: the file stays
                 # incomplete, so the next ingest reads it again and picks them up.
                 counts["deferred"] += res["candidates"] - examined
+                # a damaged or unreadable file is not complete: the next ingest reads it again
                 file_records.append({
                     "path": str(path), "size": sizes[str(path)], "sha256": shas[str(path)],
-                    "complete": complete, "read": res["read"], "candidates": res["candidates"],
+                    "complete": complete and not res["damaged"] and bool(shas[str(path)]),
+                    "read": res["read"], "candidates": res["candidates"],
+                    **({"damaged": res["damaged"]} if res["damaged"] else {}),
                 })
-                bar.update(sizes[str(path)])
+                bar.update(max(sizes[str(path)], 0))
             bar.close()
             full = merger.full
         shards.close()
