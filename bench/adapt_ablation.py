@@ -54,6 +54,10 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
                [f"train.objectives=[{MNRL % ', signals: [pseudo_sentence, pseudo_keywords]'}]"]),
     "no_negatives": ("every signal, in-batch negatives only",
                      ["adapt.negatives.per_example=0"]),
+    "tsdae": ("TSDAE alone: a denoising auto-encoder on the corpus's sentences",
+              ["train.objectives=[{name: tsdae}]"]),
+    "seq256": ("the recipe trained at 256 tokens (the length embed and evaluation read), "
+               "50 steps", ["train.seq_len=256", "train.steps=50"]),
     "mlm": ("masked-LM on the corpus, 100 steps at 5e-5 (the old default adaptation)",
             ["train.objectives=[{name: mlm}]", "train.lr=5.0e-5"]),
     "lr6e-5": ("the recipe at 3x the learning rate (6e-5)", ["train.lr=6.0e-5"]),
