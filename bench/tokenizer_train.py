@@ -12,6 +12,7 @@ transformers folder. Ratio = anchor time / ctxvec time (target >= 0.9: overhead 
 from __future__ import annotations
 
 import argparse
+import shutil
 import statistics
 import sys
 import tempfile
@@ -48,6 +49,9 @@ def main() -> None:
             tok.save(str(Path(tmp) / "anchor.json"))
 
         def ours() -> None:
+            # a finished tokenizer of the same snapshot and config is reused, not trained:
+            # remove it so that every repeat times a training
+            shutil.rmtree(ws.tokenizers, ignore_errors=True)
             run_tokenizer(cfg, ws, snap)
 
         times = {"ctxvec": [], "anchor": []}
