@@ -1,0 +1,247 @@
+"""Faults in the MLflow registry: kills during MLflow's first set-up, databases that older kills
+left half-migrated (with and without registered versions), a killed ``register``, a copied
+workspace, and alias moves the user asks for that must be refused.
+
+Real MLflow on SQLite and real processes, killed with SIGKILL at named crash points
+(``CTXVEC_CRASH_AT``, ctxvec.faults) or once a file they write has appeared: nothing here waits
+a fixed time for a process.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import REPO, cli_env
+
+NAME = "ctxvec-encoder"
+
+
+def _cli(home: Path, *args: str, crash: str | None = None) -> subprocess.Popen:
+    env = cli_env(home, **({"CTXVEC_CRASH_AT": crash} if crash else {}))
+    return subprocess.Popen([sys.executable, "-m", "ctxvec.cli", *args], cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+
+
+def _finish(proc: subprocess.Popen, timeout: float = 300) -> tuple[int, str, str]:
+    out, err = proc.communicate(timeout=timeout)
+    return proc.returncode, out, err
+
+
+def _script(*args: str, crash: str | None = None, home: Path | None = None
+            ) -> subprocess.CompletedProcess:
+    env = cli_env(home or Path("/nonexistent"), **({"CTXVEC_CRASH_AT": crash} if crash else {}))
+    return subprocess.run([sys.executable, "-m", "tests.fault.registry_scripts", *args],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+
+
+def _revision(db: Path) -> str | None:
+    with sqlite3.connect(db) as con:
+        try:
+            row = con.execute("SELECT version_num FROM alembic_version").fetchone()
+        except sqlite3.OperationalError:  # no alembic_version table yet
+            return None
+    return row[0] if row else None
+
+
+def _head() -> str:
+    from mlflow.store.db.utils import _get_latest_schema_revision
+
+    return _get_latest_schema_revision()
+
+
+def _models_list_works(home: Path) -> None:
+    """``ctxvec models list`` opens the registry: exit 2 "no registered model" on an empty one
+    (a user error, not a broken store), and the database is complete afterwards."""
+    code, _, err = _finish(_cli(home, "models", "list"))
+    assert code == 2 and "no registered model 'ctxvec-encoder'" in err, err[-3000:]
+    assert _revision(home / "mlflow.db") == _head()
+
+
+# --- workspaces with a registry, quickly ----------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def empty_db(tmp_path_factory) -> Path:
+    """A complete, empty ``mlflow.db``, built once and copied into the workspaces below (a
+    build takes seconds)."""
+    from ctxvec.registry.sqlite_store import ensure_store
+
+    return ensure_store(tmp_path_factory.mktemp("empty-db"))
+
+
+def _workspace(root: Path, empty_db: Path):
+    from ctxvec.workspace import Workspace
+
+    ws = Workspace(root).ensure()
+    shutil.copy(empty_db, ws.root / "mlflow.db")
+    return ws
+
+
+# --- 1. MLflow's first set-up ----------------------------------------------------------------
+
+
+def _kill_setup_attempts(home: Path, points: tuple[str, ...]) -> None:
+    for point in points:
+        code, _, err = _finish(_cli(home, "models", "list", crash=point))
+        assert code == -signal.SIGKILL, (point, err[-2000:])
+        assert not (home / "mlflow.db").exists(), point  # never a half-built database
+
+
+def test_a_kill_during_the_first_setup_never_bricks_the_workspace(tmp_path):
+    """An attempt killed from outside once the file it builds the schema in has appeared leaves
+    no ``mlflow.db`` (nothing or a complete one); the next command works."""
+    home = tmp_path / "home"
+    home.mkdir()
+    proc = _cli(home, "models", "list")
+    deadline = time.monotonic() + 300
+    while not list(home.glob("mlflow.db.new-*")) and proc.poll() is None:
+        assert time.monotonic() < deadline, "the set-up never started"
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGKILL)
+    assert _finish(proc)[0] == -signal.SIGKILL
+    assert not (home / "mlflow.db").exists()
+    _models_list_works(home)
+    assert not list(home.glob("mlflow.db.new-*"))  # what the kills left is cleaned up
+
+
+@pytest.mark.slow
+def test_kills_at_more_moments_of_the_first_setup(tmp_path):
+    """Killed before the 1st, the 400th and the 1,200th of the schema's ~1,700 SQL statements,
+    and after the build just before the rename: the same."""
+    home = tmp_path / "home"
+    home.mkdir()
+    _kill_setup_attempts(home, ("mlflow-setup-sql-1", "mlflow-setup-sql-400",
+                                "mlflow-setup-sql-1200", "mlflow-setup-before-rename"))
+    _models_list_works(home)
+
+
+def _mlflow_fails_on(db: Path, tmp: Path) -> None:
+    """MLflow alone cannot open ``db`` (tried on a copy): what every command hit before."""
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+    copy = tmp / "copy-of-mlflow.db"
+    shutil.copy(db, copy)
+    with pytest.raises(Exception, match="already exists"):
+        SqlAlchemyStore(f"sqlite:///{copy}", str(tmp / "artifacts"))
+
+
+@pytest.mark.slow
+def test_a_database_an_older_kill_left_half_built_is_rebuilt(tmp_path):
+    """A file MLflow's own first set-up left when it was killed (as ctxvec ran it before its
+    set-up was atomic; before the 900th statement is a moment that bricks it): rebuilt, the
+    old file kept beside it."""
+    home = tmp_path / "home"
+    home.mkdir()
+    db = home / "mlflow.db"
+    proc = _script("legacy", str(db), "900")
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+    _mlflow_fails_on(db, tmp_path)
+    _models_list_works(home)
+    assert len(list(home.glob("mlflow.db.before-repair-*"))) == 1
+
+
+def test_a_half_migrated_database_keeps_its_registered_versions(tmp_path):
+    """An older schema (8 revisions back) holding a registered model, whose upgrade by MLflow
+    was killed before its 40th statement (a moment that bricks it): rebuilt with both
+    versions, their tags and the alias."""
+    home = tmp_path / "home"
+    home.mkdir()
+    db = home / "mlflow.db"
+    proc = _script("legacy", str(db), "40", "8")
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+    _mlflow_fails_on(db, tmp_path)
+    code, out, err = _finish(_cli(home, "models", "list", "--json"))
+    assert code == 0, err[-3000:]
+    versions = {v["version"]: v for v in json.loads(out)["versions"]}
+    assert sorted(versions) == ["1", "2"]
+    assert versions["2"]["aliases"] == ["champion"]
+    assert versions["1"]["data_snapshot"] == "snap-1"
+    assert _revision(db) == _head()
+    assert len(list(home.glob("mlflow.db.before-repair-*"))) == 1
+
+
+@pytest.mark.slow
+def test_a_repair_that_is_killed_is_done_again_by_the_next_command(tmp_path):
+    """The rebuild of a half-migrated database with registered versions, killed in its schema
+    build and then just before the new file replaces the old: the old file is untouched each
+    time, and the next command rebuilds it with its versions."""
+    home = tmp_path / "home"
+    home.mkdir()
+    db = home / "mlflow.db"
+    assert _script("legacy", str(db), "40", "8").returncode == -signal.SIGKILL
+    for point in ("mlflow-setup-sql-300", "mlflow-repair-before-swap"):
+        before = db.read_bytes()
+        code, _, err = _finish(_cli(home, "models", "list", crash=point))
+        assert code == -signal.SIGKILL, (point, err[-2000:])
+        assert db.read_bytes() == before, point
+    code, out, err = _finish(_cli(home, "models", "list", "--json"))
+    assert code == 0, err[-3000:]
+    assert [v["version"] for v in json.loads(out)["versions"]] == ["2", "1"]
+
+
+@pytest.mark.slow
+def test_two_commands_setting_up_at_once_both_work(tmp_path):
+    home = tmp_path / "home"
+    home.mkdir()
+    procs = [_cli(home, "models", "list") for _ in range(2)]
+    for proc in procs:
+        code, _, err = _finish(proc)
+        assert code == 2 and "no registered model" in err, err[-3000:]
+    assert _revision(home / "mlflow.db") == _head()
+
+
+# --- 10. a copied workspace ------------------------------------------------------------------
+
+
+def _files(folder: Path) -> set[str]:
+    return {str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file()}
+
+
+def test_a_copied_workspace_writes_and_reads_its_own_artifacts(tmp_path, empty_db, monkeypatch):
+    """``cp -r`` of a workspace: new artifacts land in the copy's ``mlartifacts``, the
+    original's stay as they were, and the copy's versions (artifacts, ``index_uri``) are its
+    own, so it works with the original deleted."""
+    from ctxvec.registry import Registry
+    from ctxvec.registry.register import experiment_id
+    from ctxvec.workspace import Workspace
+
+    for key in [k for k in os.environ if k.startswith("MLFLOW_")]:
+        monkeypatch.delenv(key)
+    a = _workspace(tmp_path / "a", empty_db)
+    reg_a = Registry(a)
+    run = reg_a.client.create_run(experiment_id(reg_a, "ctxvec"))
+    reg_a.client.log_text(run.info.run_id, "weights", "model/weights.txt")
+    reg_a.client.create_registered_model(NAME)
+    reg_a.client.create_model_version(NAME, f"{run.info.artifact_uri}/model", run.info.run_id)
+    (a.indexes / "index-1").mkdir(parents=True)
+    (a.indexes / "index-1" / "manifest.json").write_text("{}")
+    reg_a.client.set_model_version_tag(NAME, "1", "index_uri", str(a.indexes / "index-1"))
+    before = _files(a.mlflow_artifacts)
+
+    shutil.copytree(a.root, tmp_path / "b")
+    b = Workspace(tmp_path / "b")
+    reg_b = Registry(b)
+    run_b = reg_b.client.create_run(experiment_id(reg_b, "ctxvec"))
+    reg_b.client.log_text(run_b.info.run_id, "new", "model/new.txt")
+    assert _files(a.mlflow_artifacts) == before
+    assert any(p.endswith("model/new.txt") for p in _files(b.mlflow_artifacts))
+
+    shutil.rmtree(a.root)
+    v1 = reg_b.resolve(f"models:/{NAME}/1")
+    assert v1.index_uri == str(b.indexes / "index-1")
+    assert reg_b.client.get_model_version(NAME, "1").source.startswith(
+        b.mlflow_artifacts.as_uri())
+    got = reg_b.client.download_artifacts(run.info.run_id, "model/weights.txt", str(tmp_path))
+    assert Path(got).read_text() == "weights"
+    reg_b.promote(NAME, "1")  # its index is found in the copy
