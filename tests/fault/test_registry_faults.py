@@ -245,3 +245,61 @@ def test_a_copied_workspace_writes_and_reads_its_own_artifacts(tmp_path, empty_d
     got = reg_b.client.download_artifacts(run.info.run_id, "model/weights.txt", str(tmp_path))
     assert Path(got).read_text() == "weights"
     reg_b.promote(NAME, "1")  # its index is found in the copy
+
+
+# --- 8 and 10: promote and aliases -----------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def three_versions(tmp_path_factory, empty_db):
+    """Versions 1-3 of NAME: 1 with its index (champion), 2 whose index folder was deleted,
+    3 with no index."""
+    from ctxvec.registry import Registry
+
+    with pytest.MonkeyPatch.context() as mp:
+        for key in [k for k in os.environ if k.startswith("MLFLOW_")]:
+            mp.delenv(key)
+        ws = _workspace(tmp_path_factory.mktemp("promote"), empty_db)
+        reg = Registry(ws)
+        reg.client.create_registered_model(NAME)
+        for v in ("1", "2", "3"):
+            reg.client.create_model_version(NAME, f"file:///nowhere/{v}")
+        for v in ("1", "2"):
+            index = ws.indexes / f"index-{v}"
+            index.mkdir(parents=True)
+            (index / "manifest.json").write_text("{}")
+            reg.client.set_model_version_tag(NAME, v, "index_uri", str(index))
+        shutil.rmtree(ws.indexes / "index-2")
+        reg.promote(NAME, "1")
+        yield reg
+
+
+@pytest.fixture
+def promote_cli(three_versions, monkeypatch):
+    """``ctxvec ...`` in this process (CliRunner) on ``three_versions``' workspace."""
+    from typer.testing import CliRunner
+
+    from ctxvec.cli import app
+
+    for key in [k for k in os.environ if k.startswith("MLFLOW_")]:
+        monkeypatch.delenv(key)
+    monkeypatch.setenv("CTXVEC_HOME", str(three_versions.ws.root))
+    return lambda *args: CliRunner().invoke(app, list(args))
+
+
+def test_promote_refuses_a_version_whose_index_is_gone(three_versions, promote_cli):
+    result = promote_cli("models", "promote", "2")
+    assert result.exit_code == 2, result.output
+    assert "cannot promote version 2: its index" in result.output and "is gone" in result.output
+    result = promote_cli("models", "promote", "3")
+    assert result.exit_code == 2 and "it has no index yet" in result.output
+    assert three_versions.alias_version(NAME, "champion") == "1"
+
+
+@pytest.mark.parametrize("alias", ["bad alias!", "v2", "latest"])
+def test_an_invalid_alias_is_a_user_error(three_versions, promote_cli, alias):
+    result = promote_cli("models", "promote", "1", "--alias", alias)
+    assert result.exit_code == 2, result.output
+    assert "alias" in result.output.lower()
+    aliases = three_versions.client.get_registered_model(NAME).aliases
+    assert {k: str(v) for k, v in aliases.items()} == {"champion": "1"}
