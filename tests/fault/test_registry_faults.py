@@ -303,3 +303,42 @@ def test_an_invalid_alias_is_a_user_error(three_versions, promote_cli, alias):
     assert "alias" in result.output.lower()
     aliases = three_versions.client.get_registered_model(NAME).aliases
     assert {k: str(v) for k, v in aliases.items()} == {"champion": "1"}
+
+
+# --- 10. a killed register -------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_a_killed_register_is_finished_or_failed_by_the_next(tmp_path):
+    """A register killed before its model is logged leaves a RUNNING run: the next marks it
+    FAILED. One killed after its version exists: the next finishes that version (tags,
+    challenger alias, run FINISHED) instead of registering the model twice."""
+    from mlflow import MlflowClient
+
+    home, model = tmp_path / "home", tmp_path / "run" / "model"
+    for point in ("register-before-log-model", "register-after-log-model"):
+        proc = _script("register", str(home), str(model), crash=point, home=home)
+        assert proc.returncode == -signal.SIGKILL, (point, proc.stderr[-3000:])
+    proc = _script("register", str(home), str(model), home=home)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    record = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert record["version"] == "1"
+
+    client = MlflowClient(f"sqlite:///{home / 'mlflow.db'}")
+    versions = client.search_model_versions(f"name='{NAME}'")
+    assert [str(v.version) for v in versions] == ["1"]
+    assert versions[0].tags["eval.mlm_perplexity"] == "9.5"
+    assert str(client.get_model_version_by_alias(NAME, "challenger").version) == "1"
+    runs = client.search_runs([client.get_run(record["run_id"]).info.experiment_id])
+    assert sorted(r.info.status for r in runs) == ["FAILED", "FINISHED"]
+    assert client.get_run(record["run_id"]).info.status == "FINISHED"
+
+    # The workspace copied (cp -r): a register there writes into the copy's mlartifacts only.
+    before = _files(home / "mlartifacts")
+    copy = tmp_path / "copy"
+    shutil.copytree(home, copy)
+    proc = _script("register", str(copy), str(model), home=copy)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads(proc.stdout.strip().splitlines()[-1])["version"] == "2"
+    assert _files(home / "mlartifacts") == before
+    assert len(_files(copy / "mlartifacts")) > len(before)
