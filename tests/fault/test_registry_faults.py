@@ -201,6 +201,27 @@ def test_two_commands_setting_up_at_once_both_work(tmp_path):
     assert _revision(home / "mlflow.db") == _head()
 
 
+@pytest.mark.parametrize("kind", ["newer-mlflow", "not-sqlite"])
+def test_a_database_it_cannot_repair_is_left_alone_with_a_clear_error(tmp_path, kind):
+    """A file a newer MLflow wrote (a schema revision this one does not know), or that is not
+    an SQLite database at all: a clear error, and the file exactly as it was."""
+    from ctxvec.registry.sqlite_store import StoreSetupError, ensure_store
+
+    db = tmp_path / "mlflow.db"
+    if kind == "newer-mlflow":
+        with sqlite3.connect(db) as con:
+            con.execute("CREATE TABLE alembic_version (version_num VARCHAR(32) NOT NULL)")
+            con.execute("INSERT INTO alembic_version VALUES ('ffffffffffff')")
+    else:
+        db.write_bytes(b"not a database, " * 100)
+    before = db.read_bytes()
+    match = "newer MLflow" if kind == "newer-mlflow" else "not a readable SQLite database"
+    with pytest.raises(StoreSetupError, match=match):
+        ensure_store(tmp_path)
+    assert db.read_bytes() == before
+    assert not list(tmp_path.glob("mlflow.db.*-*"))
+
+
 # --- 10. a copied workspace ------------------------------------------------------------------
 
 
@@ -245,6 +266,11 @@ def test_a_copied_workspace_writes_and_reads_its_own_artifacts(tmp_path, empty_d
     got = reg_b.client.download_artifacts(run.info.run_id, "model/weights.txt", str(tmp_path))
     assert Path(got).read_text() == "weights"
     reg_b.promote(NAME, "1")  # its index is found in the copy
+
+    # Moved (mv) rather than copied: the same, with the folder it came from gone.
+    shutil.move(b.root, tmp_path / "c")
+    c = Workspace(tmp_path / "c")
+    assert Registry(c).resolve(f"models:/{NAME}/1").index_uri == str(c.indexes / "index-1")
 
 
 # --- 8 and 10: promote and aliases -----------------------------------------------------------
