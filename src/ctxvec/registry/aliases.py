@@ -26,13 +26,37 @@ def _set_champion_history(c, name: str, history: list[str]) -> None:
     c.set_registered_model_tag(name, HISTORY_TAG, ",".join(history[-100:]))
 
 
+def _require_index(reg: RegistryAccess, name: str, version: str, index_uri: str | None,
+                   doing: str) -> None:
+    """Refuse to point an alias at ``version`` unless its index is on disk (or on the store):
+    a server that follows the alias would otherwise fail every query."""
+    if index_uri and reg.ws.stage_manifest(index_uri) is not None:
+        return
+    ref = ModelRef.registered(name, version=version)
+    why = f"its index ({index_uri}) is gone" if index_uri else "it has no index yet"
+    raise ModelRefError(f"cannot {doing} version {version}: {why}; build it with "
+                        f"`ctxvec embed --model {ref} --index`")
+
+
+def _set_alias(reg: RegistryAccess, name: str, alias: str, version: str) -> None:
+    from mlflow.exceptions import MlflowException  # lazy: mlflow takes seconds to import
+
+    try:
+        reg.client.set_registered_model_alias(name, alias, version)
+    except MlflowException as e:
+        if e.error_code != "INVALID_PARAMETER_VALUE":
+            raise
+        raise ModelRefError(f"invalid alias {alias!r}: {e.message}") from None
+
+
 def promote(reg: RegistryAccess, name: str, version: str, alias: str = CHAMPION) -> str | None:
-    """Point ``alias`` at ``version``; returns the version it pointed at before, if any."""
+    """Point ``alias`` at ``version``, whose index must be in place; returns the version it
+    pointed at before, if any."""
     c = reg.client
     previous = reg.alias_version(name, alias)
-    if not reg.resolve(ModelRef.registered(name, version=version)).index_uri:
-        raise ValueError(f"{name} version {version} has no index yet: build it before promoting")
-    c.set_registered_model_alias(name, alias, version)
+    info = reg.resolve(ModelRef.registered(name, version=version))
+    _require_index(reg, name, version, info.index_uri, "promote")
+    _set_alias(reg, name, alias, version)
     if previous and previous != version:
         c.set_model_version_tag(name, version, "previous_champion", previous)
     if alias == CHAMPION and previous != version:
@@ -57,11 +81,7 @@ def rollback(reg: RegistryAccess, name: str) -> tuple[str, str]:
                             "roll back to")
     target = history[-2]
     index_uri = c.get_model_version(name, target).tags.get("index_uri")
-    if not index_uri or reg.ws.stage_manifest(index_uri) is None:
-        target_ref = ModelRef.registered(name, version=target)
-        raise ModelRefError(f"cannot roll back to version {target}: its index "
-                            f"({index_uri or 'none'}) is gone; rebuild it with "
-                            f"`ctxvec embed --model {target_ref} --index`")
+    _require_index(reg, name, target, index_uri, "roll back to")
     c.set_registered_model_alias(name, CHAMPION, target)
     c.set_model_version_tag(name, current, "rolled_back_to", target)
     _set_champion_history(c, name, history[:-1])

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import socket
 from importlib.metadata import version as package_version
 from pathlib import Path
 
@@ -17,15 +19,18 @@ from ctxvec.artifacts import (
     TrainedModel,
 )
 from ctxvec.config import CtxvecConfig, config_to_yaml, flatten
+from ctxvec.faults import crash_point
 from ctxvec.refs import ModelRef
 from ctxvec.registry.access import RegistryAccess
 from ctxvec.registry.download import ENCODER_ARTIFACT
 from ctxvec.registry.uris import fluent_uris
-from ctxvec.workspace import sha256_file
+from ctxvec.workspace import sha256_file, sha256_text
 
 log = logging.getLogger(__name__)
 
 PYFUNC_CODE = Path(__file__).with_name("pyfunc_model.py")
+# run tags naming the register a run belongs to and the process that runs it
+KEY_TAG, PID_TAG, HOST_TAG = "ctxvec.register_key", "ctxvec.pid", "ctxvec.host"
 
 
 def experiment_id(reg: RegistryAccess, name: str) -> str:
@@ -66,54 +71,23 @@ def register_model(
     """Log a run (params, metrics, artifacts), the pyfunc model, and register a new version.
 
     ``snapshot`` is None for models fine-tuned on files rather than the corpus; the tokenizer
-    hash then comes from the model's own tokenizer.json."""
+    hash then comes from the model's own tokenizer.json.
+
+    The run ends (FINISHED) only after the version has its tags and the ``challenger`` alias, so
+    a run still RUNNING whose process is gone is a register that was killed. Such a run of the
+    same trained model that got as far as its version is finished instead of registering the
+    model twice; any other is marked FAILED (and its version, if it has one, tagged
+    ``ctxvec.incomplete``)."""
     # lazy: mlflow takes seconds to import
     import mlflow
-    from mlflow.entities import Param
 
     snapshot_id = snapshot.snapshot_id if snapshot else ""
     tok_hash = (tokenizer_art.sha256 if tokenizer_art
                 else sha256_file(Path(trained.model_dir) / "tokenizer.json"))
-    c = reg.client
-    run_dir = Path(trained.run_dir)
     exp_id = experiment_id(reg, cfg.registry.experiment)
     parent_version = ""
     if trained.parent and ModelRef.parse(trained.parent).is_registry:
         parent_version = reg.resolve(trained.parent).version
-    # The run and the pyfunc model go through MLflow's fluent API (log_model has no client
-    # form), so the process-wide URIs point at this workspace for this block only.
-    with fluent_uris(reg.uris), mlflow.start_run(experiment_id=exp_id,
-                                                 run_name=cfg.name) as run:
-        run_id = run.info.run_id
-        params = [Param(k, str(v)[:500]) for k, v in flatten(cfg).items()]
-        metrics = _metrics(run_dir, report)
-        # Batched writes: MLflow takes at most 100 params and 1000 metrics per call.
-        for i in range(0, len(params), 100):
-            c.log_batch(run_id, params=params[i : i + 100])
-        for i in range(0, len(metrics), 1000):
-            c.log_batch(run_id, metrics=metrics[i : i + 1000])
-        mlflow.set_tags({
-            "ctxvec.version": __version__,
-            "data_snapshot": snapshot_id,
-            "tokenizer_hash": tok_hash,
-            **{f"eval_skipped.{k}": v for k, v in report.skipped.items()},
-        })
-        mlflow.log_text(config_to_yaml(cfg), "config.yaml")
-        for name in ("manifest.json", "evaluation.json", "metrics.jsonl"):
-            if (run_dir / name).is_file():
-                mlflow.log_artifact(str(run_dir / name), artifact_path="run")
-        if snapshot is not None:
-            mlflow.log_artifact(str(Path(snapshot.path) / "manifest.json"),
-                                artifact_path="snapshot")
-        info = mlflow.pyfunc.log_model(
-            name="encoder",
-            python_model=str(PYFUNC_CODE),
-            artifacts={ENCODER_ARTIFACT: trained.model_dir},
-            input_example=["I saw a saw."],
-            pip_requirements=_requirements(),
-            registered_model_name=cfg.registry.model_name,
-        )
-    name, version = cfg.registry.model_name, str(info.registered_model_version)
     with open(Path(trained.model_dir) / "config.json") as f:
         dim = json.load(f)["hidden_size"]
     tags = {
@@ -124,11 +98,131 @@ def register_model(
         "dim": str(dim),
         **{f"eval.{k}": f"{v:.6g}" for k, v in report.metrics.items()},
     }
-    for k, v in tags.items():
-        c.set_model_version_tag(name, version, k, v)
-    c.set_registered_model_alias(name, "challenger", version)
+    key = register_key(cfg, trained)
+    name = cfg.registry.model_name
+    resumed = _settle_killed_runs(reg, exp_id, name, key)
+    if resumed is not None:  # the same model's register was killed after its version existed
+        version, run_id = resumed
+        _finish_version(reg, name, version, tags)
+        reg.client.set_terminated(run_id, "FINISHED")
+        log.info("register: %s version %s finished (run %s, whose register was killed)",
+                 name, version, run_id)
+        return RegisteredModel(name, version, run_id,
+                               str(ModelRef.registered(name, version=version)))
+    # The run and the pyfunc model go through MLflow's fluent API (log_model has no client
+    # form), so the process-wide URIs point at this workspace for this block only.
+    with fluent_uris(reg.uris), mlflow.start_run(experiment_id=exp_id, run_name=cfg.name,
+                                                 tags=_owner_tags(key)) as run:
+        run_id = run.info.run_id
+        _log_run(reg, run_id, cfg, snapshot, trained, report, snapshot_id, tok_hash)
+        crash_point("register-before-log-model")
+        info = mlflow.pyfunc.log_model(
+            name="encoder",
+            python_model=str(PYFUNC_CODE),
+            artifacts={ENCODER_ARTIFACT: trained.model_dir},
+            input_example=["I saw a saw."],
+            pip_requirements=_requirements(),
+            registered_model_name=name,
+        )
+        version = str(info.registered_model_version)
+        crash_point("register-after-log-model")
+        _finish_version(reg, name, version, tags)
     log.info("register: %s version %s (run %s)", name, version, run_id)
     return RegisteredModel(name, version, run_id, str(ModelRef.registered(name, version=version)))
+
+
+def _log_run(reg: RegistryAccess, run_id: str, cfg: CtxvecConfig, snapshot: Snapshot | None,
+             trained: TrainedModel, report: EvalReport, snapshot_id: str, tok_hash: str) -> None:
+    """The run's params, metrics, tags and artifacts (inside its ``start_run`` block)."""
+    # lazy: mlflow takes seconds to import
+    import mlflow
+    from mlflow.entities import Param
+
+    c = reg.client
+    run_dir = Path(trained.run_dir)
+    params = [Param(k, str(v)[:500]) for k, v in flatten(cfg).items()]
+    metrics = _metrics(run_dir, report)
+    # Batched writes: MLflow takes at most 100 params and 1000 metrics per call.
+    for i in range(0, len(params), 100):
+        c.log_batch(run_id, params=params[i : i + 100])
+    for i in range(0, len(metrics), 1000):
+        c.log_batch(run_id, metrics=metrics[i : i + 1000])
+    mlflow.set_tags({
+        "ctxvec.version": __version__,
+        "data_snapshot": snapshot_id,
+        "tokenizer_hash": tok_hash,
+        **{f"eval_skipped.{k}": v for k, v in report.skipped.items()},
+    })
+    mlflow.log_text(config_to_yaml(cfg), "config.yaml")
+    for name in ("manifest.json", "evaluation.json", "metrics.jsonl"):
+        if (run_dir / name).is_file():
+            mlflow.log_artifact(str(run_dir / name), artifact_path="run")
+    if snapshot is not None:
+        mlflow.log_artifact(str(Path(snapshot.path) / "manifest.json"),
+                            artifact_path="snapshot")
+
+
+def _finish_version(reg: RegistryAccess, name: str, version: str, tags: dict[str, str]) -> None:
+    for k, v in tags.items():
+        reg.client.set_model_version_tag(name, version, k, v)
+    reg.client.set_registered_model_alias(name, "challenger", version)
+
+
+# --- registers that were killed ------------------------------------------------------------
+
+
+def register_key(cfg: CtxvecConfig, trained: TrainedModel) -> str:
+    """What makes two registers the same: the registered name and the trained model's folder
+    (a run folder is named by the hash of what trained it) and step count."""
+    model_dir = Path(trained.model_dir).resolve()
+    return sha256_text(f"{cfg.registry.model_name}\n{model_dir}\n{trained.steps}")[:16]
+
+
+def _owner_tags(key: str) -> dict[str, str]:
+    return {KEY_TAG: key, PID_TAG: str(os.getpid()), HOST_TAG: socket.gethostname()}
+
+
+def _owner_gone(tags: dict[str, str]) -> bool:
+    """The process that started a register run has died (it ran on this machine, and no
+    process has its id but this one, which is not registering yet)."""
+    if tags.get(HOST_TAG) != socket.gethostname():
+        return False  # another machine's: it may still be running
+    pid = int(tags.get(PID_TAG) or 0)
+    if pid <= 0 or pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # someone else's process: alive
+        return False
+    return False
+
+
+def _settle_killed_runs(reg: RegistryAccess, exp_id: str, name: str,
+                        key: str) -> tuple[str, str] | None:
+    """Close the register runs of this experiment whose process was killed: -> (version,
+    run id) of one of the same model (``key``) that had registered its version, to be finished
+    by the caller; every other killed run is marked FAILED."""
+    c = reg.client
+    resumed = None
+    for run in c.search_runs([exp_id], filter_string="attributes.status = 'RUNNING'",
+                             max_results=1000):
+        tags = run.data.tags
+        if KEY_TAG not in tags or not _owner_gone(tags):
+            continue
+        run_id = run.info.run_id
+        versions = [v for v in c.search_model_versions(f"run_id = '{run_id}'")
+                    if v.name == name]
+        if resumed is None and tags[KEY_TAG] == key and versions:
+            resumed = (str(versions[0].version), run_id)
+            continue
+        for v in versions:
+            c.set_model_version_tag(v.name, v.version, "ctxvec.incomplete",
+                                    f"its register (run {run_id}) was killed")
+        c.set_terminated(run_id, "FAILED")
+        log.warning("register: run %s was killed before it finished; marked FAILED", run_id)
+    return resumed
 
 
 def _requirements() -> list[str]:

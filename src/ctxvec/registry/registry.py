@@ -30,6 +30,7 @@ from ctxvec.refs import ModelRef, ModelRefError
 from ctxvec.registry import aliases
 from ctxvec.registry.download import cached_version_dir, download_version, encoder_dir
 from ctxvec.registry.register import register_model
+from ctxvec.registry.sqlite_store import ensure_store
 from ctxvec.registry.uris import workspace_uris
 from ctxvec.registry.version import ModelVersion
 from ctxvec.workspace import Workspace
@@ -51,6 +52,8 @@ class Registry:
 
         self.ws = ws
         self.uris = workspace_uris(ws)
+        if not self.uris.from_env:  # the embedded store: complete, and this workspace's own
+            ensure_store(ws.root)
         self.client = MlflowClient(tracking_uri=self.uris.tracking,
                                    registry_uri=self.uris.registry)
 
