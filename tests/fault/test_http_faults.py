@@ -1,7 +1,7 @@
 """Hostile-but-fair HTTP input against a real ``ctxvec serve`` process over a real tiny model and
 index: lone surrogates, oversized and never-finished headers, idle connections, a foreign Host
-header (DNS rebinding), the API key kept out of the process list, and server paths kept out of
-the answers.
+header (DNS rebinding), the API key kept out of the process list, server paths kept out of the
+answers, and schemathesis fuzzing every operation of ``/openapi.json``.
 
 One workspace and one server for the module: the tiny recipe cut down further (30 documents, two
 training steps), built in this process, then served by ``python -m ctxvec.cli serve`` as a user
@@ -23,6 +23,16 @@ from pathlib import Path
 
 import httpx
 import pytest
+import schemathesis
+from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis.errors import Unsatisfiable
+from schemathesis import GenerationMode
+from schemathesis.checks import (
+    content_type_conformance,
+    not_a_server_error,
+    response_schema_conformance,
+    status_code_conformance,
+)
 
 from tests.helpers import REPO, cli_env
 from tests.servers import background, free_port, wait_healthy
@@ -35,6 +45,7 @@ CUT = ["evaluate.sts=null", "index.factory=Flat", "ingest.max_docs=30", "train.s
 SERVE_SETS = ["serve.header_timeout_s=1", "serve.body_timeout_s=2", "serve.keep_alive_s=1"]
 MAX_HEADER_BYTES = 32 << 10  # serve.max_header_bytes' default
 DEADLINE = 60.0  # for what the server does by itself (answer, time out, close)
+FUZZ_EXAMPLES = 12  # per operation and mode
 S = "\udc80"  # a lone surrogate: valid in JSON as an escape, not Unicode text
 
 
@@ -311,3 +322,34 @@ def test_answers_show_paths_relative_to_the_workspace_and_corpus(api, server):
     tags = answers[2].json()["versions"][0]["tags"]
     assert tags["index_uri"] == "indexes/v1"
     assert not any(v.startswith("/") for v in tags.values()), tags
+
+
+# --- fuzzing: every operation of /openapi.json --------------------------------------------
+
+
+@pytest.mark.parametrize("mode", [GenerationMode.POSITIVE, GenerationMode.NEGATIVE])
+def test_fuzzed_requests_get_no_5xx_and_conform_to_the_schema(server, mode):
+    """Generated requests for every operation the live schema lists, valid ones and invalid
+    ones (a few per operation: this runs in ``make test``): never a 5xx, and each answer's
+    status, content type and body are those the schema documents. (schemathesis' own pytest
+    loader does not run on pytest 9, so each operation runs under hypothesis here.)"""
+    schema = schemathesis.openapi.from_url(f"{server.url}/openapi.json",
+                                           headers={"X-API-Key": KEY})
+    operations = [r.ok() for r in schema.get_all_operations()]
+    assert {op.path for op in operations} >= {"/search", "/embed", "/senses", "/explain",
+                                               "/health", "/models"}
+    checks = [not_a_server_error, status_code_conformance, content_type_conformance,
+              response_schema_conformance]
+    for operation in operations:
+        @given(case=operation.as_strategy(mode))
+        @settings(max_examples=FUZZ_EXAMPLES, deadline=None, derandomize=True, database=None,
+                  suppress_health_check=list(HealthCheck), phases=[Phase.generate, Phase.shrink])
+        def fuzz(case):
+            case.call_and_validate(headers={"X-API-Key": KEY}, timeout=DEADLINE, checks=checks)
+
+        try:
+            fuzz()
+        except Unsatisfiable:
+            if mode is GenerationMode.POSITIVE:
+                raise
+            # nothing to make invalid (GET /health: no parameter, no body, no key)

@@ -108,7 +108,7 @@ def create_app(
         + (f" Every endpoint but GET / and /health needs the header {API_KEY_HEADER}."
            if api_key else ""),
         lifespan=lifespan,
-        responses={400: {"model": ErrorResponse}, 422: {"model": ErrorResponse}},
+        responses=_error_responses(hosts is not None),
     )
     app.state.watcher = watcher
     app.state.batcher = batcher
@@ -129,6 +129,14 @@ def create_app(
     return app
 
 
+def _error_responses(host_check: bool) -> dict:
+    """The errors any operation may answer, for the schema: bad input (400, 422), a body over
+    MAX_BODY_BYTES (413) or not JSON (415), a server stopping or full (503), and a foreign Host
+    header when the app checks it (421). Operations add their own (404, ...)."""
+    statuses = [400, 413, 415, 422, 503] + ([421] if host_check else [])
+    return {s: {"model": ErrorResponse} for s in sorted(statuses)}
+
+
 def _document_api_key(app: FastAPI) -> None:
     """Declare the X-API-Key scheme in the OpenAPI schema (the middleware enforces it)."""
 
@@ -142,6 +150,10 @@ def _document_api_key(app: FastAPI) -> None:
                 if path not in OPEN_PATHS:
                     for op in ops.values():
                         op["security"] = [{"ApiKey": []}]
+                        op["responses"]["401"] = {
+                            "description": f"No API key, or a wrong one, in {API_KEY_HEADER}",
+                            "content": {"application/json": {"schema": {
+                                "$ref": "#/components/schemas/ErrorResponse"}}}}
             app.openapi_schema = schema
         return app.openapi_schema
 
