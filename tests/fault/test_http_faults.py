@@ -17,6 +17,7 @@ import os
 import select
 import socket
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -237,6 +238,23 @@ def test_an_idle_keep_alive_connection_is_closed(server):
         answer = read_until_closed(s)  # the answer, then the close after serve.keep_alive_s
     assert answer.startswith(b"HTTP/1.1 200")
     assert answer.count(b"HTTP/1.1") == 1
+
+
+# --- memory under load ---------------------------------------------------------------------
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="malloc_trim is glibc's")
+def test_the_batcher_hands_freed_memory_back_between_batches(server, api):
+    """What bounds the server's memory under load (serve/memory.py): between batches, every
+    couple of seconds at most, the batcher returns freed pages to the system; /health counts
+    it. The server has run for longer than that interval, so a search or two triggers one."""
+    for _ in range(int(DEADLINE / 0.5)):
+        still_serving(api)
+        batching = api.get("/health").json()["batching"]
+        if batching["trims"] >= 1:
+            break
+        time.sleep(0.5)
+    assert batching["trims"] >= 1 and batching["trim_s"] >= 0, batching
 
 
 # --- item 9: Host header on a loopback bind (DNS rebinding) -------------------------------
