@@ -177,5 +177,4 @@ def server_config(app: Any, host: str, port: int, scfg: ServeConfig, **kwargs: A
     ``uvicorn.Config`` as they are (access_log, log_config, log_level, ...)."""
     return uvicorn.Config(
         app, host=host, port=port, workers=1, http=guarded_protocol(scfg), ws="none",
-        timeout_keep_alive=scfg.keep_alive_s, limit_concurrency=scfg.max_connections,
-        h11_max_incomplete_event_size=scfg.max_header_bytes, **kwargs)
+        timeout_keep_alive=scfg.keep_alive_s, limit_concurrency=scfg.max_connections, **kwargs)
