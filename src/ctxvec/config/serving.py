@@ -162,3 +162,27 @@ class ServeConfig(_Section):
     max_batch: int = Field(64, ge=1, description="Queries encoded together under load.")
     max_text_chars: int = Field(20_000, ge=1, description="Longest text a request may send.")
     max_k: int = Field(1000, ge=1)
+    allowed_hosts: list[str] | None = Field(
+        None, description="Host header names answered (any port); others get a 421. null: "
+        "localhost, 127.0.0.1 and [::1] when bound to loopback (against DNS rebinding), any "
+        "name otherwise; ['*']: any.",
+    )
+    max_header_bytes: int = Field(
+        32_768, ge=1024, description="Largest request line and headers; over it: a 431 and "
+        "the connection closes.",
+    )
+    header_timeout_s: float = Field(
+        10.0, gt=0, description="Seconds a connection has to send a request's line and "
+        "headers, from its first byte (or from connecting); then a 408 and it closes.",
+    )
+    body_timeout_s: float = Field(
+        30.0, gt=0, description="Seconds a request's body may take to arrive after its "
+        "headers; then a 408 and the connection closes.",
+    )
+    keep_alive_s: int = Field(
+        5, ge=1, description="Seconds an idle keep-alive connection stays open after an answer."
+    )
+    max_connections: int = Field(
+        1024, ge=1, description="Open connections (or requests in progress) beyond which a new "
+        "request gets a 503.",
+    )

@@ -3,12 +3,15 @@ give every error (ours, the library's, FastAPI's) that shape.
 
 Input the caller can fix is a 4xx (a ``UserInputError`` from the library: 400, or 404 for an
 unknown id or word); a closed batcher (the server is stopping) is a 503. Unexpected failures are
-the catch-all middleware's (``ctxvec.serve.app``).
+the catch-all middleware's (``ctxvec.serve.app``). Messages name workspace folders relative to
+the workspace (``install_error_handlers``'s ``scrub``), and text that is not Unicode (a lone
+surrogate echoed back) is escaped, so that writing an error never fails.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -21,9 +24,10 @@ from ctxvec.errors import UserInputError
 from ctxvec.serve.batcher import BatcherClosed
 
 ERROR_TYPES = {400: "bad_request", 401: "unauthorized", 404: "not_found",
-               405: "method_not_allowed", 413: "payload_too_large",
-               415: "unsupported_media_type", 422: "validation_error", 500: "internal_error",
-               503: "unavailable"}
+               405: "method_not_allowed", 408: "request_timeout", 413: "payload_too_large",
+               415: "unsupported_media_type", 421: "misdirected_request",
+               422: "validation_error", 431: "request_header_fields_too_large",
+               500: "internal_error", 503: "unavailable"}
 
 
 class ApiError(Exception):
@@ -36,13 +40,19 @@ class ApiError(Exception):
         self.message = message
 
 
+def printable(text: str) -> str:
+    """``text`` with anything UTF-8 cannot carry (lone surrogates) as backslash escapes."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def error_body(status: int, message: str) -> dict:
-    return {"error": {"type": ERROR_TYPES.get(status, "error"), "message": message}}
+    return {"error": {"type": ERROR_TYPES.get(status, "error"), "message": printable(message)}}
 
 
 def error_response(status: int, message: str, type_: str | None = None,
                    details: list[dict] | None = None, headers: dict | None = None) -> JSONResponse:
-    body: dict[str, Any] = {"type": type_ or ERROR_TYPES.get(status, "error"), "message": message}
+    body: dict[str, Any] = {"type": type_ or ERROR_TYPES.get(status, "error"),
+                            "message": printable(message)}
     if details:
         body["details"] = details
     return JSONResponse({"error": body}, status_code=status, headers=headers)
@@ -58,8 +68,8 @@ def validation_error_response(errors: Any) -> JSONResponse:
     """FastAPI's validation errors in our shape; malformed JSON is a 400, the rest 422."""
     details = []
     for err in errors:
-        loc = ".".join(str(p) for p in err.get("loc", ()) if p != "body") or "body"
-        msg = str(err.get("msg", "invalid")).removeprefix("Value error, ")
+        loc = printable(".".join(str(p) for p in err.get("loc", ()) if p != "body") or "body")
+        msg = printable(str(err.get("msg", "invalid")).removeprefix("Value error, "))
         details.append({"loc": loc, "msg": msg, "type": err.get("type", "")})
     if any(d["type"] == "json_invalid" for d in details):
         where = next(e for e in errors if e.get("type") == "json_invalid")
@@ -71,12 +81,17 @@ def validation_error_response(errors: Any) -> JSONResponse:
     return error_response(422, message or "invalid request", details=details)
 
 
+def _scrub(request: Request, message: str) -> str:
+    scrub: Callable[[str], str] | None = getattr(request.app.state, "scrub", None)
+    return scrub(message) if scrub else message
+
+
 async def _api_error(request: Request, e: ApiError) -> JSONResponse:
-    return error_response(e.status, e.message, e.type)
+    return error_response(e.status, _scrub(request, e.message), e.type)
 
 
 async def _user_error(request: Request, e: UserInputError) -> JSONResponse:
-    return error_response(user_error_status(e), str(e))
+    return error_response(user_error_status(e), _scrub(request, str(e)))
 
 
 async def _closed(request: Request, e: BatcherClosed) -> JSONResponse:
@@ -102,8 +117,10 @@ async def _http_error(request: Request, e: StarletteHTTPException) -> JSONRespon
     return error_response(e.status_code, message, type_, headers=getattr(e, "headers", None))
 
 
-def install_error_handlers(app: FastAPI) -> None:
-    """Answer every error the routes and FastAPI raise in the one JSON shape."""
+def install_error_handlers(app: FastAPI, scrub: Callable[[str], str] | None = None) -> None:
+    """Answer every error the routes and FastAPI raise in the one JSON shape; ``scrub``
+    rewrites the messages of ours and the library's (server paths out)."""
+    app.state.scrub = scrub
     app.add_exception_handler(ApiError, _api_error)
     app.add_exception_handler(UserInputError, _user_error)
     app.add_exception_handler(BatcherClosed, _closed)

@@ -13,6 +13,11 @@ them with the error handlers (``api_errors``) and the middleware below.
   4xx status for input the caller can fix; an unexpected failure is logged and answered with a
   500 in the same shape; none of them stops the server.
 - With an API key configured, every endpoint but ``GET /`` and ``/health`` needs ``X-API-Key``.
+- Bound to loopback (``bind_host``), it answers only the loopback Host names: ``hosts``.
+- Answers name server files relative to the workspace or the corpus: ``paths``.
+
+The connection limits (header size, header and body deadlines, idle connections) are the HTTP
+protocol's, below the app: ``ctxvec.serve.protocol``.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from importlib import resources
 
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ctxvec import __version__
@@ -44,6 +50,8 @@ from ctxvec.serve.api_errors import (
 from ctxvec.serve.batcher import MicroBatcher
 from ctxvec.serve.champion import ChampionWatcher, load_served
 from ctxvec.serve.context import ServeContext
+from ctxvec.serve.hosts import HostCheckMiddleware, allowed_hosts
+from ctxvec.serve.paths import WorkspacePaths
 from ctxvec.serve.routes import ROUTERS
 from ctxvec.serve.schemas import ErrorResponse
 from ctxvec.workspace import Workspace
@@ -62,11 +70,14 @@ def create_app(
     cfg: CtxvecConfig,
     ref: str | ModelRef | None = None,
     api_key: str | None = None,
+    bind_host: str | None = None,
 ) -> FastAPI:
     """Load ``ref`` (default ``models:/<registry.model_name>@champion``) and build the app.
 
     Loading happens here, so that a missing champion fails before a server binds a port.
     ``api_key`` None means: the environment variable ``serve.api_key_env`` (unset: no key).
+    ``bind_host``: the address the server binds, which decides the Host names answered
+    (``serve.allowed_hosts``, else the loopback names on a loopback bind; None: any).
     """
     scfg = cfg.serve
     ref = ModelRef.parse(ref or ModelRef.registered(cfg.registry.model_name, alias="champion"))
@@ -77,6 +88,7 @@ def create_app(
                               loader=functools.partial(load_served, cfg=cfg, registry=registry))
     batcher = MicroBatcher(scfg.max_batch)
     started = time.time()
+    hosts = allowed_hosts(bind_host, scfg.allowed_hosts)
     page = resources.files("ctxvec.serve").joinpath("static/index.html").read_text("utf-8")
 
     @asynccontextmanager
@@ -96,22 +108,33 @@ def create_app(
         + (f" Every endpoint but GET / and /health needs the header {API_KEY_HEADER}."
            if api_key else ""),
         lifespan=lifespan,
-        responses={400: {"model": ErrorResponse}, 422: {"model": ErrorResponse}},
+        responses=_error_responses(hosts is not None),
     )
     app.state.watcher = watcher
     app.state.batcher = batcher
-    app.state.ctx = ServeContext(scfg, watcher, batcher, registry, started, page)
+    paths = WorkspacePaths(ws)
+    app.state.ctx = ServeContext(scfg, watcher, batcher, registry, started, page, paths)
     for router in ROUTERS:  # the endpoints: ctxvec.serve.routes
         app.include_router(router)
-    install_error_handlers(app)
+    install_error_handlers(app, scrub=paths.scrub)
 
-    # Outermost last: catch-all 500 -> body-size limit -> API key -> the routes.
+    # Outermost last: catch-all 500 -> Host check -> body-size limit -> API key -> the routes.
     if api_key:
         app.add_middleware(ApiKeyMiddleware, key=api_key)
         _document_api_key(app)
     app.add_middleware(BodyLimitMiddleware, max_bytes=MAX_BODY_BYTES)
+    if hosts is not None:
+        app.add_middleware(HostCheckMiddleware, allowed=hosts)
     app.add_middleware(CatchAllMiddleware)
     return app
+
+
+def _error_responses(host_check: bool) -> dict:
+    """The errors any operation may answer, for the schema: bad input (400, 422), a body over
+    MAX_BODY_BYTES (413) or not JSON (415), a server stopping or full (503), and a foreign Host
+    header when the app checks it (421). Operations add their own (404, ...)."""
+    statuses = [400, 413, 415, 422, 503] + ([421] if host_check else [])
+    return {s: {"model": ErrorResponse} for s in sorted(statuses)}
 
 
 def _document_api_key(app: FastAPI) -> None:
@@ -127,6 +150,10 @@ def _document_api_key(app: FastAPI) -> None:
                 if path not in OPEN_PATHS:
                     for op in ops.values():
                         op["security"] = [{"ApiKey": []}]
+                        op["responses"]["401"] = {
+                            "description": f"No API key, or a wrong one, in {API_KEY_HEADER}",
+                            "content": {"application/json": {"schema": {
+                                "$ref": "#/components/schemas/ErrorResponse"}}}}
             app.openapi_schema = schema
         return app.openapi_schema
 
@@ -168,6 +195,9 @@ class CatchAllMiddleware:
             if started:
                 raise
             await _send_json(send, 413, error_body(413, str(e)))
+        except ClientDisconnect:  # gone, or cut off by the protocol (a body that never came)
+            log.debug("serve: %s %s: the client went away", scope.get("method"),
+                      scope.get("path"))
         except Exception:
             log.exception("serve: %s %s failed", scope.get("method"), scope.get("path"))
             if started:  # too late for a clean answer: let the server close the connection

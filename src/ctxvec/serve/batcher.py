@@ -15,6 +15,10 @@ batches shrink, and under 8 to 32 clients throughput fell by a fifth.)
 
 A job carries the searcher it started with, so a champion swap never changes the model under a
 request in flight: jobs of two searchers in one batch are processed as two groups.
+
+Between batches, at most every ``trim_every_s``, the worker hands the memory the encoder freed
+back to the system (``memory.release_free_memory``): without it, batches of ever-different
+shapes fragment malloc's heap and the server's memory grows under load.
 """
 
 from __future__ import annotations
@@ -29,6 +33,8 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
+
+from ctxvec.serve.memory import TRIM_EVERY_S, release_free_memory
 
 log = logging.getLogger(__name__)
 
@@ -69,19 +75,25 @@ class BatchStats:
     largest: int = 0
     encode_s: float = 0.0  # time the encode stage spent encoding
     search_s: float = 0.0  # time the search stage spent searching and reading documents
+    trims: int = 0  # times freed memory was handed back to the system
+    trim_s: float = 0.0  # time that took
 
     def to_dict(self) -> dict:
         mean = self.jobs / self.batches if self.batches else 0.0
         return {"batches": self.batches, "jobs": self.jobs, "texts": self.texts,
                 "largest_batch": self.largest, "mean_batch": round(mean, 2),
-                "encode_s": round(self.encode_s, 3), "search_s": round(self.search_s, 3)}
+                "encode_s": round(self.encode_s, 3), "search_s": round(self.search_s, 3),
+                "trims": self.trims, "trim_s": round(self.trim_s, 3)}
 
 
 class MicroBatcher:
-    def __init__(self, max_batch: int = 64, max_wait_s: float = 0.0015):
+    def __init__(self, max_batch: int = 64, max_wait_s: float = 0.0015,
+                 trim_every_s: float | None = TRIM_EVERY_S):
         assert max_batch >= 1
         self.max_batch = max_batch
         self.max_wait_s = max_wait_s
+        self.trim_every_s = trim_every_s  # None: never hand freed memory back
+        self._trimmed_at = time.monotonic()
         self.stats = BatchStats()
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
@@ -148,6 +160,18 @@ class MicroBatcher:
                 except BaseException as e:  # never let the worker die with futures pending
                     log.exception("batcher: a batch failed")
                     _fail(jobs, e)
+            self._trim()
+
+    def _trim(self) -> None:
+        """Hand freed memory back to the system if ``trim_every_s`` has passed since last time
+        (between batches: the answers of this one are out)."""
+        now = time.monotonic()
+        if self.trim_every_s is None or now - self._trimmed_at < self.trim_every_s:
+            return
+        if release_free_memory():
+            self.stats.trims += 1
+        self._trimmed_at = time.monotonic()
+        self.stats.trim_s += self._trimmed_at - now
 
     def _collect(self) -> tuple[list[_Job], bool]:
         """Block for one job, then take what else is queued (up to max_batch texts)."""

@@ -22,6 +22,7 @@ from ctxvec.model.attention import load_encoder
 from ctxvec.model.encoder import Encoder
 from ctxvec.refs import ModelRef, ModelRefError
 from ctxvec.registry import ModelVersion, Registry
+from ctxvec.serve.paths import SourceNames
 from ctxvec.serve.search import Searcher
 from ctxvec.serve.senses import SenseSearcher
 from ctxvec.workspace import Workspace
@@ -39,7 +40,8 @@ class Served:
     the encoder, loaded on first use."""
 
     def __init__(self, registry: Registry, info: ModelVersion, searcher: Searcher,
-                 senses: SenseSearcher | None, senses_error: str | None):
+                 senses: SenseSearcher | None, senses_error: str | None,
+                 sources: SourceNames | None = None):
         self.registry = registry
         self.info = info  # the version, resolved once by whoever loaded it
         self.ref: ModelRef = info.ref  # pinned: models:/<name>/<version>
@@ -47,6 +49,7 @@ class Served:
         self.searcher = searcher
         self.senses = senses  # None: see senses_error
         self.senses_error = senses_error
+        self.sources = sources or SourceNames(())  # how hits name their source files
         self.loaded_at = time.time()
         self._eager: Encoder | None = None
         self._eager_lock = threading.Lock()
@@ -75,7 +78,8 @@ def load_served(ws: Workspace, version: str | ModelRef | ModelVersion,
     except UserInputError as e:  # e.g. the version was embedded without word vectors
         senses_error = str(e)
     searcher.embed(["warm up"])  # the first real query should not pay for lazy init
-    return Served(registry, info, searcher, senses, senses_error)
+    return Served(registry, info, searcher, senses, senses_error,
+                  SourceNames.of_corpus(searcher.corpus))
 
 
 class ChampionWatcher:

@@ -1,5 +1,6 @@
-"""What every endpoint reads: the served version, the micro-batcher, the registry and the
-request limits of ``serve.*``, held once per app and handed to the routes as a dependency.
+"""What every endpoint reads: the served version, the micro-batcher, the registry, the request
+limits of ``serve.*`` and how server paths are shown, held once per app and handed to the routes
+as a dependency.
 
 The routes (``ctxvec.serve.routes``) take ``ctx: Context``; FastAPI fills it from the app's
 state without a thread hop, and it adds nothing to the OpenAPI schema.
@@ -19,6 +20,7 @@ from ctxvec.registry import Registry
 from ctxvec.serve.api_errors import ApiError
 from ctxvec.serve.batcher import MicroBatcher
 from ctxvec.serve.champion import ChampionWatcher, Served
+from ctxvec.serve.paths import WorkspacePaths
 
 
 @dataclass(frozen=True)
@@ -29,6 +31,7 @@ class ServeContext:
     registry: Registry  # one client for the app: the watcher, the loads and /models
     started: float  # time.time() when the app was built
     page: str  # the web page's HTML
+    paths: WorkspacePaths  # workspace paths in answers: relative to the workspace
 
     def served(self) -> Served:
         return self.watcher.current  # one read: this request's model, even if a swap follows
@@ -37,6 +40,11 @@ class ServeContext:
         if len(text) > self.limits.max_text_chars:
             raise ApiError(413, f"{what} has {len(text)} characters; at most "
                            f"{self.limits.max_text_chars} (serve.max_text_chars) are accepted")
+
+    @staticmethod
+    def hit(hit: Any, served: Served) -> dict:
+        """A search hit as the API shows it: its source file relative to the corpus."""
+        return {**hit.to_dict(), "source": served.sources.shown(hit.source)}
 
     def check_k(self, k: int) -> None:
         if k > self.limits.max_k:

@@ -7,12 +7,30 @@ that one server's config can tighten them; the static bounds here are the outer 
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from typing import Annotated, Any
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
 # Outer bounds, whatever the config says: a request past them is malformed, not just too big.
 MAX_K = 10_000
 MAX_EMBED_TEXTS = 1024
 MAX_VECTOR_DIM = 65_536
+
+
+def _unicode_text(value: Any) -> Any:
+    """Refuse a string holding a lone surrogate (JSON lets ``"\\udc80"`` through; it is no
+    Unicode character, and the tokenizer fails on it): a 422 like any other bad field. Runs
+    before pydantic's own string checks, so every text field says the same thing."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as e:
+            raise ValueError(f"holds a lone surrogate ({value[e.start]!r} at character "
+                             f"{e.start}): not Unicode text") from None
+    return value
+
+
+Text = Annotated[str, BeforeValidator(_unicode_text)]
 
 
 class _Body(BaseModel):
@@ -22,14 +40,14 @@ class _Body(BaseModel):
 class SearchRequest(_Body):
     """Exactly one of ``text``, ``id`` (a document id of the index) or ``vector``."""
 
-    text: str | None = Field(None, description="Query text.", examples=["a football club"])
-    id: str | None = Field(None, description="Neighbours of this indexed document.")
+    text: Text | None = Field(None, description="Query text.", examples=["a football club"])
+    id: Text | None = Field(None, description="Neighbours of this indexed document.")
     vector: list[float] | None = Field(
         None, max_length=MAX_VECTOR_DIM,
         description="A query vector of the model's dimension (L2-normalised like the index).",
     )
     k: int = Field(10, ge=1, le=MAX_K, description="Documents to return (at most serve.max_k).")
-    filters: dict[str, str | list[str]] | None = Field(
+    filters: dict[Text, Text | list[Text]] | None = Field(
         None, description="Metadata filters (index.metadata keys): a value, or a list of "
         "accepted values, per key; e.g. {\"title\": \"Berw\"}.",
     )
@@ -56,7 +74,8 @@ class HitOut(BaseModel):
     chunk: int = 0
     start: int = Field(0, description="Character offset of the chunk in the document.")
     end: int = 0
-    source: str | None = None
+    source: str | None = Field(None, description="The file the document was ingested from, "
+                               "relative to the folder the corpus's files share.")
 
 
 class SearchResponse(BaseModel):
@@ -66,7 +85,7 @@ class SearchResponse(BaseModel):
 
 
 class EmbedRequest(_Body):
-    texts: list[str] = Field(min_length=1, max_length=MAX_EMBED_TEXTS,
+    texts: list[Text] = Field(min_length=1, max_length=MAX_EMBED_TEXTS,
                              description="Texts to embed (at most serve.max_batch).")
 
 
@@ -77,9 +96,9 @@ class EmbedResponse(BaseModel):
 
 
 class SensesRequest(_Body):
-    word: str = Field(min_length=1, description="The word whose sense is wanted.",
+    word: Text = Field(min_length=1, description="The word whose sense is wanted.",
                       examples=["bank"])
-    context: str = Field(min_length=1, description="A sentence that uses the word.",
+    context: Text = Field(min_length=1, description="A sentence that uses the word.",
                          examples=["She sat on the bank of the river."])
     k: int = Field(10, ge=1, le=MAX_K)
 
@@ -104,7 +123,7 @@ class SensesResponse(BaseModel):
 
 
 class ExplainRequest(_Body):
-    text: str = Field(min_length=1, examples=["I saw a saw."])
+    text: Text = Field(min_length=1, examples=["I saw a saw."])
     layer: int = Field(-1, description="Transformer layer, counted from 0 (-1: the last).")
     head: int | None = Field(None, ge=0, description="Attention head (default: mean of heads).")
 

@@ -1,7 +1,8 @@
 """``GET /health`` and ``GET /models``: what the server serves, and the versions it could.
 
 ``/health`` stays open with an API key configured (load balancers probe it); ``/models`` reads
-the registry through the app's one ``Registry``.
+the registry through the app's one ``Registry``; the paths among its tags are shown relative to
+the workspace.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ def models(ctx: Context) -> dict:
     """Registered versions of the served model, newest first, with aliases and tags."""
     s = ctx.served()
     versions = [
-        VersionOut(version=v.version, aliases=v.aliases, tags=v.tags,
+        VersionOut(version=v.version, aliases=v.aliases, tags=ctx.paths.tags(v.tags),
                    has_index=bool(v.tags.get("index_uri")), serving=v.version == s.version)
         for v in ctx.registry.list_versions(ctx.watcher.name)
     ]

@@ -37,15 +37,16 @@ async def search(req: SearchRequest, ctx: Context) -> dict:
     t0 = time.perf_counter()
     ctx.check_k(req.k)
     s = ctx.served()
+    filters = s.sources.filters(req.filters)  # a source as the API shows it -> as stored
     if req.text is not None:
         ctx.check_text(req.text)
         if req.hybrid:
-            hits = await run_in_threadpool(s.searcher.search, req.text, req.k, req.filters, True)
+            hits = await run_in_threadpool(s.searcher.search, req.text, req.k, filters, True)
         else:
-            hits = await wait(ctx.batcher.search(s.searcher, req.text, req.k, req.filters))
+            hits = await wait(ctx.batcher.search(s.searcher, req.text, req.k, filters))
     elif req.id is not None:
         ctx.check_text(req.id, "id")
-        hits = await run_in_threadpool(s.searcher.search_id, req.id, req.k, req.filters)
+        hits = await run_in_threadpool(s.searcher.search_id, req.id, req.k, filters)
     else:
         vec = np.asarray(req.vector, dtype=np.float32)
         dim = s.searcher.encoder.dim
@@ -54,8 +55,8 @@ async def search(req: SearchRequest, ctx: Context) -> dict:
                            f"{s.version} has {dim}")
         if not np.isfinite(vec).all():
             raise ApiError(400, "vector holds NaN or infinite values")
-        hits = await wait(ctx.batcher.search_vector(s.searcher, vec, req.k, req.filters))
-    return {"hits": [h.to_dict() for h in hits], "model_version": s.version,
+        hits = await wait(ctx.batcher.search_vector(s.searcher, vec, req.k, filters))
+    return {"hits": [ctx.hit(h, s) for h in hits], "model_version": s.version,
             "took_ms": round((time.perf_counter() - t0) * 1000, 3)}
 
 

@@ -1,0 +1,102 @@
+"""What the HTTP API shows of the server's files: names relative to the workspace or the corpus,
+never the absolute paths that tell a caller how the server's disk is laid out.
+
+- ``WorkspacePaths``: registry tags (``index_uri``, ...) and error messages name workspace
+  folders relative to the workspace (``indexes/v1``); an absolute path outside it is shown by
+  its last component.
+- ``SourceNames``: a hit's ``source`` (the file a document was ingested from) is shown relative
+  to the folder all the corpus's source files share (one file: its name, ``wiki_00.gz``; a
+  wikiextractor tree: ``AA/wiki_00``). A ``source`` filter takes the name shown (or the stored
+  path, as before).
+
+``ctxvec query`` is the local user's own tool and keeps the full paths.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+from ctxvec.workspace import Workspace, read_json
+
+log = logging.getLogger(__name__)
+
+_ABSOLUTE = re.compile(r"^(/|[A-Za-z]:[\\/]|file:/)")
+
+
+def _last_part(value: str) -> str:
+    return value.rstrip("/\\").replace("\\", "/").rsplit("/", 1)[-1]
+
+
+class WorkspacePaths:
+    """Workspace paths and URIs shown relative to the workspace."""
+
+    def __init__(self, ws: Workspace):
+        root = str(ws.root).rstrip("/")
+        homes = [root, Path(root).as_uri(), f"file://{root}"] + ([ws.uri.rstrip("/")]
+                                                                if ws.uri else [])
+        self._homes = sorted(set(homes), key=len, reverse=True)  # longest first
+
+    def relative(self, value: str) -> str:
+        """A path or URI inside the workspace -> relative to it; another absolute path -> its
+        last component; anything else unchanged."""
+        for home in self._homes:
+            if value == home:
+                return "."
+            if value.startswith(home + "/"):
+                return value[len(home) + 1:]
+        return _last_part(value) if _ABSOLUTE.match(value) else value
+
+    def scrub(self, message: str) -> str:
+        """A message with every mention of the workspace's location made relative."""
+        for home in self._homes:
+            message = message.replace(home + "/", "").replace(home, ".")
+        return message
+
+    def tags(self, tags: Mapping[str, str]) -> dict[str, str]:
+        return {k: self.relative(v) for k, v in tags.items()}
+
+
+class SourceNames:
+    """A corpus's source files, each shown relative to the folder they all share."""
+
+    def __init__(self, sources: Iterable[str]):
+        files = sorted(set(sources))
+        dirs = [f.split("/")[:-1] for f in files]
+        common = dirs[0] if dirs else []
+        for parts in dirs[1:]:
+            n = 0
+            while n < min(len(common), len(parts)) and common[n] == parts[n]:
+                n += 1
+            common = common[:n]
+        cut = len(common)
+        self._shown = {f: "/".join(f.split("/")[cut:]) for f in files}
+        self._stored = {shown: f for f, shown in self._shown.items()}
+
+    @classmethod
+    def of_corpus(cls, corpus: Iterable[str | Path]) -> SourceNames:
+        """The source files the snapshot manifests of ``corpus`` (local folders) list."""
+        files: list[str] = []
+        for folder in corpus:
+            try:
+                files += [f["path"] for f in read_json(Path(folder) / "manifest.json")["files"]]
+            except (OSError, ValueError, KeyError, TypeError) as e:
+                log.warning("serve: no source list in %s (%s): sources are shown by name",
+                            folder, e)
+        return cls(files)
+
+    def shown(self, source: str) -> str:
+        return self._shown.get(source) or _last_part(source)
+
+    def filters(self, filters: Mapping[str, str | list[str]] | None
+                ) -> Mapping[str, str | list[str]] | None:
+        """``filters`` with each ``source`` value shown by the API mapped back to the stored
+        path; other values (a stored path, an unknown name) are kept as they are."""
+        if not filters or "source" not in filters:
+            return filters
+        value = filters["source"]
+        back = (self._stored.get(value, value) if isinstance(value, str)
+                else [self._stored.get(v, v) for v in value])
+        return {**filters, "source": back}
