@@ -54,7 +54,9 @@ class Stage:
     stages are not. ``tags``: Prefect task tags (``gpu-train`` limits trainings per GPU).
     ``streams``: the run function takes ``on_line`` (training streams its torchrun ranks'
     output there). ``halts``: a record after which the graph stops (the continual plan that
-    found nothing new). ``reusable``: whether a record made under this key is still usable.
+    found nothing new). ``returns``: the record type the stage returns (a keyed stage must say:
+    a cached record of another type is never used). ``reusable``: whether a record made under
+    this key is still usable.
     """
 
     name: str
@@ -62,11 +64,16 @@ class Stage:
     upstream: tuple[str, ...]
     run: Callable[..., Any]
     keyed: Key | None = None
+    returns: type | None = None
     reusable: Callable[[Any, Workspace], bool] = keys.outputs_exist
     kind: Literal["io", "compute"] = "compute"
     tags: tuple[str, ...] = ()
     streams: bool = False
     halts: Callable[[Any], bool] | None = field(default=None)
+
+    def __post_init__(self) -> None:
+        if self.keyed is not None and self.returns is None:
+            raise TypeError(f"stage {self.name} is keyed: declare the record type it returns")
 
     def key_and_reason(self, cfg: CtxvecConfig, ws: Workspace,
                        *records: Any) -> tuple[str | None, str]:
@@ -96,6 +103,12 @@ class Stage:
     def key(self, cfg: CtxvecConfig, ws: Workspace, *records: Any) -> str | None:
         """The stage's idempotence key for these inputs; None: it runs whatever came before."""
         return self.key_and_reason(cfg, ws, *records)[0]
+
+    def usable(self, record: Any, ws: Workspace) -> bool:
+        """Whether a record cached under this stage's key may stand in for running it: of the
+        type the stage returns, naming only paths inside this workspace, and ``reusable``."""
+        return (self.returns is not None and type(record) is self.returns
+                and keys.inside_workspace(record, ws) and self.reusable(record, ws))
 
 
 def run_stage(stage: Stage, cfg: CtxvecConfig, ws: Workspace, records: tuple,
