@@ -152,6 +152,14 @@ def workspace() -> Workspace:
     return Workspace.from_env()
 
 
+@contextlib.contextmanager
+def writing(ws: Workspace) -> Iterator[Workspace]:
+    """Hold the workspace's writer lock for a command that writes it (``Workspace.lock``):
+    another writer's command exits 2 naming this one, or waits ``$CTXVEC_LOCK_TIMEOUT`` s."""
+    with ws.lock("ctxvec " + " ".join(sys.argv[1:])):
+        yield ws
+
+
 def load_recipe(config: Path | None, overrides: list[str] | None) -> CtxvecConfig:
     """The recipe with its ``--set`` overrides; a bad one is a ConfigError (exit 2)."""
     from ctxvec.config import load_config  # lazy: keep start-up fast (pydantic)

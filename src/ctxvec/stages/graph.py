@@ -22,6 +22,7 @@ from typing import Any, Literal
 from ctxvec import __version__
 from ctxvec.config import CtxvecConfig
 from ctxvec.errors import UserInputError
+from ctxvec.faults import crash_point
 from ctxvec.stages import keys
 from ctxvec.workspace import Workspace
 
@@ -122,14 +123,17 @@ def run_stage(stage: Stage, cfg: CtxvecConfig, ws: Workspace, records: tuple,
 
 def execute(cfg: CtxvecConfig, ws: Workspace, stages: Iterable[Stage], call: Call = run_stage,
             records: Records | None = None) -> Records:
-    """Run ``stages`` in order; -> every record by stage name (``records`` plus the new ones).
-    An upstream stage that was not planned hands on None. Stops after a stage whose
-    ``halts`` says so."""
+    """Run ``stages`` in order, holding the workspace's writer lock; -> every record by stage
+    name (``records`` plus the new ones). An upstream stage that was not planned hands on None.
+    Stops after a stage whose ``halts`` says so. Crash point ``stage-done:<name>`` after each
+    stage (``ctxvec.faults``)."""
     out: Records = dict(records or {})
-    for stage in stages:
-        out[stage.name] = call(stage, cfg, ws, tuple(out.get(u) for u in stage.upstream))
-        if stage.halts and stage.halts(out[stage.name]):
-            break
+    with ws.lock():
+        for stage in stages:
+            out[stage.name] = call(stage, cfg, ws, tuple(out.get(u) for u in stage.upstream))
+            crash_point(f"stage-done:{stage.name}")
+            if stage.halts and stage.halts(out[stage.name]):
+                break
     return out
 
 
