@@ -5,8 +5,9 @@ writers at once, and processes killed at stage boundaries (issue 15, items 6, 7 
   carries runs), a record of the wrong type is never used; the stage runs again instead.
 - One writer at a time per workspace (``Workspace.lock``): a second one exits 2 naming the
   holder, or waits for it with ``CTXVEC_LOCK_TIMEOUT``; a killed holder releases the lock.
-- A writer killed with SIGKILL leaves staging folders that the next writer clears; a re-run
-  completes the work as an uninterrupted run does.
+- A writer killed with SIGKILL leaves staging folders that the next writer clears, and a
+  Prefect ephemeral server that dies with it; a re-run completes the work as an uninterrupted
+  run does.
 
 Every process is real (``python -m ctxvec.cli``); kills are SIGKILL from the crash points of
 ``ctxvec.faults`` (``CTXVEC_CRASH_AT``). Waits poll for a condition with a generous deadline.
@@ -91,6 +92,14 @@ def kill_group(pgid: int) -> None:
         os.killpg(pgid, signal.SIGKILL)
     except ProcessLookupError:
         pass
+
+
+def group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True
 
 
 def hold_lock(home: Path) -> subprocess.Popen:
@@ -304,6 +313,24 @@ def test_a_killed_ingest_leaves_staging_the_next_one_clears_and_completes(tmp_pa
     assert_counts_add_up(after)
     assert {k: after[k] for k in ("read", *COUNTS)} == {k: ref[k] for k in ("read", *COUNTS)}
     assert list(snapshot_docs(home).values()) == list(snapshot_docs(clean).values())
+
+
+@pytest.mark.slow  # about 30 s: Prefect's ephemeral server starts in the killed run
+def test_the_ephemeral_prefect_server_dies_with_a_killed_run(tmp_path, corpus):
+    """``ctxvec run`` on Prefect's ephemeral server (no PREFECT_API_URL), killed after ingest:
+    nothing of its process group is left (the server was orphaned before)."""
+    home = tmp_path / "home"
+    sets = [a for o in small_run_overrides(corpus) for a in ("--set", o)]
+    proc = start_cli(home, tmp_path, "run", "run", "--config", str(TINY), *sets,
+                     CTXVEC_CRASH_AT="stage-done:ingest")
+    try:
+        rc = proc.wait(timeout=DEADLINE)
+        err = (tmp_path / "run.err").read_text()
+        assert rc == -signal.SIGKILL, err
+        assert "crash point stage-done:ingest" in err
+        wait_for(lambda: not group_alive(proc.pid), "the orphaned Prefect server to exit", 60)
+    finally:
+        kill_group(proc.pid)
 
 
 # --- kills at every stage boundary of `ctxvec run` ---------------------------------------------

@@ -171,7 +171,9 @@ def prefect_env(ws_root: Path) -> None:
     """Prefect's local state lives in the workspace too, unless the user points elsewhere; the
     embedded server's telemetry writes race with the flows' on SQLite, so it is off. Prefect
     gives its ephemeral server 20 s to start, which a busy 2-core machine overran (2 runs in
-    13 under load): ctxvec gives it 300 s unless the user set a value."""
+    13 under load): ctxvec gives it 300 s unless the user set a value. The server itself is
+    started by the flow command, watched so that it dies with this process
+    (``ctxvec_flows.ephemeral``)."""
     os.environ.setdefault("PREFECT_HOME", str(ws_root / "prefect"))
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "300")

@@ -36,8 +36,10 @@ def run(
     ws = workspace().ensure()
     prefect_env(ws.root)
     with writing(ws):  # a busy workspace fails fast too
+        from ctxvec_flows.ephemeral import start_ephemeral_api  # lazy: keep start-up fast
         from ctxvec_flows.pipeline import pipeline  # lazy: keep start-up fast (prefect)
 
+        start_ephemeral_api()
         summary = pipeline(str(config), list(set_ or []), ws.home)  # a folder or a store URI
     return dump(summary) if as_json else format_run(summary)
 
@@ -80,7 +82,9 @@ def update(
     prefect_env(ws.root)
     with writing(ws):
         from ctxvec_flows.continual import continual  # lazy: keep start-up fast (prefect)
+        from ctxvec_flows.ephemeral import start_ephemeral_api  # lazy: keep start-up fast
 
+        start_ephemeral_api()
         out = continual(str(config), list(set_ or []), ws.home)
     return dump(out) if as_json else format_update(out)
 
