@@ -223,11 +223,12 @@ def api_url() -> str | None:
 
 
 @contextlib.contextmanager
-def local_server(port: int = 4200, timeout: float = 120.0) -> Iterator[str]:
+def local_server(port: int = 4200, timeout: float = 300.0) -> Iterator[str]:
     """``prefect server start`` (API, UI and scheduler) on 127.0.0.1 for the duration of the
     block, on this process's ``$PREFECT_HOME`` database; yields its API URL, which the block
     (and every flow run it starts) uses as ``PREFECT_API_URL``. ``port`` if free, else any.
-    The server's log: ``$PREFECT_HOME/server.log``."""
+    The server's log: ``$PREFECT_HOME/server.log``. ``timeout``: seconds it may take to answer
+    (300, as for the ephemeral server: a loaded 2-core machine overran 20)."""
     from prefect.settings import PREFECT_API_URL, PREFECT_HOME, temporary_settings
 
     port = port if _port_free(port) else _port_free(0)

@@ -40,7 +40,8 @@ def pipeline(config: str, overrides: list[str] | None = None, home: str | None =
     cfg = load_config(config, overrides)
     # a folder or a store URI (s3://bucket/prefix): Workspace.at tells them apart
     ws = (Workspace.at(home) if home else Workspace.from_env()).ensure()
-    return stages.run_pipeline(cfg, ws, call=prefect_call(TASKS, ws))
+    with ws.lock(f"the ctxvec-pipeline flow on {config}"):  # the writer lock (Workspace.lock)
+        return stages.run_pipeline(cfg, ws, call=prefect_call(TASKS))
 
 
 if __name__ == "__main__":

@@ -12,16 +12,30 @@ it is renamed into place, and readers go through ``local_dir``, which takes a lo
 and fetches what the cache lacks. References that outlive the process (the ``index_uri`` tag,
 the ``corpus`` and ``embeddings`` of manifests) are written with ``uri_for``: store URIs when the
 workspace is remote, so that another machine with an empty cache can follow them.
+
+Writers hold the workspace lock (``Workspace.lock``): a ``flock`` on ``<root>/workspace.lock``,
+which the kernel releases when the holder dies, however it dies. Every command that writes stage
+folders or registers versions takes it (the stage graph's ``execute``, ``ctxvec ingest``,
+``ctxvec tokenizer train``); readers (query, serve) do not. A second writer fails at once with
+``WorkspaceBusyError`` naming the holder's pid and command, or waits up to
+``$CTXVEC_LOCK_TIMEOUT`` seconds for it. Taking the lock also clears what a killed writer left:
+staging folders (``.tmp-*``) are removed and a folder a swap left half-done (``.old-*``) is put
+back. The lock is per machine: two machines writing one store URI are not kept apart.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import json
+import logging
 import os
 import shutil
+import socket
+import sys
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -30,6 +44,8 @@ from pathlib import Path
 from typing import Any
 
 from ctxvec import __version__
+from ctxvec.errors import UserInputError
+from ctxvec.faults import crash_point
 from ctxvec.storage import (
     MANIFEST,
     PUBLISHED_STAGES,
@@ -44,6 +60,18 @@ from ctxvec.storage import (
 # Schemes MLflow has an artifact repository for: a remote workspace keeps artifacts there.
 MLFLOW_ARTIFACT_SCHEMES = ("s3", "gs", "wasbs", "abfss", "hdfs", "file")
 DEFAULT_HOME = ".ctxvec"
+LOCK_FILE = "workspace.lock"
+LOCK_TIMEOUT_ENV = "CTXVEC_LOCK_TIMEOUT"  # seconds a writer waits for the lock (default 0)
+# the folders only lock holders stage into: their leftovers are a dead writer's
+STAGED_KINDS = ("snapshots", "tokenizers", "packed", "mined", "runs", "embeddings", "indexes")
+
+log = logging.getLogger(__name__)
+_held: dict[str, list] = {}  # lock file -> [fd, depth] while this process holds it
+_held_guard = threading.Lock()
+
+
+class WorkspaceBusyError(UserInputError):
+    """Another process holds the workspace's writer lock (CLI exit code 2)."""
 
 
 def home_from_env() -> Path:
@@ -252,7 +280,15 @@ class Workspace:
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
+        crash_point(f"before-rename:{self._kind_of(final)}")
         _move_into_place(tmp, final)
+
+    def _kind_of(self, path: Path) -> str:
+        """``snapshots`` for a folder under ``<root>/snapshots``; else its parent's name."""
+        try:
+            return Path(os.path.abspath(path)).relative_to(self.root).parts[0]
+        except (ValueError, IndexError):
+            return path.parent.name
 
 
     @contextlib.contextmanager
@@ -266,6 +302,109 @@ class Workspace:
         yield work
         self._publish(work, final)
         _move_into_place(work, final)
+
+
+    # --- the writer lock ------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def lock(self, what: str | None = None) -> Iterator[None]:
+        """Hold the workspace's writer lock for the block (see the module docstring). Re-entrant
+        within a process; ``what`` names the holder in the message another writer gets (default:
+        this process's command line). Under torchrun, rank 0 holds it for every rank."""
+        if os.environ.get("LOCAL_RANK") is not None and os.environ.get("RANK", "0") != "0":
+            yield
+            return
+        path = self.root / LOCK_FILE
+        with _held_guard:
+            held = _held.get(str(path))
+            if held:
+                held[1] += 1
+            else:
+                self.root.mkdir(parents=True, exist_ok=True)
+                _held[str(path)] = [_acquire(path, what or " ".join(sys.argv)), 1]
+                try:
+                    self.clean_staging()
+                except OSError as e:  # a leftover that cannot go is no reason not to write
+                    log.warning("workspace: could not clear a killed writer's leftovers: %s", e)
+        try:
+            yield
+        finally:
+            with _held_guard:
+                held = _held[str(path)]
+                held[1] -= 1
+                if held[1] == 0:
+                    del _held[str(path)]
+                    os.close(held[0])  # releases the flock
+
+    def clean_staging(self) -> list[Path]:
+        """Clear what killed writers left in the stage folders: staging folders (``.tmp-*``)
+        are removed; a folder whose swap was cut between its two renames (``.old-NAME-*`` with
+        no ``NAME``) is put back. Only while holding the lock: no live writer stages there
+        then. -> the paths removed or restored. ``.partial-*`` folders (resumable work) stay."""
+        done: list[Path] = []
+        parents = [self.root / k for k in STAGED_KINDS]
+        parents += [d for d in (self.root / "runs").glob("*") if d.is_dir()]
+        for parent in parents:
+            if not parent.is_dir():
+                continue
+            for entry in sorted(parent.iterdir()):
+                if entry.name.startswith(".old-") and entry.is_dir():
+                    name = entry.name[len(".old-"):].rsplit("-", 1)[0]
+                    if not (parent / name).exists():
+                        entry.rename(parent / name)
+                        done.append(parent / name)
+                        continue
+                elif not (entry.name.startswith(".tmp-") and entry.is_dir()):
+                    continue
+                shutil.rmtree(entry, ignore_errors=True)
+                done.append(entry)
+        if done:
+            log.info("workspace: cleared %d folder(s) a killed writer left: %s", len(done),
+                     ", ".join(str(p.relative_to(self.root)) for p in done))
+        return done
+
+
+def _acquire(path: Path, what: str) -> int:
+    """Open and flock ``path`` (waiting up to ``$CTXVEC_LOCK_TIMEOUT`` s), then write who holds
+    it; -> the descriptor (closing it releases the lock)."""
+    try:
+        timeout = float(os.environ.get(LOCK_TIMEOUT_ENV) or 0)
+    except ValueError:
+        raise UserInputError(f"{LOCK_TIMEOUT_ENV} must be a number of seconds, got "
+                             f"{os.environ[LOCK_TIMEOUT_ENV]!r}") from None
+    deadline = time.monotonic() + timeout
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    said = False
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            break
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                os.close(fd)
+                raise WorkspaceBusyError(
+                    f"workspace {path.parent} is in use by {_holder(path)}; run this again when "
+                    f"it has finished, or set {LOCK_TIMEOUT_ENV}=SECONDS to wait for it (a "
+                    "holder that dies releases the lock by itself)") from None
+            if not said:
+                log.warning("workspace %s is in use by %s; waiting up to %.0f s", path.parent,
+                            _holder(path), timeout)
+                said = True
+            time.sleep(min(0.5, max(0.0, deadline - time.monotonic())))
+    holder = {"pid": os.getpid(), "host": socket.gethostname(), "command": what[:500],
+              "since": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, (json.dumps(holder) + "\n").encode("utf-8"), 0)
+    return fd
+
+
+def _holder(path: Path) -> str:
+    """Who holds the lock, as its holder wrote it."""
+    try:
+        h = json.loads(path.read_text(encoding="utf-8"))
+        return f"pid {h['pid']} on {h['host']} ({h['command']}, since {h['since']})"
+    except (OSError, ValueError, KeyError, TypeError):
+        return "another process"
 
 
 def _split_key(key: str) -> tuple[str, str]:

@@ -54,7 +54,7 @@ def test_check_order_refuses_a_stage_before_its_upstream():
         check_order([stages.BY_NAME["pack"], stages.BY_NAME["tokenizer"]])
 
 
-def test_execute_hands_each_stage_its_upstream_records_and_none_for_unplanned():
+def test_execute_hands_each_stage_its_upstream_records_and_none_for_unplanned(tmp_path):
     seen: dict[str, tuple] = {}
 
     def call(stage, cfg, ws, records):
@@ -62,7 +62,7 @@ def test_execute_hands_each_stage_its_upstream_records_and_none_for_unplanned():
         return f"<{stage.name}>"
 
     cfg = load_config(FINETUNE)
-    out = execute(cfg, None, stages.plan(cfg, stages.TRAIN), call)
+    out = execute(cfg, Workspace(tmp_path), stages.plan(cfg, stages.TRAIN), call)
     assert list(out) == ["tokenizer", "train", "evaluate", "register"]
     assert seen["train"] == (None, "<tokenizer>", None, None)  # no ingest, pack or mine
     assert seen["register"] == (None, "<tokenizer>", "<train>", "<evaluate>")

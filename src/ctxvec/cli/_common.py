@@ -152,6 +152,14 @@ def workspace() -> Workspace:
     return Workspace.from_env()
 
 
+@contextlib.contextmanager
+def writing(ws: Workspace) -> Iterator[Workspace]:
+    """Hold the workspace's writer lock for a command that writes it (``Workspace.lock``):
+    another writer's command exits 2 naming this one, or waits ``$CTXVEC_LOCK_TIMEOUT`` s."""
+    with ws.lock("ctxvec " + " ".join(sys.argv[1:])):
+        yield ws
+
+
 def load_recipe(config: Path | None, overrides: list[str] | None) -> CtxvecConfig:
     """The recipe with its ``--set`` overrides; a bad one is a ConfigError (exit 2)."""
     from ctxvec.config import load_config  # lazy: keep start-up fast (pydantic)
@@ -163,7 +171,9 @@ def prefect_env(ws_root: Path) -> None:
     """Prefect's local state lives in the workspace too, unless the user points elsewhere; the
     embedded server's telemetry writes race with the flows' on SQLite, so it is off. Prefect
     gives its ephemeral server 20 s to start, which a busy 2-core machine overran (2 runs in
-    13 under load): ctxvec gives it 300 s unless the user set a value."""
+    13 under load): ctxvec gives it 300 s unless the user set a value. The server itself is
+    started by the flow command, watched so that it dies with this process
+    (``ctxvec_flows.ephemeral``)."""
     os.environ.setdefault("PREFECT_HOME", str(ws_root / "prefect"))
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "300")

@@ -16,6 +16,7 @@ from ctxvec.cli._common import (
     dump,
     load_recipe,
     workspace,
+    writing,
 )
 
 
@@ -36,7 +37,9 @@ def ingest(
     if sources:  # paths that exist are made absolute: the recipe may be read from elsewhere
         overrides.append("ingest.sources=" + json.dumps([str(Path(s).resolve()) if Path(s).exists()
                                                          else s for s in sources]))
-    snap = run_ingest(load_recipe(config, overrides), workspace().ensure())
+    cfg = load_recipe(config, overrides)
+    with writing(workspace().ensure()) as ws:
+        snap = run_ingest(cfg, ws)
     if as_json:
         return dump({"snapshot": snap.snapshot_id, **snap.to_dict(),
                      "by_reason": rejection_reasons(snap)})
@@ -70,8 +73,8 @@ def tokenizer_train(
     from ctxvec.tokenizer.trainer import run_tokenizer
 
     cfg = load_recipe(config, ["tokenizer.source=train", *(set_ or [])])
-    ws = workspace()
-    art = run_tokenizer(cfg, ws, load_snapshot(ws, snapshot))
+    with writing(workspace()) as ws:
+        art = run_tokenizer(cfg, ws, load_snapshot(ws, snapshot))
     if as_json:
         return dump(art.to_dict())
     st = art.stats

@@ -19,6 +19,7 @@ from ctxvec.cli._common import (
     prefect_env,
     set_opt,
     workspace,
+    writing,
 )
 
 
@@ -34,9 +35,12 @@ def run(
     load_recipe(config, set_)  # fail fast (exit 2) before Prefect starts
     ws = workspace().ensure()
     prefect_env(ws.root)
-    from ctxvec_flows.pipeline import pipeline  # lazy: keep start-up fast (prefect)
+    with writing(ws):  # a busy workspace fails fast too
+        from ctxvec_flows.ephemeral import start_ephemeral_api  # lazy: keep start-up fast
+        from ctxvec_flows.pipeline import pipeline  # lazy: keep start-up fast (prefect)
 
-    summary = pipeline(str(config), list(set_ or []), ws.home)  # a folder or a store URI
+        start_ephemeral_api()
+        summary = pipeline(str(config), list(set_ or []), ws.home)  # a folder or a store URI
     return dump(summary) if as_json else format_run(summary)
 
 
@@ -76,9 +80,12 @@ def update(
     load_recipe(config, set_)
     ws = workspace().ensure()
     prefect_env(ws.root)
-    from ctxvec_flows.continual import continual  # lazy: keep start-up fast (prefect)
+    with writing(ws):
+        from ctxvec_flows.continual import continual  # lazy: keep start-up fast (prefect)
+        from ctxvec_flows.ephemeral import start_ephemeral_api  # lazy: keep start-up fast
 
-    out = continual(str(config), list(set_ or []), ws.home)
+        start_ephemeral_api()
+        out = continual(str(config), list(set_ or []), ws.home)
     return dump(out) if as_json else format_update(out)
 
 

@@ -22,6 +22,7 @@ from typing import Any, Literal
 from ctxvec import __version__
 from ctxvec.config import CtxvecConfig
 from ctxvec.errors import UserInputError
+from ctxvec.faults import crash_point
 from ctxvec.stages import keys
 from ctxvec.workspace import Workspace
 
@@ -54,7 +55,9 @@ class Stage:
     stages are not. ``tags``: Prefect task tags (``gpu-train`` limits trainings per GPU).
     ``streams``: the run function takes ``on_line`` (training streams its torchrun ranks'
     output there). ``halts``: a record after which the graph stops (the continual plan that
-    found nothing new). ``reusable``: whether a record made under this key is still usable.
+    found nothing new). ``returns``: the record type the stage returns (a keyed stage must say:
+    a cached record of another type is never used). ``reusable``: whether a record made under
+    this key is still usable.
     """
 
     name: str
@@ -62,11 +65,16 @@ class Stage:
     upstream: tuple[str, ...]
     run: Callable[..., Any]
     keyed: Key | None = None
+    returns: type | None = None
     reusable: Callable[[Any, Workspace], bool] = keys.outputs_exist
     kind: Literal["io", "compute"] = "compute"
     tags: tuple[str, ...] = ()
     streams: bool = False
     halts: Callable[[Any], bool] | None = field(default=None)
+
+    def __post_init__(self) -> None:
+        if self.keyed is not None and self.returns is None:
+            raise TypeError(f"stage {self.name} is keyed: declare the record type it returns")
 
     def key_and_reason(self, cfg: CtxvecConfig, ws: Workspace,
                        *records: Any) -> tuple[str | None, str]:
@@ -97,6 +105,12 @@ class Stage:
         """The stage's idempotence key for these inputs; None: it runs whatever came before."""
         return self.key_and_reason(cfg, ws, *records)[0]
 
+    def usable(self, record: Any, ws: Workspace) -> bool:
+        """Whether a record cached under this stage's key may stand in for running it: of the
+        type the stage returns, naming only paths inside this workspace, and ``reusable``."""
+        return (self.returns is not None and type(record) is self.returns
+                and keys.inside_workspace(record, ws) and self.reusable(record, ws))
+
 
 def run_stage(stage: Stage, cfg: CtxvecConfig, ws: Workspace, records: tuple,
               on_line: OnLine | None = None) -> Any:
@@ -109,14 +123,17 @@ def run_stage(stage: Stage, cfg: CtxvecConfig, ws: Workspace, records: tuple,
 
 def execute(cfg: CtxvecConfig, ws: Workspace, stages: Iterable[Stage], call: Call = run_stage,
             records: Records | None = None) -> Records:
-    """Run ``stages`` in order; -> every record by stage name (``records`` plus the new ones).
-    An upstream stage that was not planned hands on None. Stops after a stage whose
-    ``halts`` says so."""
+    """Run ``stages`` in order, holding the workspace's writer lock; -> every record by stage
+    name (``records`` plus the new ones). An upstream stage that was not planned hands on None.
+    Stops after a stage whose ``halts`` says so. Crash point ``stage-done:<name>`` after each
+    stage (``ctxvec.faults``)."""
     out: Records = dict(records or {})
-    for stage in stages:
-        out[stage.name] = call(stage, cfg, ws, tuple(out.get(u) for u in stage.upstream))
-        if stage.halts and stage.halts(out[stage.name]):
-            break
+    with ws.lock():
+        for stage in stages:
+            out[stage.name] = call(stage, cfg, ws, tuple(out.get(u) for u in stage.upstream))
+            crash_point(f"stage-done:{stage.name}")
+            if stage.halts and stage.halts(out[stage.name]):
+                break
     return out
 
 

@@ -139,7 +139,21 @@ def no_model_tokenizer(cfg: CtxvecConfig) -> str | None:
 
 
 def outputs_exist(record: Any, ws: Workspace) -> bool:
-    return all(Path(p).exists() for p in record_paths(record))
+    """Every file or folder the record names exists (a record without paths, such as an
+    evaluation report, names none)."""
+    return hasattr(record, "to_dict") and all(Path(p).exists() for p in record_paths(record))
+
+
+def inside_workspace(record: Any, ws: Workspace) -> bool:
+    """Every path the record names is inside the workspace (its folder, or its store URI)."""
+    root = str(ws.root)
+    for p in record_paths(record):
+        if ws.uri and (p == ws.uri or p.startswith(ws.uri + "/")):
+            continue
+        path = os.path.abspath(p)
+        if path != root and not path.startswith(root + os.sep):
+            return False
+    return True
 
 
 def version_registered(record: Any, ws: Workspace) -> bool:

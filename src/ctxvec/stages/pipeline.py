@@ -157,24 +157,26 @@ def sample_query(cfg: CtxvecConfig, ws: Workspace) -> list[dict]:
 
 INGEST = Stage("ingest", ("ingest",), (), ingest, kind="io")
 TOKENIZER = Stage("tokenizer", ("tokenizer", "model.max_position"), ("ingest",), tokenizer,
-                  Key(skip=keys.no_model_tokenizer))
-PACK = Stage("pack", ("pack", "train.seq_len"), ("ingest", "tokenizer"), run_pack, Key())
+                  Key(skip=keys.no_model_tokenizer), returns=TokenizerArtifact)
+PACK = Stage("pack", ("pack", "train.seq_len"), ("ingest", "tokenizer"), run_pack, Key(),
+             returns=PackedData)
 # keyed by the adapt section, the corpus and the starting model (an alias pinned to its version)
 MINE = Stage("mine", ("adapt", "model.init", "train.device"), ("ingest",), mine,
-             Key(extra=keys.parent_model))
+             Key(extra=keys.parent_model), returns=MinedData)
 TRAIN_STAGE = Stage("train", ("model", "train"), ("ingest", "tokenizer", "pack", "mine"), train,
                     Key(data=keys.train_data, extra=keys.parent_model,
                         skip=keys.no_fresh_training),
-                    tags=(GPU_TRAIN_TAG,), streams=True)
+                    returns=TrainedModel, tags=(GPU_TRAIN_TAG,), streams=True)
 EVALUATE = Stage("evaluate", ("evaluate",), ("train", "mine"), run_evaluate,
-                 Key(data=keys.eval_data))
+                 Key(data=keys.eval_data), returns=EvalReport)
 # A new model (other weights, or another run) has another key, so it is always registered; the
 # same model is registered once per registry (MLflow URIs) while that version exists.
 REGISTER = Stage("register", ("registry",), ("ingest", "tokenizer", "train", "evaluate"),
-                 register, Key(extra=keys.mlflow_uris), reusable=keys.version_registered,
-                 kind="io")
-EMBED = Stage("embed", ("embed",), ("ingest", "train", "register"), embed, Key())
-INDEX = Stage("index", ("index",), ("embed",), run_index, Key())
+                 register, Key(extra=keys.mlflow_uris), returns=RegisteredModel,
+                 reusable=keys.version_registered, kind="io")
+EMBED = Stage("embed", ("embed",), ("ingest", "train", "register"), embed, Key(),
+              returns=Embeddings)
+INDEX = Stage("index", ("index",), ("embed",), run_index, Key(), returns=IndexArtifact)
 PROMOTE = Stage("promote", ("registry",), ("register", "index"), promote, kind="io")
 SAMPLE_QUERY = Stage("sample-query", ("query",), (), sample_query)
 

@@ -60,12 +60,13 @@ def train_and_register(cfg: CtxvecConfig, ws: Workspace,
     world = distributed.setup(cfg.train.device)  # under torchrun: join the process group
     stages = plan(cfg, TRAIN)
     at = [s.name for s in stages].index("train")
-    records = execute(cfg, ws, stages[:at], call) if world.main else {}
-    records = distributed.broadcast(records)
-    records = execute(cfg, ws, stages[at:at + 1], call, records)
-    if not world.main:
-        return None
-    records = execute(cfg, ws, stages[at + 1:], call, records)
+    with ws.lock():  # one hold for the three parts (rank 0's, under torchrun)
+        records = execute(cfg, ws, stages[:at], call) if world.main else {}
+        records = distributed.broadcast(records)
+        records = execute(cfg, ws, stages[at:at + 1], call, records)
+        if not world.main:
+            return None
+        records = execute(cfg, ws, stages[at + 1:], call, records)
     trained, report, reg = records["train"], records["evaluate"], records["register"]
     return {
         "model": reg.uri, "model_dir": trained.model_dir, "version": reg.version,
@@ -132,6 +133,12 @@ def embed_model(cfg: CtxvecConfig, ws: Workspace, model: str, snapshot_id: str |
                 build_index: bool = False) -> dict[str, Any]:
     """Embed the corpus as of ``snapshot_id`` (default: the newest) with any model; with
     ``build_index``, index it and link the index to a registry version (``ctxvec embed``)."""
+    with ws.lock():
+        return _embed_model(cfg, ws, model, snapshot_id, build_index)
+
+
+def _embed_model(cfg: CtxvecConfig, ws: Workspace, model: str, snapshot_id: str | None,
+                 build_index: bool) -> dict[str, Any]:
     snap = load_snapshot(ws, snapshot_id)
     if versions.is_registry_ref(model):
         info = versions.version_info(ws, model)
