@@ -72,7 +72,7 @@ def _registered_versions(db: str) -> None:
                     "VALUES ('champion', 2, ?)", (MODEL,))
 
 
-def register(home: str, model_dir: str) -> None:
+def register(home: str, model_dir: str, reuse: str = "") -> None:
     from ctxvec.artifacts import EvalReport, TrainedModel
     from ctxvec.config import load_config
     from ctxvec.registry import Registry
@@ -86,7 +86,7 @@ def register(home: str, model_dir: str) -> None:
     trained = TrainedModel(str(model.parent), str(model), steps=2, tokens_seen=100,
                            final_loss=1.0, eval_loss=None, parent=None)
     reg = Registry(Workspace.at(home).ensure()).register(
-        cfg, None, None, trained, EvalReport({"mlm_perplexity": 9.5}, {}))
+        cfg, None, None, trained, EvalReport({"mlm_perplexity": 9.5}, {}), reuse=bool(reuse))
     print(json.dumps(reg.to_dict()))
 
 

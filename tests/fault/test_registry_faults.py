@@ -363,8 +363,27 @@ def test_a_killed_register_is_finished_or_failed_by_the_next(tmp_path):
     before = _files(home / "mlartifacts")
     copy = tmp_path / "copy"
     shutil.copytree(home, copy)
-    proc = _script("register", str(copy), str(model), home=copy)
+    proc = _script("register", str(copy), str(tmp_path / "run2" / "model"), home=copy)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert json.loads(proc.stdout.strip().splitlines()[-1])["version"] == "2"
     assert _files(home / "mlartifacts") == before
     assert len(_files(copy / "mlartifacts")) > len(before)
+
+
+def test_registering_the_same_trained_model_again_reuses_its_version(tmp_path):
+    """A register that finished but whose caller died before recording it (a `ctxvec run`
+    killed between register and its cached record) is not repeated: the same trained model
+    (same folder, same steps) registered again with ``reuse`` (as the pipeline's register stage
+    does) is the version it already has (without it: a new version, as tests/integration/
+    test_models_cli.py relies on)."""
+    from mlflow import MlflowClient
+
+    home, model = tmp_path / "home", tmp_path / "run" / "model"
+    first = _script("register", str(home), str(model), home=home)
+    assert first.returncode == 0, first.stderr[-3000:]
+    again = _script("register", str(home), str(model), "reuse", home=home)
+    assert again.returncode == 0, again.stderr[-3000:]
+    a, b = (json.loads(p.stdout.strip().splitlines()[-1]) for p in (first, again))
+    assert a["version"] == b["version"] == "1" and a["run_id"] == b["run_id"]
+    client = MlflowClient(f"sqlite:///{home / 'mlflow.db'}")
+    assert [str(v.version) for v in client.search_model_versions(f"name='{NAME}'")] == ["1"]

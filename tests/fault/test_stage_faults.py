@@ -343,10 +343,7 @@ PIPELINE_POINTS = [f"stage-done:{s}" for s in ("ingest", "tokenizer", "pack", "t
 # folder complete but not renamed into place (before-rename)
 INSIDE_POINTS = ["stage-ran:train", "stage-ran:index", "before-rename:tokenizers",
                  "before-rename:runs", "before-rename:indexes",
-                 pytest.param("stage-ran:register", marks=pytest.mark.xfail(
-                     strict=False, reason="the version registered before the kill stays as an "
-                     "orphan and the re-run registers version 2 (issue 15 item 10: the "
-                     "registry's part)"))]
+                 "stage-ran:register"]
 
 
 def run_summary(home: Path, tmp: Path, name: str, prefect_api: str, corpus: Path,

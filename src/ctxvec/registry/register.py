@@ -67,8 +67,13 @@ def register_model(
     tokenizer_art: TokenizerArtifact | None,
     trained: TrainedModel,
     report: EvalReport,
+    reuse: bool = False,
 ) -> RegisteredModel:
     """Log a run (params, metrics, artifacts), the pyfunc model, and register a new version.
+
+    ``reuse``: a finished register of the same trained model (same folder, same steps) is
+    returned instead of a new version (the pipeline's register stage, re-run after a kill that
+    came between the register and the stage's record).
 
     ``snapshot`` is None for models fine-tuned on files rather than the corpus; the tokenizer
     hash then comes from the model's own tokenizer.json.
@@ -107,6 +112,14 @@ def register_model(
         reg.client.set_terminated(run_id, "FINISHED")
         log.info("register: %s version %s finished (run %s, whose register was killed)",
                  name, version, run_id)
+        return RegisteredModel(name, version, run_id,
+                               str(ModelRef.registered(name, version=version)))
+    done = _registered_before(reg, exp_id, name, key) if reuse else None
+    if done is not None:  # registered in full, but whoever asked died before recording it
+        version, run_id = done
+        _finish_version(reg, name, version, tags)
+        log.info("register: %s version %s already holds this trained model (run %s); "
+                 "not registering it twice", name, version, run_id)
         return RegisteredModel(name, version, run_id,
                                str(ModelRef.registered(name, version=version)))
     # The run and the pyfunc model go through MLflow's fluent API (log_model has no client
@@ -223,6 +236,23 @@ def _settle_killed_runs(reg: RegistryAccess, exp_id: str, name: str,
         c.set_terminated(run_id, "FAILED")
         log.warning("register: run %s was killed before it finished; marked FAILED", run_id)
     return resumed
+
+
+def _registered_before(reg: RegistryAccess, exp_id: str, name: str,
+                       key: str) -> tuple[str, str] | None:
+    """-> (version, run id) of a finished register of the same trained model (``key``) whose
+    version still exists and is complete, or None. A ``ctxvec run`` killed after its register
+    stage but before that stage's record was kept registers again on the re-run: this makes
+    the re-run find the version instead of adding a second copy of the same weights."""
+    c = reg.client
+    runs = c.search_runs([exp_id], filter_string=(
+        f"attributes.status = 'FINISHED' and tags.`{KEY_TAG}` = '{key}'"),
+        order_by=["attributes.start_time DESC"], max_results=20)
+    for run in runs:
+        for v in c.search_model_versions(f"run_id = '{run.info.run_id}'"):
+            if v.name == name and "ctxvec.incomplete" not in (v.tags or {}):
+                return str(v.version), run.info.run_id
+    return None
 
 
 def _requirements() -> list[str]:

@@ -156,9 +156,11 @@ class Registry:
 
     def register(self, cfg: CtxvecConfig, snapshot: Snapshot | None,
                  tokenizer_art: TokenizerArtifact | None, trained: TrainedModel,
-                 report: EvalReport) -> RegisteredModel:
-        """Log the run and the pyfunc model; register a new version (alias ``challenger``)."""
-        return register_model(self, cfg, snapshot, tokenizer_art, trained, report)
+                 report: EvalReport, reuse: bool = False) -> RegisteredModel:
+        """Log the run and the pyfunc model; register a new version (alias ``challenger``).
+        ``reuse``: the version an earlier, finished register of the same trained model made,
+        if there is one, rather than a second version of the same weights."""
+        return register_model(self, cfg, snapshot, tokenizer_art, trained, report, reuse)
 
     def set_tags(self, name: str, version: str, tags: dict[str, str]) -> None:
         for k, v in tags.items():

@@ -45,7 +45,9 @@ def local_model_dir(ws: Workspace, ref: str | ModelRef | ModelVersion) -> Path:
 def register(cfg: CtxvecConfig, ws: Workspace, snap: Snapshot | None,
              tok: TokenizerArtifact | None, trained: TrainedModel,
              report: EvalReport) -> RegisteredModel:
-    return Registry(ws).register(cfg, snap, tok, trained, report)
+    # a re-run of the stage after a kill between its register and its record finds the
+    # version instead of registering the same weights twice
+    return Registry(ws).register(cfg, snap, tok, trained, report, reuse=True)
 
 
 def link_index(ws: Workspace, name: str, version: str, idx: IndexArtifact) -> None:
