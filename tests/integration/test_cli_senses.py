@@ -111,6 +111,9 @@ def champion_with_senses(tmp_path_factory):
         run_words(cfg, Encoder.load(minilm_dir(), device="cpu"), [str(snap)], words_dir,
                   reg.version)
         m = build_sense_index(words_dir, index_dir / SENSES_DIR)
+        # the folder's manifest, as the index stage commits it: promote refuses a version
+        # whose index folder is not committed (issue 15)
+        (index_dir / "manifest.json").write_text(json.dumps({"corpus": [str(snap)], "senses": m}))
         registry.attach_index(reg.name, reg.version,
                               IndexArtifact(str(index_dir), m["factory"], m["count"], m["dim"],
                                             1.0, reg.version))
