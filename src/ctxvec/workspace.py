@@ -74,6 +74,25 @@ class WorkspaceBusyError(UserInputError):
     """Another process holds the workspace's writer lock (CLI exit code 2)."""
 
 
+class WorkspaceNotFoundError(UserInputError):
+    """A command that reads a workspace found none where it looked (CLI exit code 2)."""
+
+
+def _not_found(root: Path) -> str:
+    """Where a reader looked, why there, and how to point at a workspace: the nearest
+    ``.ctxvec`` above the current folder, if there is one."""
+    named = os.environ.get("CTXVEC_HOME")
+    why = (f"CTXVEC_HOME={named}" if named else
+           f"CTXVEC_HOME is not set, so {DEFAULT_HOME} in the current folder")
+    here = Path.cwd().resolve()
+    found = next((p / DEFAULT_HOME for p in (here, *here.parents)
+                  if (p / DEFAULT_HOME / "mlflow.db").is_file()), None)
+    hint = (f"CTXVEC_HOME={found} (found above this folder)" if found
+            else "CTXVEC_HOME=/path/to/workspace (the folder `ctxvec run` wrote)")
+    return (f"no ctxvec workspace at {root} ({why}); nothing was created there. Point at the "
+            f"workspace to read: {hint}, or run the command from the folder that holds it")
+
+
 def home_from_env() -> Path:
     """The local root of ``$CTXVEC_HOME``: the folder itself, or the cache of a URI home."""
     return Workspace.from_env().root
@@ -159,6 +178,15 @@ class Workspace:
         if self.uri and self.uri.split("://", 1)[0].lower() in MLFLOW_ARTIFACT_SCHEMES:
             return f"{self.uri}/mlartifacts"
         return self.mlflow_artifacts.as_uri()
+
+    def require(self) -> Workspace:
+        """This workspace if it exists, for commands that only read: they must not leave an
+        empty workspace wherever they happen to run. A store URI's cache is made as needed."""
+        if self.uri:
+            return self.ensure()
+        if not self.root.is_dir():
+            raise WorkspaceNotFoundError(_not_found(self.root))
+        return self
 
     def ensure(self) -> Workspace:
         if self.uri:

@@ -47,13 +47,14 @@ class Registry:
     """The registry of ``ws``: resolve, download, register, tag, promote and roll back."""
 
     def __init__(self, ws: Workspace):
-        # lazy: mlflow takes seconds to import and the CLI imports this module at start-up
-        from mlflow import MlflowClient
-
         self.ws = ws
         self.uris = workspace_uris(ws)
         if not self.uris.from_env:  # the embedded store: complete, and this workspace's own
-            ensure_store(ws.root)
+            # in a workspace that exists: a reader run in the wrong folder must not make one
+            ensure_store(ws.require().root)
+        # lazy: mlflow takes seconds to import and the CLI imports this module at start-up
+        from mlflow import MlflowClient
+
         self.client = MlflowClient(tracking_uri=self.uris.tracking,
                                    registry_uri=self.uris.registry)
 
@@ -114,7 +115,8 @@ class Registry:
         try:
             by_alias = self.client.get_registered_model(name).aliases  # search leaves them empty
         except MlflowException as e:
-            raise ModelRefError(f"no registered model {name!r} ({e.error_code})") from None
+            raise ModelRefError(f"no registered model {name!r} in the registry at "
+                                f"{self.uris.tracking} ({e.error_code})") from None
         found: dict[str, list[str]] = {}
         for alias, version in by_alias.items():
             found.setdefault(str(version), []).append(alias)

@@ -36,7 +36,7 @@ class MlflowUris:
 def workspace_uris(ws: Workspace) -> MlflowUris:
     """The tracking and registry URIs for ``ws``: the environment's, else the embedded SQLite."""
     env_tracking = os.environ.get("MLFLOW_TRACKING_URI")
-    tracking = env_tracking or ws.ensure().mlflow_uri
+    tracking = env_tracking or ws.mlflow_uri
     return MlflowUris(tracking, os.environ.get("MLFLOW_REGISTRY_URI") or tracking,
                       bool(env_tracking))
 
