@@ -170,7 +170,9 @@ def test_second_run_in_process_moves_champion(first_run, prefect_client):
     home, s = first_run
     from ctxvec_flows.pipeline import pipeline
 
-    s2 = pipeline(str(TINY), ["train.steps=4", "evaluate.sts=null"], str(home))
+    # no evaluation compares the two: the gate would keep version 1, so promote always
+    s2 = pipeline(str(TINY), ["train.steps=4", "evaluate.sts=null", "registry.promote=always"],
+                  str(home))
     # The first run stopped at ingest.max_docs=150, so the source file was not complete: the
     # second ingest reads it again, skips the 150 it has, and adds the next 150.
     snap2 = s2["snapshot"]

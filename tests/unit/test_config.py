@@ -73,7 +73,8 @@ def test_overrides_parse_yaml_values():
                       ["train.steps=3", "train.lr=1e-4", "registry.promote=false",
                        "evaluate.sts=null"])
     assert cfg.train.steps == 3 and cfg.train.lr == pytest.approx(1e-4)
-    assert cfg.registry.promote is False and cfg.evaluate.sts is None
+    # false, from recipes written before the promotion gate, means never
+    assert cfg.registry.promote == "never" and cfg.evaluate.sts is None
 
 
 def test_recipe_paths_resolve_against_the_recipe_not_cwd(tmp_path, monkeypatch):

@@ -35,7 +35,9 @@ def test_pipeline_stages_in_order_each_after_its_upstream():
     assert stages.BY_NAME["train"].upstream == ("ingest", "tokenizer", "pack", "mine")
     assert stages.BY_NAME["evaluate"].upstream == ("train", "mine")
     assert stages.BY_NAME["embed"].upstream == ("ingest", "train", "register")
-    assert stages.BY_NAME["promote"].upstream == ("register", "index")
+    # the gate compares the new version with the champion on the run's evaluation
+    assert stages.BY_NAME["promote"].upstream == ("register", "index", "train", "evaluate",
+                                                  "mine")
     assert "gpu-train" in stages.BY_NAME["train"].tags and stages.BY_NAME["train"].streams
 
 
@@ -89,7 +91,7 @@ def test_plan_decides_corpus_tokenizer_and_pack():
     assert names(stages.plan(ft, stages.PIPELINE)) == [
         "ingest", "tokenizer", "train", "evaluate", "register", "embed", "index", "promote",
         "sample-query"]
-    quiet = load_config(TINY, ["registry.promote=false"])
+    quiet = load_config(TINY, ["registry.promote=never"])
     assert "sample-query" not in names(stages.plan(quiet))
 
 
@@ -103,6 +105,8 @@ def test_train_and_register_and_the_pipeline_run_the_planned_stages(tmp_path):
 
     def call(stage, cfg, ws, records):
         ran.append(stage.name)
+        if stage.name == "promote":
+            return {"champion": "1", "previous_champion": None, "decision": "promote"}
         return Rec(model_dir="m", run_dir="r", steps=1, tokens_seen=2, final_loss=0.5,
                    metrics={}, skipped={}, uri="models:/x/1", version="1", run_id="abc",
                    name="x")

@@ -28,10 +28,17 @@ def run(
     config: Annotated[Path, typer.Option("--config", "-c", help="Recipe YAML, e.g. "
                                          "configs/tiny.yaml or configs/demo.yaml.")],
     set_: Annotated[list[str] | None, set_opt("train.steps=50")] = None,
+    promote: Annotated[str | None, typer.Option(
+        "--promote", metavar="gate|always|never",
+        help="Whether the new version becomes the champion: gate = only if it is no worse than "
+        "the champion on this recipe's evaluations (the first version always); always; never. "
+        "Default: the recipe's registry.promote (gate).")] = None,
     as_json: JsonOpt = False,
 ) -> str:
     """Run the whole pipeline as a Prefect flow: ingest, tokenizer, train, evaluate, register,
-    embed, index, promote, then print the sample query's neighbours."""
+    embed, index, promote (gated: a worse model does not replace the champion), then print the
+    sample query's neighbours."""
+    set_ = [*(set_ or []), *([f"registry.promote={promote}"] if promote else [])]
     load_recipe(config, set_)  # fail fast (exit 2) before Prefect starts
     ws = workspace().ensure()
     prefect_env(ws.root)
@@ -56,14 +63,29 @@ def format_run(s: dict) -> str:
         f"final loss {s['train']['final_loss']}",
         "evaluate    " + format_metrics(ev["metrics"])
         + "".join(f"  [skipped {k}: {v}]" for k, v in ev["skipped"].items()),
-        f"model       {model['uri']} (champion: version {s['champion']})",
+        f"model       {model['uri']}",
         f"index       {idx['factory']}, {idx['count']} vectors, recall@10 "
         f"{idx['recall_at_10']:.3f}",
+        *format_promotion(s["promotion"]),
     ]
     q = s["sample_query"]
     if q["text"]:
-        lines += ["", f"nearest neighbours of: {q['text']!r}", format_hits(q["hits"])]
+        lines += ["", f"nearest neighbours of: {q['text']!r} (champion, version "
+                  f"{s['champion']})", format_hits(q["hits"])]
     return "\n".join(lines)
+
+
+def format_promotion(p: dict) -> list[str]:
+    """What the promote stage decided, and the gate's checks."""
+    if p["decision"] == "promote":
+        head = (f"promote     champion -> version {p['version']}"
+                + (f" (was {p['previous_champion']})" if p["previous_champion"] else ""))
+    else:
+        kept = (f"the champion stays version {p['champion']}" if p["champion"]
+                else "no champion")
+        head = f"promote     {p['decision']}: {kept}"
+    return [head, f"            {p['reason']}",
+            *(f"  {format_check(c, 'champion ', 'new ')}" for c in p["checks"])]
 
 
 @command

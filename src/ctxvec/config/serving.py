@@ -141,7 +141,17 @@ class IndexConfig(_Section):
 class RegistryConfig(_Section):
     model_name: str = "ctxvec-encoder"
     experiment: str = "ctxvec"
-    promote: bool = Field(True, description="Move the 'champion' alias to the new version.")
+    promote: Literal["gate", "always", "never"] = Field(
+        "gate", description="Whether a pipeline run moves 'champion' to its version: gate = "
+        "only if it is no worse than the champion on this recipe's evaluations (the first "
+        "version always), always, never. true means gate, false never.",
+    )
+
+    @field_validator("promote", mode="before")
+    @classmethod
+    def _promote_bool(cls, v: object) -> object:
+        """Recipes from before the gate say true or false."""
+        return {True: "gate", False: "never"}.get(v, v) if isinstance(v, bool) else v
 
 
 class QueryConfig(_Section):

@@ -91,12 +91,16 @@ def failure(c: dict[str, Any]) -> str:
 
 
 def record_decision(ws: Workspace, reg: RegisteredModel, champion: dict[str, float],
-                    decision: dict[str, Any]) -> None:
-    tags = {"gate.decision": "promote" if decision["promote"] else "rejected",
+                    decision: dict[str, Any], what: str = "update") -> None:
+    """The decision and its checks as tags of the challenger's version; ``what`` names the
+    deciding run in the log (``update``; ``pipeline``: its promote stage)."""
+    verdict = decision.get("decision") or ("promote" if decision["promote"] else "rejected")
+    tags = {"gate.decision": verdict,
             "gate.reason": decision["reason"][:5000],
             "gate.checks": json.dumps(decision["checks"])[:5000]}
     tags |= {f"gate.champion.{k}": f"{v:.6g}" for k, v in champion.items()}
     Registry(ws).set_tags(reg.name, reg.version, tags)
     log.log(logging.INFO if decision["promote"] else logging.WARNING,
-            "update: gate %s version %s: %s", "promotes" if decision["promote"] else "rejects",
-            reg.version, decision["reason"])
+            "%s: gate %s version %s: %s", what,
+            {"promote": "promotes", "held": "holds back"}.get(verdict, "rejects"), reg.version,
+            decision["reason"])

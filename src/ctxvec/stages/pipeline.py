@@ -19,6 +19,7 @@ The run functions here are thin: each calls one ``run_<stage>`` (or the registry
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from ctxvec.adapt.mine import run_mine
 from ctxvec.artifacts import (
@@ -41,6 +42,7 @@ from ctxvec.refs import ModelRef
 from ctxvec.serve.search import Searcher
 from ctxvec.stages import keys, versions
 from ctxvec.stages.graph import Key, OnLine, Stage
+from ctxvec.stages.promotion import promote_gated
 from ctxvec.tokenizer.packing import run_pack
 from ctxvec.tokenizer.trainer import run_tokenizer
 from ctxvec.train.launch import train_with_launch
@@ -135,18 +137,19 @@ def embed(cfg: CtxvecConfig, ws: Workspace, snap: Snapshot, trained: TrainedMode
     return run_embed(cfg, ws, snap, trained.model_dir, reg.version)
 
 
-def promote(cfg: CtxvecConfig, ws: Workspace, reg: RegisteredModel,
-            idx: IndexArtifact) -> str | None:
-    """Link the version to its index; move ``champion`` to it when ``registry.promote``.
-    -> the previous champion (None when the alias was not moved)."""
+def promote(cfg: CtxvecConfig, ws: Workspace, reg: RegisteredModel, idx: IndexArtifact,
+            trained: TrainedModel, report: EvalReport,
+            mined: MinedData | None = None) -> dict[str, Any]:
+    """Link the version to its index; move ``champion`` to it as ``registry.promote`` decides
+    (``gate``: only if it is no worse than the champion on this run's evaluation;
+    ``ctxvec.stages.promotion``). -> the decision, the champion after it and the one replaced."""
     versions.link_index(ws, reg.name, reg.version, idx)
-    if not cfg.registry.promote:
-        return None
-    return versions.move_champion(ws, reg.name, reg.version)
+    return promote_gated(cfg, ws, reg, trained, report, mined)
 
 
 def sample_query(cfg: CtxvecConfig, ws: Workspace) -> list[dict]:
-    """The recipe's sample query against the champion (the model and index just promoted)."""
+    """The recipe's sample query against the champion: the version just promoted, or the one
+    the gate kept."""
     if not cfg.query.sample:
         return []
     searcher = Searcher(ws, ModelRef.registered(cfg.registry.model_name, alias="champion"), cfg)
@@ -177,7 +180,9 @@ REGISTER = Stage("register", ("registry",), ("ingest", "tokenizer", "train", "ev
 EMBED = Stage("embed", ("embed",), ("ingest", "train", "register"), embed, Key(),
               returns=Embeddings)
 INDEX = Stage("index", ("index",), ("embed",), run_index, Key(), returns=IndexArtifact)
-PROMOTE = Stage("promote", ("registry",), ("register", "index"), promote, kind="io")
+# not keyed: the champion it compares with may have moved since
+PROMOTE = Stage("promote", ("registry",), ("register", "index", "train", "evaluate", "mine"),
+                promote, kind="io")
 SAMPLE_QUERY = Stage("sample-query", ("query",), (), sample_query)
 
 STAGES: tuple[Stage, ...] = (INGEST, TOKENIZER, PACK, MINE, TRAIN_STAGE, EVALUATE, REGISTER,
@@ -198,6 +203,6 @@ def plan(cfg: CtxvecConfig, target: str = PIPELINE) -> tuple[Stage, ...]:
         "mine": cfg.wants_mined(),
         "train": True, "evaluate": True, "register": True,
         "embed": target == PIPELINE, "index": target == PIPELINE, "promote": target == PIPELINE,
-        "sample-query": target == PIPELINE and cfg.registry.promote,
+        "sample-query": target == PIPELINE and cfg.registry.promote != "never",
     }
     return tuple(s for s in STAGES if wanted[s.name])

@@ -33,7 +33,7 @@ def run_pipeline(cfg: CtxvecConfig, ws: Workspace, call: Call = run_stage) -> di
 
 
 def pipeline_summary(cfg: CtxvecConfig, ws: Workspace, r: Records) -> dict[str, Any]:
-    reg, previous = r["register"], r["promote"]
+    reg, promotion = r["register"], r["promote"]
     return {
         "workspace": ws.home,
         "snapshot": r["ingest"].to_dict(),
@@ -45,8 +45,9 @@ def pipeline_summary(cfg: CtxvecConfig, ws: Workspace, r: Records) -> dict[str, 
         "model": reg.to_dict(),
         "embeddings": r["embed"].to_dict(),
         "index": r["index"].to_dict(),
-        "champion": reg.version if cfg.registry.promote else previous,
-        "previous_champion": previous,
+        "champion": promotion["champion"],  # after the run: the new version or the one kept
+        "previous_champion": promotion["previous_champion"],  # the one replaced, if any
+        "promotion": promotion,  # the gate's decision, its reason and checks
         "sample_query": {"text": cfg.query.sample, "hits": r.get("sample-query") or []},
     }
 

@@ -55,6 +55,17 @@ def link_index(ws: Workspace, name: str, version: str, idx: IndexArtifact) -> No
     Registry(ws).attach_index(name, version, idx)
 
 
+def champion(ws: Workspace, name: str) -> ModelVersion | None:
+    """The version ``champion`` names now, or None (no champion, or no such model yet)."""
+    registry = Registry(ws)
+    version = registry.alias_version(name, "champion")
+    return registry.resolve(ModelRef.registered(name, version=version)) if version else None
+
+
+def set_tags(ws: Workspace, name: str, version: str, tags: dict[str, str]) -> None:
+    Registry(ws).set_tags(name, version, tags)
+
+
 def move_champion(ws: Workspace, name: str, version: str) -> str | None:
     """Point ``champion`` at the version; -> the version it pointed at before."""
     return Registry(ws).promote(name, version, "champion")
