@@ -34,13 +34,13 @@ from ctxvec.artifacts import (
     TrainedModel,
 )
 from ctxvec.config import CtxvecConfig
-from ctxvec.embed.corpus import run_embed
 from ctxvec.evaluate.run import run_evaluate
 from ctxvec.index.build import run_index
 from ctxvec.ingest.snapshot import load_snapshot, run_ingest
 from ctxvec.refs import ModelRef
 from ctxvec.serve.search import Searcher
 from ctxvec.stages import keys, versions
+from ctxvec.stages.embedding import embed_once, model_identity
 from ctxvec.stages.graph import Key, OnLine, Stage
 from ctxvec.stages.promotion import promote_gated
 from ctxvec.tokenizer.packing import run_pack
@@ -134,7 +134,10 @@ def register(cfg: CtxvecConfig, ws: Workspace, snap: Snapshot | None,
 
 def embed(cfg: CtxvecConfig, ws: Workspace, snap: Snapshot, trained: TrainedModel,
           reg: RegisteredModel) -> Embeddings:
-    return run_embed(cfg, ws, snap, trained.model_dir, reg.version)
+    """The corpus embedded with the new version, recorded so that ``ctxvec embed`` of the same
+    version and settings reuses it (``ctxvec.stages.embedding``)."""
+    return embed_once(cfg, ws, snap, trained.model_dir, reg.version,
+                      model_identity(reg.version, trained.model_dir, reg.name, reg.run_id))
 
 
 def promote(cfg: CtxvecConfig, ws: Workspace, reg: RegisteredModel, idx: IndexArtifact,

@@ -15,12 +15,13 @@ from typing import Any
 
 from ctxvec.artifacts import Embeddings, IndexArtifact, Snapshot
 from ctxvec.config import CtxvecConfig
-from ctxvec.embed.corpus import run_embed
 from ctxvec.faults import crash_point
 from ctxvec.index.build import run_index
 from ctxvec.ingest.snapshot import load_snapshot
+from ctxvec.refs import ModelRef
 from ctxvec.serve.resolve import embedding_label
 from ctxvec.stages import versions
+from ctxvec.stages.embedding import embed_once, model_identity
 from ctxvec.stages.graph import Call, Records, execute, run_stage
 from ctxvec.stages.pipeline import PIPELINE, TRAIN, plan
 from ctxvec.train import distributed
@@ -107,18 +108,28 @@ def _finished_embeddings(ws: Workspace, version: str, snap: Snapshot) -> Embeddi
     return Embeddings(str(folder), m["rows"], m["docs"], m["dim"], version)
 
 
+def _identity(ws: Workspace, model_dir: str | Path, version: str,
+              name: str | None) -> dict[str, Any]:
+    """The model's identity for the embed request record: a registry version with its run."""
+    run_id = (versions.version_info(ws, ModelRef.registered(name, version=version)).run_id
+              if name else None)
+    return model_identity(version, model_dir, name, run_id)
+
+
 def deploy(cfg: CtxvecConfig, ws: Workspace, snap: Snapshot, model_dir: str | Path,
            version: str, name: str | None = None, promote: bool = False,
-           reuse: bool = False) -> Deployment:
+           reuse: bool = False, model: dict[str, Any] | None = None) -> Deployment:
     """Embed the corpus with a model, build the index, link it to the registry version ``name``
     / ``version`` (when ``name`` is given), and with ``promote`` move ``champion`` to it: the
-    alias moves last, and only to a complete pair. With ``reuse``, work an interrupted run
-    finished (the linked index, this snapshot's embeddings) is not done again."""
+    alias moves last, and only to a complete pair. Embeddings of the same model, corpus and
+    settings are reused (``ctxvec.stages.embedding``); with ``reuse``, work an interrupted run
+    finished (the linked index, this snapshot's embeddings) is not done again either."""
     idx = _linked_index(ws, name, version) if reuse and name else None
     emb = None
     if idx is None:
         emb = _finished_embeddings(ws, version, snap) if reuse else None
-        emb = emb or run_embed(cfg, ws, snap, str(model_dir), version)
+        emb = emb or embed_once(cfg, ws, snap, model_dir, version,
+                                model or _identity(ws, model_dir, version, name))
         crash_point("after-embed")
         idx = run_index(cfg, ws, emb)
         if name:
@@ -141,6 +152,7 @@ def embed_model(cfg: CtxvecConfig, ws: Workspace, model: str, snapshot_id: str |
 def _embed_model(cfg: CtxvecConfig, ws: Workspace, model: str, snapshot_id: str | None,
                  build_index: bool) -> dict[str, Any]:
     snap = load_snapshot(ws, snapshot_id)
+    info = None
     if versions.is_registry_ref(model):
         info = versions.version_info(ws, model)
         folder, name = versions.local_model_dir(ws, info), info.name
@@ -148,11 +160,12 @@ def _embed_model(cfg: CtxvecConfig, ws: Workspace, model: str, snapshot_id: str 
     else:
         folder, name = versions.local_model_dir(ws, model), None
         version = embedding_label(ws, model, folder)
+    identity = model_identity(version, folder, name, info.run_id if info else None)
     if build_index:
-        dep = deploy(cfg, ws, snap, folder, version, name=name)
+        dep = deploy(cfg, ws, snap, folder, version, name=name, model=identity)
         emb, idx = dep.embeddings, dep.index
     else:
-        emb, idx = run_embed(cfg, ws, snap, str(folder), version), None
+        emb, idx = embed_once(cfg, ws, snap, folder, version, identity), None
     assert emb is not None
     return {"model": model, "model_version": version, "snapshot": snap.snapshot_id,
             "embeddings": emb.to_dict(), "index": idx.to_dict() if idx else None}
