@@ -16,6 +16,7 @@ from ctxvec.cli._common import app
 from ctxvec.cli.data import tokenizer_app
 from ctxvec.cli.evaluate import eval_app
 from ctxvec.cli.models import models_app
+from ctxvec.cli.workspace import workspace_app
 
 for _fn in (pipeline.run, pipeline.update, data.ingest, train.pretrain, train.finetune,
             query.query, query.explain, serve.serve, embed.encode, embed.embed,
@@ -24,6 +25,7 @@ for _fn in (pipeline.run, pipeline.update, data.ingest, train.pretrain, train.fi
 app.add_typer(eval_app, name="eval")
 app.add_typer(tokenizer_app, name="tokenizer")
 app.add_typer(models_app, name="models")
+app.add_typer(workspace_app, name="workspace")
 
 __all__ = ["app", "main"]
 
