@@ -79,8 +79,7 @@ class WorkspaceNotFoundError(UserInputError):
 
 
 def _not_found(root: Path) -> str:
-    """Where a reader looked, why there, and how to point at a workspace: the nearest
-    ``.ctxvec`` above the current folder, if there is one."""
+    """Where a reader looked, why, and how to point at a workspace (the nearest one above)."""
     named = os.environ.get("CTXVEC_HOME")
     why = (f"CTXVEC_HOME={named}" if named else
            f"CTXVEC_HOME is not set, so {DEFAULT_HOME} in the current folder")
@@ -180,8 +179,7 @@ class Workspace:
         return self.mlflow_artifacts.as_uri()
 
     def require(self) -> Workspace:
-        """This workspace if it exists, for commands that only read: they must not leave an
-        empty workspace wherever they happen to run. A store URI's cache is made as needed."""
+        """This workspace if it exists: a reader must not leave an empty one where it runs."""
         if self.uri:
             return self.ensure()
         if not self.root.is_dir():
@@ -318,7 +316,6 @@ class Workspace:
         except (ValueError, IndexError):
             return path.parent.name
 
-
     @contextlib.contextmanager
     def resumable_dir(self, final: Path, key: str) -> Iterator[Path]:
         """Like ``stage_dir``, but the staging folder survives a failure and is handed back to
@@ -330,7 +327,6 @@ class Workspace:
         yield work
         self._publish(work, final)
         _move_into_place(work, final)
-
 
     # --- the writer lock ------------------------------------------------------------------
 

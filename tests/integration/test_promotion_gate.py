@@ -137,10 +137,11 @@ def test_the_first_champion_then_a_worse_model_does_not_replace_it(gated):
     assert out["previous_champion"] is None
     sts = next(c for c in out["checks"] if c["metric"] == "sts_spearman")
     assert sts["champion"] > 0.4 > 0.1 > sts["challenger"] and not sts["passed"]
-    assert "ctxvec models promote 2" in out["reason"]
+    assert "ctxvec models promote 2" in out["hint"]
     tags = gated.tags("noise")  # recorded with the version, as the continual gate does
     assert tags["gate.decision"] == "rejected" and tags["gate.champion_version"] == "1"
     assert "sts_spearman worsened" in tags["gate.reason"]
+    assert "ctxvec models promote 2" in tags["gate.reason"]
     assert json.loads(tags["gate.checks"])[0]["metric"].startswith("sts_")
     assert float(tags["gate.champion.sts_spearman"]) == pytest.approx(sts["champion"], rel=1e-4)
     # the champion's figures are kept with the run: asked again, it is not evaluated again
@@ -150,6 +151,7 @@ def test_the_first_champion_then_a_worse_model_does_not_replace_it(gated):
     assert kept.stat().st_mtime_ns == before
     printed = "\n".join(format_promotion(out))
     assert "rejected: the champion stays version 1" in printed and "FAIL sts_spearman" in printed
+    assert printed.endswith("(or run with --promote always)")
 
 
 def test_without_a_comparable_evaluation_the_champion_stays(gated):

@@ -76,7 +76,8 @@ def format_run(s: dict) -> str:
 
 
 def format_promotion(p: dict) -> list[str]:
-    """What the promote stage decided, and the gate's checks."""
+    """What the promote stage decided: the gate's checks, or its reason; how to promote by
+    hand a version it held back."""
     if p["decision"] == "promote":
         head = (f"promote     champion -> version {p['version']}"
                 + (f" (was {p['previous_champion']})" if p["previous_champion"] else ""))
@@ -84,8 +85,9 @@ def format_promotion(p: dict) -> list[str]:
         kept = (f"the champion stays version {p['champion']}" if p["champion"]
                 else "no champion")
         head = f"promote     {p['decision']}: {kept}"
-    return [head, f"            {p['reason']}",
-            *(f"  {format_check(c, 'champion ', 'new ')}" for c in p["checks"])]
+    checks = [f"  {format_check(c, 'champion ', 'new ')}" for c in p["checks"]]
+    return [head, *(checks or [f"            {p['reason']}"]),
+            *([f"            {p['hint']}"] if p.get("hint") else [])]
 
 
 @command

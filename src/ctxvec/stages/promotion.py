@@ -99,10 +99,10 @@ def champion_evaluation(cfg: CtxvecConfig, ws: Workspace, champion: ModelVersion
 
 
 def _outcome(reg: RegisteredModel, policy: str, decision: dict[str, Any],
-             champion: str | None, previous: str | None) -> dict[str, Any]:
+             champion: str | None, previous: str | None, hint: str = "") -> dict[str, Any]:
     return {"version": reg.version, "policy": policy, "decision": decision["decision"],
             "reason": decision["reason"], "checks": decision.get("checks", []),
-            "champion": champion, "previous_champion": previous}
+            "champion": champion, "previous_champion": previous, "hint": hint}
 
 
 def decide(cfg: CtxvecConfig, ws: Workspace, reg: RegisteredModel, trained: TrainedModel,
@@ -146,16 +146,17 @@ def promote_gated(cfg: CtxvecConfig, ws: Workspace, reg: RegisteredModel,
         return _outcome(reg, cfg.registry.promote, {"decision": "promote", "reason":
                         f"version {reg.version} is the champion already"}, reg.version, None)
     decision, champion_metrics = decide(cfg, ws, reg, trained, report, mined, champion)
-    if not decision["promote"]:
-        decision["reason"] += (f"; {reg.uri} is registered but not promoted (to serve it: "
-                               f"ctxvec models promote {reg.version}, or run with --promote "
-                               "always)")
-    record_decision(ws, reg, champion_metrics, decision, what="pipeline")
+    hint = "" if decision["promote"] else (
+        f"{reg.uri} is registered but not promoted; to serve it: ctxvec models promote "
+        f"{reg.version} (or run with --promote always)")
+    record_decision(ws, reg, champion_metrics,
+                    {**decision, "reason": "; ".join(filter(None, [decision["reason"], hint]))},
+                    what="pipeline")
     versions.set_tags(ws, reg.name, reg.version, {"gate.policy": cfg.registry.promote,
                                                   "gate.champion_version":
                                                   champion.version if champion else ""})
     if not decision["promote"]:
         return _outcome(reg, cfg.registry.promote, decision,
-                        champion.version if champion else None, None)
+                        champion.version if champion else None, None, hint)
     previous = versions.move_champion(ws, reg.name, reg.version)
     return _outcome(reg, cfg.registry.promote, decision, reg.version, previous)
