@@ -69,7 +69,7 @@ def format_run(s: dict) -> str:
         *format_promotion(s["promotion"]),
     ]
     q = s["sample_query"]
-    if q["text"]:
+    if q["text"] and s["champion"]:
         lines += ["", f"nearest neighbours of: {q['text']!r} (champion, version "
                   f"{s['champion']})", format_hits(q["hits"])]
     return "\n".join(lines)
