@@ -75,6 +75,9 @@ def test_sentence_transformers_folder_gives_ctxvecs_vectors(tiny, tmp_path, pool
     assert json.loads((out / "tokenizer_config.json").read_text())["model_max_length"] == WINDOW
     assert (out / "model.safetensors").is_file() and (out / "README.md").is_file()
     assert not list(tmp_path.glob(".st.*"))  # the staging folder is gone
+    (tmp_path / "new.txt").touch()  # every file has the mode a new file gets here (umask)
+    modes = {p.stat().st_mode & 0o777 for p in out.rglob("*") if p.is_file()}
+    assert modes == {(tmp_path / "new.txt").stat().st_mode & 0o777}
 
     st = sentence_transformers.SentenceTransformer(str(out), device="cpu")
     assert st.max_seq_length == WINDOW
@@ -89,6 +92,7 @@ def test_onnx_graph_gives_ctxvecs_vectors(tiny, tmp_path, exporter, pooling):
     for module in ("onnx", "onnxruntime") + (("onnxscript",) if exporter == "dynamo" else ()):
         pytest.importorskip(module, reason=f"{module} (the onnx extra) is not installed")
     import onnxruntime as ort
+    from tokenizers import Tokenizer
     from transformers import AutoTokenizer
 
     model = _model(tiny, tmp_path / "model", pooling=pooling)
@@ -106,12 +110,19 @@ def test_onnx_graph_gives_ctxvecs_vectors(tiny, tmp_path, exporter, pooling):
     for i in session.get_inputs():  # batch and sequence axes are dynamic (symbolic)
         assert all(isinstance(d, str) for d in i.shape), i.shape
 
-    # as a user runs it: the folder's tokenizer truncates to ctxvec's window by itself
+    # as users run it: the folder's tokenizer truncates to ctxvec's window by itself, read by
+    # transformers (a padded batch) or by the tokenizers library (tokenizer.json, one by one)
     tok = AutoTokenizer.from_pretrained(str(out))
     texts = _texts()
+    ours = _ours(model, texts)
     feed = tok(texts, padding=True, truncation=True, return_tensors="np")
     (theirs,) = session.run(["sentence_embedding"], {n: feed[n] for n in names})
-    _assert_same(_ours(model, texts), theirs)
+    _assert_same(ours, theirs)
+    raw = Tokenizer.from_file(str(out / "tokenizer.json"))
+    one_by_one = [session.run(["sentence_embedding"], {
+        "input_ids": np.asarray([e.ids]), "attention_mask": np.asarray([e.attention_mask])})[0][0]
+        for e in map(raw.encode, texts)]
+    _assert_same(ours, np.stack(one_by_one))
 
 
 def test_refusals_leave_nothing_behind(tiny, tmp_path):

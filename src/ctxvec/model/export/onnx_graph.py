@@ -5,9 +5,8 @@ The graph takes ``input_ids`` and ``attention_mask`` (and ``token_type_ids`` whe
 makes them), int64, shape (batch, sequence), both axes dynamic; it outputs
 ``sentence_embedding``, float32 (batch, dim): the transformer, ctxvec's pooling over the
 non-padding tokens and, if ctxvec normalises, L2 normalisation, all inside the graph. Tokenising
-(and truncating to ``max_length``) stays outside it: the folder carries the tokenizer, whose
-``model_max_length`` is ctxvec's window, and ``ctxvec_export.json`` names inputs, outputs and
-window.
+(and truncating to ctxvec's window) stays outside it: the folder carries the tokenizer, set to
+that window (``tokenizer_files``), and ``ctxvec_export.json`` names inputs, outputs and window.
 
 Exporters: ``dynamo`` (default) is ``torch.onnx.export(dynamo=True)``, the exporter torch has
 shipped as its default since 2.9, which captures the graph with ``torch.export``: a shape
@@ -33,6 +32,7 @@ import torch
 from ctxvec.errors import UserInputError
 from ctxvec.model.encoder import Encoder
 from ctxvec.model.export.checks import check_texts, require_match
+from ctxvec.model.export.tokenizer_files import save_tokenizer
 from ctxvec.model.pooling import Pooling, pool
 
 FORMAT = "onnx"
@@ -130,18 +130,25 @@ def export_graph(enc: Encoder, path: Path, exporter: Exporter = "dynamo") -> lis
     return names
 
 
-def run_graph(path: Path, enc: Encoder, texts: list[str], names: list[str]) -> np.ndarray:
-    """The graph's vectors for ``texts`` in onnxruntime, tokenised as the folder's users do."""
-    import onnxruntime as ort  # lazy: optional (the onnx extra), and only for this check
+def run_graph(folder: Path, texts: list[str], names: list[str]) -> np.ndarray:
+    """The graph's vectors for ``texts`` in onnxruntime, tokenised with the folder's own files
+    as its users will: each text alone through the ``tokenizers`` library (``tokenizer.json``),
+    then all of them as one padded batch through transformers' ``AutoTokenizer``."""
+    # lazy: optional (the onnx extra), and only for this check
+    import onnxruntime as ort
+    from tokenizers import Tokenizer
+    from transformers import AutoTokenizer
 
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(str(folder / GRAPH_FILE), providers=["CPUExecutionProvider"])
+    raw = Tokenizer.from_file(str(folder / "tokenizer.json"))
+    field = {"input_ids": "ids", "attention_mask": "attention_mask", "token_type_ids": "type_ids"}
     out = []
-    for text in texts:  # one at a time and as one padded batch: both must match
-        feed = enc.tokenizer([text], truncation=True, max_length=enc.settings.max_length,
-                             return_tensors="np")
-        out.append(session.run([OUTPUT], {n: feed[n].astype(np.int64) for n in names})[0][0])
-    batch = enc.tokenizer(texts, padding=True, truncation=True,
-                          max_length=enc.settings.max_length, return_tensors="np")
+    for text in texts:
+        e = raw.encode(text)
+        feed = {n: np.asarray([getattr(e, field[n])], dtype=np.int64) for n in names}
+        out.append(session.run([OUTPUT], feed)[0][0])
+    batch = AutoTokenizer.from_pretrained(str(folder))(texts, padding=True, truncation=True,
+                                                      return_tensors="np")
     batched = session.run([OUTPUT], {n: batch[n].astype(np.int64) for n in names})[0]
     return np.concatenate([np.stack(out), batched])
 
@@ -150,8 +157,7 @@ def write_onnx_folder(enc: Encoder, folder: Path, meta: dict, exporter: Exporter
     """The graph, the tokenizer and the model's config in ``folder``; -> the graph's
     description (inputs, outputs, opset, exporter) for ``ctxvec_export.json``."""
     names = export_graph(enc, folder / GRAPH_FILE, exporter)
-    enc.tokenizer.model_max_length = enc.settings.max_length
-    enc.tokenizer.save_pretrained(str(folder))
+    save_tokenizer(enc.tokenizer, folder, enc.settings.max_length)
     enc.model.config.save_pretrained(str(folder))
     graph = {
         "file": GRAPH_FILE, "opset": OPSET, "exporter": exporter,
@@ -164,12 +170,11 @@ def write_onnx_folder(enc: Encoder, folder: Path, meta: dict, exporter: Exporter
 
 
 def check_onnx_folder(enc: Encoder, folder: Path, graph: dict) -> dict:
-    """Compare the graph in onnxruntime with ``enc`` (each text alone, then all in one padded
-    batch) on the check texts."""
+    """Compare the graph in onnxruntime with ``enc`` on the check texts (``run_graph``)."""
     texts = check_texts(enc.tokenizer, enc.settings.max_length)
     ours = enc.encode(texts)
     names = [i["name"] for i in graph["inputs"]]
-    theirs = run_graph(folder / GRAPH_FILE, enc, texts, names)
+    theirs = run_graph(folder, texts, names)
     import onnxruntime as ort  # lazy: see run_graph
 
     what = f"the ONNX graph ({graph['exporter']} exporter)"

@@ -22,6 +22,7 @@ from typing import Any
 from ctxvec.errors import UserInputError
 from ctxvec.model.encoder import Encoder
 from ctxvec.model.export.checks import check_texts, require_match
+from ctxvec.model.export.tokenizer_files import save_tokenizer
 
 FORMAT = "sentence-transformers"
 
@@ -52,11 +53,10 @@ def _write_json(path: Path, obj: Any) -> None:
 
 
 def save_transformer(enc: Encoder, folder: Path) -> None:
-    """The encoder's weights (safetensors, fp32, without any MLM head) and its tokenizer, whose
-    ``model_max_length`` becomes ctxvec's window so that default truncation matches."""
+    """The encoder's weights (safetensors, fp32, without any MLM head) and its tokenizer, set to
+    ctxvec's window (``tokenizer_files``)."""
     enc.model.save_pretrained(str(folder), safe_serialization=True)
-    enc.tokenizer.model_max_length = enc.settings.max_length
-    enc.tokenizer.save_pretrained(str(folder))
+    save_tokenizer(enc.tokenizer, folder, enc.settings.max_length)
 
 
 def write_st_folder(enc: Encoder, folder: Path, meta: dict) -> None:

@@ -31,6 +31,18 @@ def check_output(out: Path, force: bool) -> Path:
     return out
 
 
+def _usual_modes(folder: Path) -> None:
+    """Give every file and folder the mode a new one gets here (the umask's): transformers
+    writes weights through a private temporary file (mode 0600), which nobody else could read."""
+    probe = folder / ".mode-probe"
+    probe.touch()
+    file_mode = probe.stat().st_mode & 0o777
+    probe.unlink()
+    dir_mode = folder.stat().st_mode & 0o777  # made by mkdir: umask applied
+    for p in folder.rglob("*"):
+        p.chmod(dir_mode if p.is_dir() else file_mode)
+
+
 @contextlib.contextmanager
 def staged_dir(out: Path, force: bool) -> Iterator[Path]:
     """A fresh folder next to ``out`` to write the export into; when the block ends without an
@@ -43,6 +55,7 @@ def staged_dir(out: Path, force: bool) -> Iterator[Path]:
     staging.mkdir()
     try:
         yield staging
+        _usual_modes(staging)
         old = None
         if out.exists():  # empty, or --force (checked again: it may have changed meanwhile)
             check_output(out, force)
