@@ -128,7 +128,7 @@ def test_show_says_where_the_model_is_and_export_takes_a_registry_ref(registry, 
     # the embedded store keeps artifacts on local disk: the URI names the logged model's folder
     assert (Path(shown["artifact_uri"].removeprefix("file://")) / "MLmodel").is_file()
     text = ctxvec("models", "show", "1").stdout
-    assert f"model folder: {folder}" in text and f"model: {shown['artifact_uri']}" in text
+    assert f"model folder: {folder}" in text and f"model artifacts: {shown['artifact_uri']}" in text
     unknown = ctxvec("export", "models:/ctxvec-encoder/99", "--format", "onnx", "--out",
                      str(tmp_path / "x"))
     assert unknown.exit_code == 2 and "not in the registry" in unknown.output

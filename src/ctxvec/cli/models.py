@@ -69,7 +69,7 @@ def models_show(
     lines = [f"{name} version {d['version']}  aliases: {', '.join(d['aliases']) or '-'}"]
     for key in ("data_snapshot", "parent_version", "tokenizer_hash", "dim"):
         lines.append(f"  {key}: {d['tags'].get(key, '-')}")
-    lines.append(f"  model: {d['artifact_uri']}")
+    lines.append(f"  model artifacts: {d['artifact_uri']}")
     lines.append("  model folder: " + (d["model_dir"] or "not in the workspace cache yet (ctxvec "
                                        "export, or any command that loads it, downloads it)"))
     if d["index"]:
