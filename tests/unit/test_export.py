@@ -133,6 +133,10 @@ def test_refusals_leave_nothing_behind(tiny, tmp_path):
         export_model(tiny, "sentence-transformers", out)
     with pytest.raises(ValueError, match="unknown export format 'gguf'"):
         export_model(tiny, "gguf", tmp_path / "other")
+    for inside in (tiny, tiny.parent):  # --force never replaces the model being exported
+        with pytest.raises(ValueError, match="holds the model being exported"):
+            export_model(tiny, "sentence-transformers", inside, force=True)
+    assert (tiny / "config.json").is_file()
     assert (out / "keep.txt").read_text() == "mine" and not (tmp_path / "other").exists()
 
     # a failure while writing: neither the staging folder nor a partial --out survives, and

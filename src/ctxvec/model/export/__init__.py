@@ -86,6 +86,9 @@ def export_model(folder: Path, fmt: str, out: Path, *, source: str | None = None
     if fmt == onnx_graph.FORMAT:
         onnx_graph.require_onnx(exporter)
     out = check_output(out, force)  # before the model loads: fail fast
+    src = Path(folder).resolve()
+    if out.resolve() == src or out.resolve() in src.parents:
+        raise UserInputError(f"--out {out} holds the model being exported: choose another folder")
     enc = Encoder.load(folder, device="cpu", precision="fp32")
     if fmt == st_folder.FORMAT:
         st_folder.pooling_flag(enc.settings.pooling)
