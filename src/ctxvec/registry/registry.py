@@ -28,7 +28,12 @@ from ctxvec.config import CtxvecConfig
 from ctxvec.model.refs import local_model_dir
 from ctxvec.refs import ModelRef, ModelRefError
 from ctxvec.registry import aliases
-from ctxvec.registry.download import cached_version_dir, download_version, encoder_dir
+from ctxvec.registry.download import (
+    cached_version_dir,
+    download_version,
+    encoder_dir,
+    version_source,
+)
 from ctxvec.registry.register import register_model
 from ctxvec.registry.sqlite_store import ensure_store
 from ctxvec.registry.uris import workspace_uris
@@ -133,7 +138,9 @@ class Registry:
 
     def details(self, name: str, version: str) -> dict:
         """One version as ``ctxvec models show`` prints it: tags, aliases, its run's metrics and
-        parameters, and its index manifest."""
+        parameters, its index manifest, and where its model is: ``artifact_uri`` in MLflow's
+        store and ``model_dir``, the local encoder folder once it is in the workspace cache
+        (None before: showing a version downloads nothing)."""
         info = self.resolve(ModelRef.registered(name, version=version))
         run = self.client.get_run(info.run_id) if info.run_id else None
         index_uri = info.index_uri
@@ -143,6 +150,7 @@ class Registry:
             index = {k: m.get(k) for k in ("factory", "count", "dim", "recall_at_10", "bm25",
                                            "senses", "build_seconds", "created_at")}
         drift = info.tags.get("drift")
+        cached = cached_version_dir(self.ws.model_cache, name, info.version)
         return {
             "name": name, "version": info.version, "aliases": info.aliases, "tags": info.tags,
             "run_id": info.run_id,
@@ -150,6 +158,8 @@ class Registry:
             "params": dict(run.data.params) if run else {},
             "index": index, "index_uri": index_uri,
             "drift": json.loads(drift) if drift else None,
+            "artifact_uri": version_source(self.client, name, info.version),
+            "model_dir": str(encoder_dir(cached, str(info.ref))) if cached.is_dir() else None,
         }
 
     # --- writing ----------------------------------------------------------------------------
