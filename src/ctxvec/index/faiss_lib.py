@@ -43,12 +43,12 @@ def _import_faiss():
         installed = faiss_distributions()
         if len(installed) > 1:
             why = (f"several FAISS builds are installed ({', '.join(installed)}) and overwrite "
-                   f"each other's files: uninstall them all, then {INSTALL_HINT}")
+                   "each other's files: uninstall them all, then")
         elif installed:
-            why = f"{installed[0]} is installed but does not import ({e}): reinstall it"
+            why = f"{installed[0]} is installed but does not import ({e}): reinstall one build,"
         else:
-            why = f"no FAISS build is installed: {INSTALL_HINT}"
-        raise FaissMissingError(f"ctxvec's indexes need FAISS; {why}") from e
+            why = "no FAISS build is installed:"
+        raise FaissMissingError(f"ctxvec's indexes need FAISS, and {why} {INSTALL_HINT}") from e
     return module
 
 
