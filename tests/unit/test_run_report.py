@@ -58,9 +58,10 @@ def test_pipeline_markdown_has_every_stage_count_and_metric():
     text = report.pipeline_markdown(pipeline_summary(), "ctxvec-pipeline: tiny")
     assert text.startswith("# ctxvec-pipeline: tiny\n")
     r = rows(text)
-    assert r["ingest"] == ["snapshot `20261121T050254956645Z`: kept 617 of 1,530 read "
-                           "(3 duplicates, 2 near-duplicates, 905 filtered, 1 quarantined, "
-                           "2 deferred); corpus 617 documents"]
+    assert "Workspace `/ws`, snapshot `20261121T050254956645Z`." in text
+    assert r["ingest"] == ["kept 617 of 1,530 read; corpus 617 documents"]
+    assert r["ingest: not kept"] == ["3 duplicates, 2 near-duplicates, 905 filtered, "
+                                     "1 quarantined; 2 deferred"]
     assert r["tokenizer"] == ["wordpiece, 1,000 tokens"]
     assert r["pack"] == ["480 sequences of 128 tokens (61,440 tokens, concat) in 2 shards"]
     assert "mine" not in r  # the mine stage did not run
@@ -75,7 +76,7 @@ def test_pipeline_markdown_has_every_stage_count_and_metric():
     assert r["1"] == ["0.9241", "wiki:1", "Barbara \\| Sattler"]
 
 
-def test_pipeline_markdown_names_the_mined_data_and_a_champion_that_stayed():
+def test_pipeline_markdown_names_mined_data_a_champion_that_stayed_and_nothing_new():
     mined = MinedData("/ws/mined/k", "k", {"title": 500, "span": 250}, 50, 300)
     text = report.pipeline_markdown(pipeline_summary(mine=mined.to_dict(), champion="2",
                                                      previous_champion=None))
@@ -83,6 +84,9 @@ def test_pipeline_markdown_names_the_mined_data_and_a_champion_that_stayed():
     assert r["mine"] == ["750 training examples (title 500, span 250), 50 held-out queries, "
                          "300 documents"]
     assert r["promote"] == ["champion stays version 2"]
+    unchanged = {**SNAP.to_dict(), "created": False}
+    r = rows(report.pipeline_markdown(pipeline_summary(snapshot=unchanged)))
+    assert r["ingest"] == ["nothing new; corpus 617 documents"] and "ingest: not kept" not in r
 
 
 def update_summary(decision: dict[str, Any], champion: dict, challenger: dict) -> dict:

@@ -53,15 +53,17 @@ def artifact_key(*parts: str) -> str:
 # --- the pipeline ------------------------------------------------------------------------------
 
 
-def _ingest(snap: Mapping[str, Any]) -> str:
+def _ingest(snap: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """Two short rows (Prefect's UI does not wrap table cells): what was kept, what was not."""
     if not snap["created"]:
-        return (f"nothing new: corpus stays at snapshot `{snap['snapshot_id']}` "
-                f"({number(snap['corpus_docs'])} documents)")
-    return (f"snapshot `{snap['snapshot_id']}`: kept {number(snap['kept'])} of "
-            f"{number(snap['read'])} read ({number(snap['duplicates'])} duplicates, "
-            f"{number(snap['near_duplicates'])} near-duplicates, {number(snap['filtered'])} "
-            f"filtered, {number(snap['quarantined'])} quarantined, {number(snap['deferred'])} "
-            f"deferred); corpus {number(snap['corpus_docs'])} documents")
+        return [("ingest", f"nothing new; corpus {number(snap['corpus_docs'])} documents")]
+    return [("ingest", f"kept {number(snap['kept'])} of {number(snap['read'])} read; corpus "
+                       f"{number(snap['corpus_docs'])} documents"),
+            ("ingest: not kept", f"{number(snap['duplicates'])} duplicates, "
+                                 f"{number(snap['near_duplicates'])} near-duplicates, "
+                                 f"{number(snap['filtered'])} filtered, "
+                                 f"{number(snap['quarantined'])} quarantined; "
+                                 f"{number(snap['deferred'])} deferred")]
 
 
 def _train(t: Mapping[str, Any]) -> str:
@@ -86,7 +88,7 @@ def _evaluate(ev: Mapping[str, Any]) -> str:
 def pipeline_rows(s: Mapping[str, Any]) -> list[tuple[str, str]]:
     """(stage, what it did) for each stage that ran, in order."""
     tok, model, emb, idx = s["tokenizer"], s["model"], s["embeddings"], s["index"]
-    rows = [("ingest", _ingest(s["snapshot"])),
+    rows = [*_ingest(s["snapshot"]),
             ("tokenizer", f"{tok['kind']}, {number(tok['vocab_size'])} tokens")]
     if s.get("pack"):
         p = s["pack"]
@@ -122,7 +124,8 @@ def pipeline_markdown(s: Mapping[str, Any], title: str = "ctxvec pipeline") -> s
     """The Markdown of a pipeline run: one row per stage with its counts, the evaluation
     metrics (and why any was skipped), and the sample query's top hits."""
     ev = s["evaluate"]
-    parts = [f"# {title}", "", f"Workspace `{s['workspace']}`.", "",
+    parts = [f"# {title}", "",
+             f"Workspace `{s['workspace']}`, snapshot `{s['snapshot']['snapshot_id']}`.", "",
              table(["stage", "result"], pipeline_rows(s)), "",
              "## Evaluation", "", metrics_table(ev["metrics"], ev["skipped"])]
     q = s.get("sample_query") or {}
