@@ -142,7 +142,8 @@ def test_harmful_update_without_its_sts_data_is_not_promoted(home, tmp_path, pre
     gate = artifacts["ctxvec-encoder-gate"].data
     assert f"## Gate: version {out['version']} rejected against champion version {before[0]}" \
         in gate
-    assert f"| sts | unmeasured | - | - | not measured: data not found: {missing} |" in gate
+    assert "| sts | unmeasured | - | - | not measured | **FAIL** |" in gate
+    assert f"- sts: data not found: {missing}\n" in gate
     assert "| status | rejected |" in artifacts["ctxvec-encoder-continual"].data
 
 

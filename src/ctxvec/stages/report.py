@@ -148,23 +148,31 @@ def _check_row(c: Mapping[str, Any]) -> tuple[str, ...]:
         c["metric"], c["kind"],
         number(c["champion"]) if measured else "-",
         number(c["challenger"]) if measured else "-",
-        f"{100 * c['relative_gain']:+.1f}%" if measured else f"not measured: {c.get('why', '')}",
-        c["rule"], "pass" if c["passed"] else "**FAIL**",
+        f"{100 * c['relative_gain']:+.1f}%" if measured else "not measured",
+        "pass" if c["passed"] else "**FAIL**",
     )
 
 
 def gate_markdown(decision: Mapping[str, Any], version: str | None = None,
                   champion: str | None = None) -> str:
-    """The gate's decision (``ctxvec.continual.gate.decide``) with every check."""
+    """The gate's decision (``ctxvec.continual.gate.decide``) with every check: the rules once
+    above the table and why a check could not be measured below it, so that the table stays
+    narrow (Prefect's UI does not wrap table cells)."""
     verdict = "promoted" if decision["promote"] else "rejected"
     who = f"version {version}" if version else "the challenger"
     against = f" against champion version {champion}" if champion else ""
-    return "\n".join([
-        f"## Gate: {who} {verdict}{against}", "",
-        f"**{verdict}**: {cell(decision['reason'])}", "",
-        table(["metric", "kind", "champion", "challenger", "change", "rule", "result"],
-              (_check_row(c) for c in decision["checks"])),
-    ]) + "\n"
+    checks = decision["checks"]
+    rules = dict.fromkeys(f"{c['kind']}: {c['rule']}" for c in checks if c["kind"] != "unmeasured")
+    lines = [f"## Gate: {who} {verdict}{against}", "",
+             f"**{verdict}**: {cell(decision['reason'])}", "",
+             "Rules: " + "; ".join(rules) + ".", "",
+             table(["metric", "kind", "champion", "challenger", "change", "result"],
+                   (_check_row(c) for c in checks))]
+    unmeasured = [c for c in checks if c["kind"] == "unmeasured"]
+    if unmeasured:
+        lines += ["", "Not measured (the recipe asks for them, so each is a failed check):", ""]
+        lines += [f"- {c['metric']}: {cell(c.get('why', ''))}" for c in unmeasured]
+    return "\n".join(lines) + "\n"
 
 
 def continual_markdown(s: Mapping[str, Any], title: str = "ctxvec continual update") -> str:
