@@ -8,8 +8,9 @@
   model and named by its path in the model folder, and no pin carries a local ``+cpu`` label;
 - the pyfunc runs in the precision the version records.
 
-The slow test serves the version with ``mlflow models serve --env-manager local`` and posts each
-format over HTTP.
+The slow tests serve the version with ``mlflow models serve`` and post each format over HTTP: with
+``--env-manager local``, and with ``--env-manager virtualenv``, which builds an environment from
+the model's requirements alone.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ import base64
 import hashlib
 import json
 import os
+import platform
+import shutil
 import socket
 import subprocess
 import sys
@@ -36,11 +39,10 @@ from mlflow.pyfunc import scoring_server
 
 from ctxvec.artifacts import EvalReport, TrainedModel
 from ctxvec.config import CtxvecConfig
-from ctxvec.embed.precision import PRECISION_TAG, PrecisionMismatchError
+from ctxvec.embed.precision import PRECISION_TAG, PYFUNC_PRECISION, PrecisionMismatchError
 from ctxvec.model.encoder import Encoder
 from ctxvec.registry import Registry
 from ctxvec.registry.download import cached_version_dir
-from ctxvec.registry.pyfunc_input import EMBED_PRECISION
 from ctxvec.workspace import Workspace
 from tests.helpers import tiny_bert
 
@@ -181,7 +183,7 @@ def test_requirements_install_without_ctxvec_on_an_index(logged):
 
 def test_the_pyfunc_runs_in_the_precision_the_version_records(logged):
     model, precision = logged["model"], logged["precision"]
-    assert model.model_config[EMBED_PRECISION] == precision
+    assert model.model_config[PYFUNC_PRECISION] == precision
     assert model.unwrap_python_model().encoder.precision == precision
     other = "bf16" if precision == "fp32" else "fp32"
     with pytest.raises(PrecisionMismatchError, match=f"embedded in {precision}"):
@@ -247,16 +249,51 @@ def serve_and_post(model_uri: str, env: dict[str, str], env_manager: str, cwd: P
         log.close()
 
 
-@pytest.mark.slow
-def test_mlflow_models_serve_answers_every_format(logged, tmp_path):
-    """``mlflow models serve -m models:/ctxvec-encoder@champion --env-manager local``."""
+def _serving_env(logged) -> dict[str, str]:
+    """The environment of ``mlflow models serve``: the workspace's registry, the champion alias
+    on the version, and `uvicorn` from this interpreter's folder (as in an activated venv)."""
     ws, reg = logged["ws"], logged["reg"]
     logged["registry"].client.set_registered_model_alias(NAME, "champion", reg.version)
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
     env["MLFLOW_TRACKING_URI"] = ws.mlflow_uri
-    # the server runs `uvicorn` from PATH: this interpreter's, as in an activated environment
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    answers = serve_and_post(f"models:/{NAME}@champion", env, "local", tmp_path, 300)
+    return env
+
+
+def _check_answers(answers: dict[str, tuple[int, dict]], expected: np.ndarray) -> None:
     for what, (status, body) in answers.items():
         assert status == 200, (what, body)
-        _same(body["predictions"], logged["expected"])
+        _same(body["predictions"], expected)
+
+
+@pytest.mark.slow
+def test_mlflow_models_serve_answers_every_format(logged, tmp_path):
+    """``mlflow models serve -m models:/ctxvec-encoder@champion --env-manager local``."""
+    answers = serve_and_post(f"models:/{NAME}@champion", _serving_env(logged), "local",
+                             tmp_path, 300)
+    _check_answers(answers, logged["expected"])
+
+
+def _pyenv_has_this_python() -> bool:
+    """MLflow's virtualenv manager takes the model's Python from pyenv (installing it from
+    python.org when missing, which needs more than a package index)."""
+    pyenv = shutil.which("pyenv")
+    return pyenv is not None and subprocess.run(
+        [pyenv, "prefix", platform.python_version()], capture_output=True).returncode == 0
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not _pyenv_has_this_python(),
+                    reason=f"pyenv with Python {platform.python_version()} not found")
+def test_mlflow_models_serve_builds_its_own_environment(logged, tmp_path):
+    """``--env-manager virtualenv``: a fresh environment (its own MLFLOW_ENV_ROOT) built from
+    the model's requirements alone: ctxvec from the wheel logged with the model, the rest from
+    the package index (several minutes, about 2 GB)."""
+    env = _serving_env(logged)
+    env.pop("PYTHONPATH", None)  # the environment's own ctxvec, from the wheel, not this tree
+    env["MLFLOW_ENV_ROOT"] = str(tmp_path / "envs")
+    answers = serve_and_post(f"models:/{NAME}@champion", env, "virtualenv", tmp_path, 2400)
+    _check_answers(answers, logged["expected"])
+    site = next((tmp_path / "envs").glob("*/lib/python*/site-packages"))
+    assert (site / "ctxvec" / "registry" / "pyfunc_input.py").read_bytes() == \
+        (SRC / "registry" / "pyfunc_input.py").read_bytes()

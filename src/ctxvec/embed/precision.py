@@ -15,21 +15,22 @@ becomes the recorded precision, and an explicit request for the other one is an 
 from __future__ import annotations
 
 import logging
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-import torch
-
-from ctxvec.config import CtxvecConfig
-from ctxvec.embed.shards import embed_devices
 from ctxvec.errors import UserInputError
-from ctxvec.model.encoder import resolve_precision
+
+if TYPE_CHECKING:
+    from ctxvec.config import CtxvecConfig
 
 log = logging.getLogger(__name__)
 
 Resolved = Literal["fp32", "bf16"]
 PRECISIONS: tuple[str, ...] = ("fp32", "bf16")
-# the version tag (and pyfunc model_config key) holding the precision a version is embedded with
+# the version tag holding the precision a version is embedded in
 PRECISION_TAG = "embed.precision"
+# the same, as the key of its pyfunc's model_config (MLflow logs a model_config as run
+# parameters, and the run's own parameters hold the recipe's embed.precision already)
+PYFUNC_PRECISION = "embed_precision"
 
 
 class PrecisionMismatchError(UserInputError):
@@ -39,6 +40,12 @@ class PrecisionMismatchError(UserInputError):
 def embed_precision(cfg: CtxvecConfig) -> Resolved:
     """What ``embed.precision`` resolves to where the local engine embeds (its first device):
     the precision ``run_embed`` will record for a corpus embedded with ``cfg`` on this machine."""
+    # lazy: torch; the registry imports this module and must stay light to import
+    import torch
+
+    from ctxvec.embed.shards import embed_devices
+    from ctxvec.model.encoder import resolve_precision
+
     return resolve_precision(cfg.embed.precision, torch.device(embed_devices(cfg)[0]))
 
 

@@ -26,8 +26,6 @@ import pandas as pd
 from ctxvec.errors import UserInputError
 
 TEXT_COLUMN = "text"
-# the pyfunc's model_config key for the precision its version is embedded in (register.py)
-EMBED_PRECISION = "embed_precision"
 
 
 class PyfuncInputError(UserInputError):

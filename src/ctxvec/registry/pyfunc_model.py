@@ -19,16 +19,16 @@ from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from mlflow.pyfunc import PythonModel
 
-from ctxvec.embed.precision import follow_recorded, recorded
+from ctxvec.embed.precision import PYFUNC_PRECISION, follow_recorded, recorded
 from ctxvec.model.encoder import Encoder
-from ctxvec.registry.pyfunc_input import EMBED_PRECISION, PyfuncInputError, texts_of
+from ctxvec.registry.pyfunc_input import PyfuncInputError, texts_of
 
 
 class CtxvecEncoderModel(PythonModel):
     def load_context(self, context) -> None:
         config = context.model_config or {}
         precision = follow_recorded(str(config.get("precision", "auto")),
-                                    recorded(config.get(EMBED_PRECISION)), "this model version")
+                                    recorded(config.get(PYFUNC_PRECISION)), "this model version")
         self.encoder = Encoder.load(context.artifacts["encoder"], device="auto",
                                     precision=precision)
 

@@ -20,12 +20,11 @@ from ctxvec.artifacts import (
     TrainedModel,
 )
 from ctxvec.config import CtxvecConfig, config_to_yaml, flatten
-from ctxvec.embed.precision import PRECISION_TAG, embed_precision
+from ctxvec.embed.precision import PRECISION_TAG, PYFUNC_PRECISION, embed_precision
 from ctxvec.faults import crash_point
 from ctxvec.refs import ModelRef
 from ctxvec.registry.access import RegistryAccess
 from ctxvec.registry.download import ENCODER_ARTIFACT
-from ctxvec.registry.pyfunc_input import EMBED_PRECISION
 from ctxvec.registry.uris import fluent_uris
 from ctxvec.registry.wheel import build_wheel
 from ctxvec.workspace import sha256_file, sha256_text
@@ -144,7 +143,7 @@ def register_model(
                 name="encoder",
                 python_model=str(PYFUNC_CODE),
                 artifacts={ENCODER_ARTIFACT: trained.model_dir, WHEEL_ARTIFACT: str(wheel)},
-                model_config={EMBED_PRECISION: precision, "precision": "auto"},
+                model_config={PYFUNC_PRECISION: precision, "precision": "auto"},
                 signature=_signature(dim),
                 input_example=["I saw a saw."],
                 pip_requirements=requirements(wheel.name),
