@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from ctxvec.artifacts import EvalReport, IndexArtifact, TrainedModel
-from ctxvec.cli.embed import encode
+from ctxvec.cli.embed import embed, encode
 from ctxvec.config import load_config
 from ctxvec.embed.corpus import WORDS_DIR, run_embed
 from ctxvec.embed.precision import PRECISION_TAG, PrecisionMismatchError
@@ -127,6 +127,10 @@ def test_embedding_a_version_again_follows_its_precision(bf16_version):
         embed_config(load_config(None, ["embed.precision=fp32"]), ws, REF)
     plain = load_config(None, ["embed.precision=fp32"])
     assert embed_config(plain, ws, "minilm") is plain  # nothing recorded for other models
+    # `ctxvec embed` (the command's body) refuses before embedding anything
+    with pytest.raises(PrecisionMismatchError, match="embedded in bf16"):
+        embed.__wrapped__(model=REF, snapshot=None, config=None, set_=["embed.precision=fp32"],
+                          words=False, build_index=True, as_json=True)
 
 
 def test_an_index_in_another_precision_is_not_linked(bf16_version, tmp_path):
