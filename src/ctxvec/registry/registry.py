@@ -25,6 +25,7 @@ from ctxvec.artifacts import (
     TrainedModel,
 )
 from ctxvec.config import CtxvecConfig
+from ctxvec.embed.precision import PRECISION_TAG, PrecisionMismatchError, recorded
 from ctxvec.model.refs import local_model_dir
 from ctxvec.refs import ModelRef, ModelRefError
 from ctxvec.registry import aliases
@@ -177,14 +178,36 @@ class Registry:
             self.client.set_model_version_tag(name, version, k, str(v))
 
     def attach_index(self, name: str, version: str, index: IndexArtifact) -> None:
-        """Link a version to its embeddings and index (tags), so a server can find its pair."""
+        """Link a version to its embeddings and index (tags), so a server can find its pair.
+        An index embedded in another precision than the version records (its pyfunc runs in
+        that one) is refused: the pyfunc's vectors would not match the index's."""
+        manifest = self.ws.stage_manifest(index.path) or {}
+        index_precision = recorded(manifest.get("precision"))
+        version_precision = recorded(
+            self.client.get_model_version(name, version).tags.get(PRECISION_TAG))
+        if index_precision and version_precision and index_precision != version_precision:
+            raise PrecisionMismatchError(
+                f"index {index.path} was embedded in {index_precision}, but version {version} of "
+                f"{name} records {version_precision} (its pyfunc model runs in it): embed it "
+                f"with embed.precision={version_precision} (or auto), or register the model "
+                "again to embed it in another precision")
         self.set_tags(name, version, {
             # a store URI for a remote workspace: another machine, with an empty cache, can
             # fetch it
             "index_uri": self.ws.uri_for(index.path),
             "index.recall_at_10": f"{index.recall_at_10:.4f}",
             "index.count": str(index.count),
+            **({PRECISION_TAG: index_precision} if index_precision else {}),
         })
+
+    def embed_precision(self, info: ModelVersion) -> str | None:
+        """The precision a version's vectors are embedded in: its tag ``embed.precision``
+        (recorded at register, checked when an index is attached), else its index manifest's;
+        None for a version from before precisions were recorded, with no index."""
+        tagged = recorded(info.tags.get(PRECISION_TAG))
+        if tagged is not None or not info.index_uri:
+            return tagged
+        return recorded((self.ws.stage_manifest(info.index_uri) or {}).get("precision"))
 
     def set_drift(self, name: str, version: str, report: dict) -> None:
         """Keep a drift report with the version (tag ``drift``) and log its numbers to its run."""
