@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import sys
 
+from ctxvec_flows.observe import ctxvec_logs, publish_continual, recording
 from ctxvec_flows.tasks import prefect_call, stage_tasks
 from prefect import flow
 
@@ -28,12 +29,18 @@ TASKS = stage_tasks(stages.CONTINUAL_STAGES)
 @flow(name="ctxvec-continual")
 def continual(config: str, overrides: list[str] | None = None, home: str | None = None) -> dict:
     """Update the champion with the documents it has not seen; promote it only through the
-    gate. ``home``: the workspace (default ``$CTXVEC_HOME``)."""
-    cfg = load_config(config, overrides)
-    # a folder or a store URI (s3://bucket/prefix): Workspace.at tells them apart
-    ws = (Workspace.at(home) if home else Workspace.from_env()).ensure()
-    with ws.lock(f"the ctxvec-continual flow on {config}"):  # the writer lock (Workspace.lock)
-        return stages.run_continual(cfg, ws, call=prefect_call(TASKS))
+    gate. ``home``: the workspace (default ``$CTXVEC_HOME``). ctxvec's log lines go to the task
+    runs' logs; the outcome, the gate's checks and the MLflow run become artifacts of the flow
+    run (``flows/observe.py``)."""
+    with ctxvec_logs():
+        cfg = load_config(config, overrides)
+        # a folder or a store URI (s3://bucket/prefix): Workspace.at tells them apart
+        ws = (Workspace.at(home) if home else Workspace.from_env()).ensure()
+        records: dict = {}
+        with ws.lock(f"the ctxvec-continual flow on {config}"):  # the writer lock
+            out = stages.run_continual(cfg, ws, call=recording(prefect_call(TASKS), records))
+        publish_continual(cfg, ws, out, records)
+    return out
 
 
 if __name__ == "__main__":

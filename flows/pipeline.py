@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import sys
 
+from ctxvec_flows.observe import ctxvec_logs, publish_pipeline, recording
 from ctxvec_flows.tasks import prefect_call, stage_tasks
 from prefect import flow
 
@@ -36,12 +37,18 @@ sample_query_task = TASKS["sample-query"]
 
 @flow(name="ctxvec-pipeline")
 def pipeline(config: str, overrides: list[str] | None = None, home: str | None = None) -> dict:
-    """Run every stage of a recipe into the workspace ``home`` (default: ``$CTXVEC_HOME``)."""
-    cfg = load_config(config, overrides)
-    # a folder or a store URI (s3://bucket/prefix): Workspace.at tells them apart
-    ws = (Workspace.at(home) if home else Workspace.from_env()).ensure()
-    with ws.lock(f"the ctxvec-pipeline flow on {config}"):  # the writer lock (Workspace.lock)
-        return stages.run_pipeline(cfg, ws, call=prefect_call(TASKS))
+    """Run every stage of a recipe into the workspace ``home`` (default: ``$CTXVEC_HOME``).
+    ctxvec's log lines go to the task runs' logs; the run's counts, metrics and MLflow run become
+    artifacts of the flow run (``flows/observe.py``)."""
+    with ctxvec_logs():
+        cfg = load_config(config, overrides)
+        # a folder or a store URI (s3://bucket/prefix): Workspace.at tells them apart
+        ws = (Workspace.at(home) if home else Workspace.from_env()).ensure()
+        records: dict = {}
+        with ws.lock(f"the ctxvec-pipeline flow on {config}"):  # the writer lock
+            summary = stages.run_pipeline(cfg, ws, call=recording(prefect_call(TASKS), records))
+        publish_pipeline(cfg, ws, summary, records)
+    return summary
 
 
 if __name__ == "__main__":

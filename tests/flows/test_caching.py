@@ -2,7 +2,7 @@
 
 One workspace, one small corpus that ingest reads completely (so a second ingest finds nothing
 new and names the same corpus), four runs in-process on the session's Prefect server:
-1. everything runs;
+1. everything runs (the session's shared run, tests/flows/conftest.py);
 2. the same inputs: every cached stage is ``Cached`` (train is not run again), the same model
    version comes back and the registry holds no new one;
 3. the index folder deleted: index runs again (its cached result points at nothing), the rest
@@ -15,29 +15,21 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from tests.flows.runs import small_run_overrides, task_runs, write_corpus
-from tests.helpers import TINY
+from tests.flows.runs import run_pipeline_flow
 
 CACHED_STAGES = ["tokenizer", "pack", "train", "evaluate", "register", "embed", "index"]
 
 
 def run(home: Path, overrides: list[str]) -> tuple[dict, dict[str, str]]:
-    from ctxvec_flows.pipeline import pipeline
-
-    state = pipeline(str(TINY), overrides, str(home), return_state=True)
-    assert state.is_completed(), state.message
-    runs = task_runs(state.state_details.flow_run_id)
-    return state.result(), {name: r.state.name for name, r in runs.items()}
+    r = run_pipeline_flow(home, overrides)
+    return r.summary, r.states
 
 
-def test_unchanged_stages_are_cached_and_changed_ones_rerun(tmp_path, prefect_client,
+def test_unchanged_stages_are_cached_and_changed_ones_rerun(small_pipeline_run, prefect_client,
                                                             monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    corpus = write_corpus(tmp_path / "corpus", 300)
-    home = tmp_path / "home"
-    base = small_run_overrides(corpus)
-
-    first, states = run(home, base)
+    home, base = small_pipeline_run.home, small_pipeline_run.overrides
+    first, states = small_pipeline_run.summary, small_pipeline_run.states
     assert states["train"] == "Completed" and states["index"] == "Completed"
     assert first["model"]["version"] == "1"
     assert (home / "prefect-results").is_dir()  # results persist in the workspace

@@ -22,6 +22,7 @@ from ctxvec.refs import ModelRef
 from ctxvec.registry import Registry
 from ctxvec.workspace import Workspace, read_json
 from tests.conftest import STS_DEV, needs_shared_data
+from tests.flows.runs import flow_artifacts, flow_logs, latest_flow_run, task_runs
 from tests.helpers import REPO, TINY, cli_env, run_cli
 
 # no replay, no regulariser, a learning rate 50x the recipe's: it forgets. The tiny recipe trains
@@ -104,15 +105,17 @@ def test_harmful_update_is_rejected(home, prefect_api):
             c["champion"], rel=1e-4)
 
 
-def test_harmful_update_without_its_sts_data_is_not_promoted(home, tmp_path, prefect_api):
+def test_harmful_update_without_its_sts_data_is_not_promoted(home, tmp_path, prefect_client):
     """The recipe asks for STS (evaluate.sts) but the file is not there: the gate cannot compare
-    what it was asked to compare, so it does not promote, and the version's tags say why."""
+    what it was asked to compare, so it does not promote, and the version's tags say why; so do
+    the gate task's log and the flow run's artifacts in Prefect."""
     ws = Workspace(home)
     registry = Registry(ws)
     before = served_pair(ws)
     missing = tmp_path / "shared" / "stsbenchmark" / "sts-dev.csv"
-    out = _ok(run_cli(home, "update", "--config", str(TINY), "--json", *HARMFUL,
-                      "--set", f"evaluate.sts={missing}", prefect_api=prefect_api))
+    proc = run_cli(home, "update", "--config", str(TINY), "--json", *HARMFUL,
+                   "--set", f"evaluate.sts={missing}", prefect_api=prefect_client)
+    out = _ok(proc)
     assert out["status"] == "rejected"
     assert served_pair(ws) == before  # champion and its index untouched
     challenger = registry.resolve("models:/ctxvec-encoder@challenger")
@@ -125,6 +128,23 @@ def test_harmful_update_without_its_sts_data_is_not_promoted(home, tmp_path, pre
     assert str(missing) in unmeasured[0]["why"]
     assert f"sts could not be measured (data not found: {missing})" in \
         challenger.tags["gate.reason"]
+    # in Prefect (flows/observe.py): ctxvec's line in the gate task's log (and once on stderr),
+    # the decision with every check as an artifact
+    line = f"update: gate rejects version {out['version']}: "
+    assert proc.stderr.count(line) == 1, proc.stderr[-3000:]
+    run = latest_flow_run("ctxvec-continual", home)
+    gate_task = task_runs(run.id, expect=("gate",))["gate"]
+    assert [x.task_run_id for x in flow_logs(run.id) if x.message.startswith(line)] == \
+        [gate_task.id]
+    artifacts = flow_artifacts(run.id)
+    assert set(artifacts) == {"ctxvec-encoder-continual", "ctxvec-encoder-gate",
+                              "ctxvec-encoder-mlflow"}
+    gate = artifacts["ctxvec-encoder-gate"].data
+    assert f"## Gate: version {out['version']} rejected against champion version {before[0]}" \
+        in gate
+    assert "| sts | unmeasured | - | - | not measured | **FAIL** |" in gate
+    assert f"- sts: data not found: {missing}\n" in gate
+    assert "| status | rejected |" in artifacts["ctxvec-encoder-continual"].data
 
 
 def test_update_killed_at_each_stage_keeps_a_matching_pair_and_completes(home, tmp_path,

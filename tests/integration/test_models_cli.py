@@ -100,3 +100,35 @@ def test_drift_between_versions_is_measured_and_shown(registry):
     shown = _json(_ctxvec(registry, "show", "4", "--json"))
     assert shown["drift"]["overlap_at_10"] == other["overlap_at_10"]
     assert shown["metrics"]["drift/overlap_at_10"] == other["overlap_at_10"]
+
+
+def test_show_says_where_the_model_is_and_export_takes_a_registry_ref(registry, tmp_path,
+                                                                        monkeypatch):
+    """`models show` names the version's MLflow artifact URI and, once the version is in the
+    workspace cache, its local folder; `ctxvec export` takes an alias and records the version
+    it pointed at."""
+    from typer.testing import CliRunner
+
+    from ctxvec.cli import app
+
+    for key in [k for k in os.environ if k.startswith("MLFLOW_")]:
+        monkeypatch.delenv(key)
+    monkeypatch.setenv("CTXVEC_HOME", str(registry))
+
+    def ctxvec(*args: str):
+        return CliRunner().invoke(app, list(args))
+
+    done = ctxvec("export", "models:/ctxvec-encoder@champion", "--format",
+                  "sentence-transformers", "--out", str(tmp_path / "st"), "--json")
+    assert done.exit_code == 0, done.output
+    assert json.loads(done.stdout)["source"] == "models:/ctxvec-encoder/1"
+    shown = json.loads(ctxvec("models", "show", "1", "--json").stdout)
+    folder = Path(shown["model_dir"])
+    assert (folder / "config.json").is_file() and any(folder.glob("*.safetensors"))
+    # the embedded store keeps artifacts on local disk: the URI names the logged model's folder
+    assert (Path(shown["artifact_uri"].removeprefix("file://")) / "MLmodel").is_file()
+    text = ctxvec("models", "show", "1").stdout
+    assert f"model folder: {folder}" in text and f"model artifacts: {shown['artifact_uri']}" in text
+    unknown = ctxvec("export", "models:/ctxvec-encoder/99", "--format", "onnx", "--out",
+                     str(tmp_path / "x"))
+    assert unknown.exit_code == 2 and "not in the registry" in unknown.output

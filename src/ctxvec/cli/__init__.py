@@ -11,7 +11,7 @@ lists them (and the command groups after them).
 
 from __future__ import annotations
 
-from ctxvec.cli import data, embed, pipeline, query, schedule, serve, train
+from ctxvec.cli import data, embed, export, pipeline, query, schedule, serve, train
 from ctxvec.cli._common import app
 from ctxvec.cli.data import tokenizer_app
 from ctxvec.cli.evaluate import eval_app
@@ -20,7 +20,7 @@ from ctxvec.cli.workspace import workspace_app
 
 for _fn in (pipeline.run, pipeline.update, data.ingest, train.pretrain, train.finetune,
             query.query, query.explain, serve.serve, embed.encode, embed.embed,
-            schedule.schedule):
+            export.export, schedule.schedule):
     app.command()(_fn)
 app.add_typer(eval_app, name="eval")
 app.add_typer(tokenizer_app, name="tokenizer")

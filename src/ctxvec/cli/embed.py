@@ -33,14 +33,18 @@ def encode(
     line, text, vector (L2-normalised float32)."""
     # lazy: keep start-up fast (pyarrow, torch, transformers)
     from ctxvec.embed.lines import encode_lines, read_lines
-    from ctxvec.serve.resolve import load_encoder
+    from ctxvec.serve.resolve import query_encoder
 
     if batch_size < 1:
         raise UserError("--batch-size must be at least 1")
     lines = read_lines(input)  # bad input fails before the model loads
-    dim = encode_lines(load_encoder(workspace(), model), lines, output, batch_size)
-    summary = {"output": str(output), "rows": len(lines), "dim": dim, "model": model}
-    return dump(summary) if as_json else f"wrote {len(lines)} vectors of {dim} to {output}"
+    # a registry version in the precision its index was embedded in: the vectors match it
+    encoder = query_encoder(workspace(), model)
+    dim = encode_lines(encoder, lines, output, batch_size)
+    summary = {"output": str(output), "rows": len(lines), "dim": dim, "model": model,
+               "precision": encoder.precision}
+    return dump(summary) if as_json else (f"wrote {len(lines)} vectors of {dim} to {output} "
+                                          f"({encoder.precision})")
 
 
 @command
@@ -64,11 +68,13 @@ def embed(
     offsets, model_version, vector). Resumable: re-running after an interruption continues from
     the first shard not written."""
     from ctxvec import stages  # lazy: keep start-up fast (torch, faiss, mlflow)
+    from ctxvec.serve.resolve import embed_config
 
     overrides = list(set_ or [])
     if words:
         overrides.append("embed.words.enabled=true")
-    cfg = load_recipe(config, overrides)
+    # a registry version is embedded in the precision it records (its pyfunc's and queries')
+    cfg = embed_config(load_recipe(config, overrides), workspace(), model)
     out = stages.embed_model(cfg, workspace().ensure(), model, snapshot, build_index)
     if as_json:
         return dump(out)

@@ -56,7 +56,8 @@ def models_show(
     name: NameOpt = DEFAULT_MODEL_NAME,
     as_json: JsonOpt = False,
 ) -> str:
-    """One version: tags, aliases, run metrics and parameters, index, drift report."""
+    """One version: tags, aliases, where its model is (MLflow artifact URI, local folder), run
+    metrics and parameters, index, drift report."""
     from ctxvec.registry import Registry  # lazy: keep start-up fast (mlflow)
 
     registry = Registry(workspace())
@@ -68,6 +69,9 @@ def models_show(
     lines = [f"{name} version {d['version']}  aliases: {', '.join(d['aliases']) or '-'}"]
     for key in ("data_snapshot", "parent_version", "tokenizer_hash", "dim"):
         lines.append(f"  {key}: {d['tags'].get(key, '-')}")
+    lines.append(f"  model artifacts: {d['artifact_uri']}")
+    lines.append("  model folder: " + (d["model_dir"] or "not in the workspace cache yet (ctxvec "
+                                       "export, or any command that loads it, downloads it)"))
     if d["index"]:
         i = d["index"]
         lines.append(f"  index: {i['factory']}, {i['count']} vectors, recall@10 "

@@ -10,6 +10,7 @@ from typing import Annotated
 import typer
 
 from ctxvec.cli._common import UserError, command, load_recipe, set_opt, workspace
+from ctxvec.serve.extra import require_serve_extra
 from ctxvec.serve.hosts import is_loopback
 
 _is_loopback = is_loopback  # the name tests and older callers use
@@ -85,6 +86,7 @@ def serve(
     /senses, GET /health, /models, the web page at / and the schema at /openapi.json. A new
     champion is picked up without dropping requests. Bound to loopback, only the Host names
     localhost, 127.0.0.1 and [::1] are answered (serve.allowed_hosts)."""
+    require_serve_extra()  # before anything loads: say which extra, not which import failed
     # lazy: keep start-up fast (uvicorn, fastapi, torch, faiss, mlflow)
     import uvicorn
 

@@ -339,7 +339,7 @@ def run_words(
         rows=rows, docs=n_docs, words=len(distinct), dim=encoder.dim, dtype=ecfg.dtype,
         layers=list(wcfg.layers), min_chars=wcfg.min_chars, stopwords=wcfg.stopwords,
         max_per_word=wcfg.max_per_word, capped_words=len(caps), sample_docs=wcfg.sample_docs,
-        max_tokens=max_tokens, stride=stride, shards=writer.names,
+        max_tokens=max_tokens, stride=stride, precision=encoder.precision, shards=writer.names,
     )
 
 

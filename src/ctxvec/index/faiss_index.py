@@ -17,7 +17,6 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
-import faiss
 import numpy as np
 
 from ctxvec.errors import UserInputError
@@ -28,6 +27,7 @@ from ctxvec.index.base import (
     sorted_contains,
     topk_inner_product,
 )
+from ctxvec.index.faiss_lib import faiss
 from ctxvec.index.gpu_build import build_on_gpu, resolve_build_device
 from ctxvec.workspace import read_json, write_json
 

@@ -24,10 +24,10 @@ import logging
 from collections.abc import Callable
 from typing import Literal
 
-import faiss
 import numpy as np
 
 from ctxvec.errors import UserInputError
+from ctxvec.index.faiss_lib import faiss
 
 log = logging.getLogger(__name__)
 

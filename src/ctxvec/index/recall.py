@@ -7,10 +7,10 @@ search here is faiss' ``IndexFlatIP`` (BLAS), whatever backend is measured.
 
 from __future__ import annotations
 
-import faiss
 import numpy as np
 
 from ctxvec.index.base import VectorIndex
+from ctxvec.index.faiss_lib import faiss
 
 
 def exact_search(vectors: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:

@@ -47,7 +47,7 @@ OCCURRENCES_FILE = "occurrences.parquet"
 WORDS_FILE = "words.parquet"
 # Settings of the words folder a query must reuse to get comparable vectors.
 _WORDS_SETTINGS = ("corpus", "layers", "max_tokens", "stride", "min_chars", "stopwords",
-                   "sample_docs", "max_per_word", "dtype", "docs")
+                   "sample_docs", "max_per_word", "dtype", "docs", "precision")
 
 
 @dataclass(frozen=True)

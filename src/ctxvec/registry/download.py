@@ -24,6 +24,15 @@ def cached_version_dir(model_cache: Path, name: str, version: str) -> Path:
     return model_cache / name / version
 
 
+def version_source(client, name: str, version: str) -> str:
+    """The artifact URI of a version's pyfunc model in MLflow's store (where it is downloaded
+    from; a ``file://`` or plain path for the embedded store)."""
+    source = client.get_model_version_download_uri(name, version)
+    if source.startswith("models:/"):  # MLflow 3: a logged model, stored under its own id
+        source = client.get_logged_model(source.removeprefix("models:/")).artifact_location
+    return source
+
+
 def download_version(client, uris: MlflowUris, model_cache: Path, name: str,
                      version: str) -> Path:
     """The cache folder of ``name`` version ``version``, downloaded if it is not there yet."""
@@ -34,9 +43,7 @@ def download_version(client, uris: MlflowUris, model_cache: Path, name: str,
     from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
     from mlflow.utils.yaml_utils import write_yaml
 
-    source = client.get_model_version_download_uri(name, version)
-    if source.startswith("models:/"):  # MLflow 3: a logged model, stored under its own id
-        source = client.get_logged_model(source.removeprefix("models:/")).artifact_location
+    source = version_source(client, name, version)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = final.parent / f".tmp-{version}-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()

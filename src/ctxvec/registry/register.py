@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import socket
+import tempfile
 from importlib.metadata import version as package_version
 from pathlib import Path
 
@@ -19,16 +20,20 @@ from ctxvec.artifacts import (
     TrainedModel,
 )
 from ctxvec.config import CtxvecConfig, config_to_yaml, flatten
+from ctxvec.embed.precision import PRECISION_TAG, PYFUNC_PRECISION, embed_precision
 from ctxvec.faults import crash_point
 from ctxvec.refs import ModelRef
 from ctxvec.registry.access import RegistryAccess
 from ctxvec.registry.download import ENCODER_ARTIFACT
 from ctxvec.registry.uris import fluent_uris
+from ctxvec.registry.wheel import build_wheel
 from ctxvec.workspace import sha256_file, sha256_text
 
 log = logging.getLogger(__name__)
 
 PYFUNC_CODE = Path(__file__).with_name("pyfunc_model.py")
+# ctxvec's wheel, logged with the model: MLflow copies a pyfunc's artifacts into artifacts/
+WHEEL_ARTIFACT, WHEEL_ARTIFACT_DIR = "ctxvec_wheel", "artifacts"
 # run tags naming the register a run belongs to and the process that runs it
 KEY_TAG, PID_TAG, HOST_TAG = "ctxvec.register_key", "ctxvec.pid", "ctxvec.host"
 
@@ -95,12 +100,15 @@ def register_model(
         parent_version = reg.resolve(trained.parent).version
     with open(Path(trained.model_dir) / "config.json") as f:
         dim = json.load(f)["hidden_size"]
+    # the precision this version's corpus will be embedded in, and so its queries and pyfunc
+    precision = embed_precision(cfg)
     tags = {
         "data_snapshot": snapshot_id,
         "parent_version": parent_version,
         "parent_ref": trained.parent or "",
         "tokenizer_hash": tok_hash,
         "dim": str(dim),
+        PRECISION_TAG: precision,
         **{f"eval.{k}": f"{v:.6g}" for k, v in report.metrics.items()},
     }
     key = register_key(cfg, trained)
@@ -108,7 +116,7 @@ def register_model(
     resumed = _settle_killed_runs(reg, exp_id, name, key)
     if resumed is not None:  # the same model's register was killed after its version existed
         version, run_id = resumed
-        _finish_version(reg, name, version, tags)
+        _finish_version(reg, name, version, tags, found_again=True)
         reg.client.set_terminated(run_id, "FINISHED")
         log.info("register: %s version %s finished (run %s, whose register was killed)",
                  name, version, run_id)
@@ -117,7 +125,7 @@ def register_model(
     done = _registered_before(reg, exp_id, name, key) if reuse else None
     if done is not None:  # registered in full, but whoever asked died before recording it
         version, run_id = done
-        _finish_version(reg, name, version, tags)
+        _finish_version(reg, name, version, tags, found_again=True)
         log.info("register: %s version %s already holds this trained model (run %s); "
                  "not registering it twice", name, version, run_id)
         return RegisteredModel(name, version, run_id,
@@ -129,14 +137,18 @@ def register_model(
         run_id = run.info.run_id
         _log_run(reg, run_id, cfg, snapshot, trained, report, snapshot_id, tok_hash)
         crash_point("register-before-log-model")
-        info = mlflow.pyfunc.log_model(
-            name="encoder",
-            python_model=str(PYFUNC_CODE),
-            artifacts={ENCODER_ARTIFACT: trained.model_dir},
-            input_example=["I saw a saw."],
-            pip_requirements=_requirements(),
-            registered_model_name=name,
-        )
+        with tempfile.TemporaryDirectory(prefix="ctxvec-wheel-") as tmp:
+            wheel = build_wheel(Path(tmp))
+            info = mlflow.pyfunc.log_model(
+                name="encoder",
+                python_model=str(PYFUNC_CODE),
+                artifacts={ENCODER_ARTIFACT: trained.model_dir, WHEEL_ARTIFACT: str(wheel)},
+                model_config={PYFUNC_PRECISION: precision, "precision": "auto"},
+                signature=_signature(dim),
+                input_example=["I saw a saw."],
+                pip_requirements=requirements(wheel.name),
+                registered_model_name=name,
+            )
         version = str(info.registered_model_version)
         crash_point("register-after-log-model")
         _finish_version(reg, name, version, tags)
@@ -175,7 +187,12 @@ def _log_run(reg: RegistryAccess, run_id: str, cfg: CtxvecConfig, snapshot: Snap
                             artifact_path="snapshot")
 
 
-def _finish_version(reg: RegistryAccess, name: str, version: str, tags: dict[str, str]) -> None:
+def _finish_version(reg: RegistryAccess, name: str, version: str, tags: dict[str, str],
+                    found_again: bool = False) -> None:
+    """Tag a version and make it the ``challenger``. A version ``found_again`` (a register that
+    was killed, or reused) keeps the precision it recorded: its pyfunc was logged with it."""
+    if found_again and PRECISION_TAG in reg.client.get_model_version(name, version).tags:
+        tags = {k: v for k, v in tags.items() if k != PRECISION_TAG}
     for k, v in tags.items():
         reg.client.set_model_version_tag(name, version, k, v)
     reg.client.set_registered_model_alias(name, "challenger", version)
@@ -255,6 +272,30 @@ def _registered_before(reg: RegistryAccess, exp_id: str, name: str,
     return None
 
 
-def _requirements() -> list[str]:
-    pkgs = ["torch", "transformers", "tokenizers", "safetensors", "numpy", "mlflow"]
-    return [f"ctxvec=={__version__}"] + [f"{p}=={package_version(p)}" for p in pkgs]
+# --- what the logged model needs -----------------------------------------------------------
+
+# the pins of the registering environment; ctxvec's own wheel brings the rest of its dependencies
+PINNED = ("torch", "transformers", "tokenizers", "safetensors", "numpy", "pandas", "mlflow")
+
+
+def requirements(wheel_name: str) -> list[str]:
+    """The model's ``requirements.txt``: ctxvec's wheel by its path inside the model folder
+    (where MLflow's virtualenv and uv environment managers run ``pip install -r``) and the
+    installed versions of what the pyfunc imports, pinned without their local label: the
+    ``+cpu`` of ``torch==2.13.0+cpu`` is a build of the PyTorch index, and pip accepts a plain
+    ``torch==2.13.0`` from either."""
+    return [f"{WHEEL_ARTIFACT_DIR}/{wheel_name}"] + [
+        f"{p}=={package_version(p).split('+')[0]}" for p in PINNED]
+
+
+def _signature(dim: int):
+    """Outputs only: one ``dim``-wide float32 vector per text. No input schema: MLflow would
+    then turn lists, arrays and single-column DataFrames into a frame with one named column (or
+    refuse them); ``predict`` reads every shape itself (``pyfunc_input.py``)."""
+    # lazy: mlflow takes seconds to import
+    import numpy as np
+    from mlflow.models import ModelSignature
+    from mlflow.types import Schema, TensorSpec
+
+    return ModelSignature(inputs=None,
+                          outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, dim))]))

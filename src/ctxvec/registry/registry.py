@@ -25,10 +25,16 @@ from ctxvec.artifacts import (
     TrainedModel,
 )
 from ctxvec.config import CtxvecConfig
+from ctxvec.embed.precision import PRECISION_TAG, PrecisionMismatchError, recorded
 from ctxvec.model.refs import local_model_dir
 from ctxvec.refs import ModelRef, ModelRefError
 from ctxvec.registry import aliases
-from ctxvec.registry.download import cached_version_dir, download_version, encoder_dir
+from ctxvec.registry.download import (
+    cached_version_dir,
+    download_version,
+    encoder_dir,
+    version_source,
+)
 from ctxvec.registry.register import register_model
 from ctxvec.registry.sqlite_store import ensure_store
 from ctxvec.registry.uris import workspace_uris
@@ -135,7 +141,9 @@ class Registry:
 
     def details(self, name: str, version: str) -> dict:
         """One version as ``ctxvec models show`` prints it: tags, aliases, its run's metrics and
-        parameters, and its index manifest."""
+        parameters, its index manifest, and where its model is: ``artifact_uri`` in MLflow's
+        store and ``model_dir``, the local encoder folder once it is in the workspace cache
+        (None before: showing a version downloads nothing)."""
         info = self.resolve(ModelRef.registered(name, version=version))
         run = self.client.get_run(info.run_id) if info.run_id else None
         index_uri = info.index_uri
@@ -145,6 +153,7 @@ class Registry:
             index = {k: m.get(k) for k in ("factory", "count", "dim", "recall_at_10", "bm25",
                                            "senses", "build_seconds", "created_at")}
         drift = info.tags.get("drift")
+        cached = cached_version_dir(self.ws.model_cache, name, info.version)
         return {
             "name": name, "version": info.version, "aliases": info.aliases, "tags": info.tags,
             "run_id": info.run_id,
@@ -152,6 +161,8 @@ class Registry:
             "params": dict(run.data.params) if run else {},
             "index": index, "index_uri": index_uri,
             "drift": json.loads(drift) if drift else None,
+            "artifact_uri": version_source(self.client, name, info.version),
+            "model_dir": str(encoder_dir(cached, str(info.ref))) if cached.is_dir() else None,
         }
 
     # --- writing ----------------------------------------------------------------------------
@@ -169,14 +180,36 @@ class Registry:
             self.client.set_model_version_tag(name, version, k, str(v))
 
     def attach_index(self, name: str, version: str, index: IndexArtifact) -> None:
-        """Link a version to its embeddings and index (tags), so a server can find its pair."""
+        """Link a version to its embeddings and index (tags), so a server can find its pair.
+        An index embedded in another precision than the version records (its pyfunc runs in
+        that one) is refused: the pyfunc's vectors would not match the index's."""
+        manifest = self.ws.stage_manifest(index.path) or {}
+        index_precision = recorded(manifest.get("precision"))
+        version_precision = recorded(
+            self.client.get_model_version(name, version).tags.get(PRECISION_TAG))
+        if index_precision and version_precision and index_precision != version_precision:
+            raise PrecisionMismatchError(
+                f"index {index.path} was embedded in {index_precision}, but version {version} of "
+                f"{name} records {version_precision} (its pyfunc model runs in it): embed it "
+                f"with embed.precision={version_precision} (or auto), or register the model "
+                "again to embed it in another precision")
         self.set_tags(name, version, {
             # a store URI for a remote workspace: another machine, with an empty cache, can
             # fetch it
             "index_uri": self.ws.uri_for(index.path),
             "index.recall_at_10": f"{index.recall_at_10:.4f}",
             "index.count": str(index.count),
+            **({PRECISION_TAG: index_precision} if index_precision else {}),
         })
+
+    def embed_precision(self, info: ModelVersion) -> str | None:
+        """The precision a version's vectors are embedded in: its tag ``embed.precision``
+        (recorded at register, checked when an index is attached), else its index manifest's;
+        None for a version from before precisions were recorded, with no index."""
+        tagged = recorded(info.tags.get(PRECISION_TAG))
+        if tagged is not None or not info.index_uri:
+            return tagged
+        return recorded((self.ws.stage_manifest(info.index_uri) or {}).get("precision"))
 
     def set_drift(self, name: str, version: str, report: dict) -> None:
         """Keep a drift report with the version (tag ``drift``) and log its numbers to its run."""

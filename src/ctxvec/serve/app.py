@@ -1,8 +1,9 @@
 """The HTTP API and the web page: ``create_app(ws, cfg)`` -> a FastAPI app.
 
 Endpoints: ``POST /search`` (text, id or vector), ``POST /embed``, ``POST /senses``,
-``POST /explain`` (attention map, for the page), ``GET /health``, ``GET /models``, ``GET /`` (the
-page) and the OpenAPI schema at ``/openapi.json`` (browsable at ``/docs``). The endpoints live in
+``POST /explain`` (attention map, for the page), ``GET /health``, ``GET /models``,
+``GET /metrics`` (Prometheus: ``ctxvec.serve.metrics``), ``GET /`` (the page) and the OpenAPI
+schema at ``/openapi.json`` (browsable at ``/docs``). The endpoints live in
 ``ctxvec.serve.routes`` (one router per group) and read ``ServeContext``; this module assembles
 them with the error handlers (``api_errors``) and the middleware below.
 
@@ -51,6 +52,7 @@ from ctxvec.serve.batcher import MicroBatcher
 from ctxvec.serve.champion import ChampionWatcher, load_served
 from ctxvec.serve.context import ServeContext
 from ctxvec.serve.hosts import HostCheckMiddleware, allowed_hosts
+from ctxvec.serve.metrics import MetricsMiddleware, ServeMetrics
 from ctxvec.serve.paths import WorkspacePaths
 from ctxvec.serve.routes import ROUTERS
 from ctxvec.serve.schemas import ErrorResponse
@@ -87,6 +89,8 @@ def create_app(
     watcher = ChampionWatcher(ws, ref, scfg.reload_seconds, registry=registry,
                               loader=functools.partial(load_served, cfg=cfg, registry=registry))
     batcher = MicroBatcher(scfg.max_batch)
+    metrics = ServeMetrics(watcher, batcher.stats)  # a registry of this app's own
+    batcher.on_batch = metrics.observe_batch
     started = time.time()
     hosts = allowed_hosts(bind_host, scfg.allowed_hosts)
     page = resources.files("ctxvec.serve").joinpath("static/index.html").read_text("utf-8")
@@ -113,12 +117,13 @@ def create_app(
     app.state.watcher = watcher
     app.state.batcher = batcher
     paths = WorkspacePaths(ws)
-    app.state.ctx = ServeContext(scfg, watcher, batcher, registry, started, page, paths)
+    app.state.ctx = ServeContext(scfg, watcher, batcher, registry, started, page, paths, metrics)
     for router in ROUTERS:  # the endpoints: ctxvec.serve.routes
         app.include_router(router)
     install_error_handlers(app, scrub=paths.scrub)
 
-    # Outermost last: catch-all 500 -> Host check -> body-size limit -> API key -> the routes.
+    # Outermost last: metrics -> catch-all 500 -> Host check -> body-size limit -> API key ->
+    # the routes (so refused requests and 500s are counted too).
     if api_key:
         app.add_middleware(ApiKeyMiddleware, key=api_key)
         _document_api_key(app)
@@ -126,6 +131,9 @@ def create_app(
     if hosts is not None:
         app.add_middleware(HostCheckMiddleware, allowed=hosts)
     app.add_middleware(CatchAllMiddleware)
+    route_paths = {r.path for router in ROUTERS for r in router.routes}
+    route_paths |= {u for u in (app.openapi_url, app.docs_url, app.redoc_url) if u}
+    app.add_middleware(MetricsMiddleware, metrics=metrics, paths=frozenset(route_paths))
     return app
 
 

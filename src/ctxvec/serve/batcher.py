@@ -28,7 +28,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -88,8 +88,12 @@ class BatchStats:
 
 class MicroBatcher:
     def __init__(self, max_batch: int = 64, max_wait_s: float = 0.0015,
-                 trim_every_s: float | None = TRIM_EVERY_S):
+                 trim_every_s: float | None = TRIM_EVERY_S,
+                 on_batch: Callable[[int, int], None] | None = None):
+        """``on_batch(jobs, texts)`` is called from the worker thread for every batch it takes
+        (the server's metrics: ``ctxvec.serve.metrics``)."""
         assert max_batch >= 1
+        self.on_batch = on_batch
         self.max_batch = max_batch
         self.max_wait_s = max_wait_s
         self.trim_every_s = trim_every_s  # None: never hand freed memory back
@@ -197,6 +201,8 @@ class MicroBatcher:
         s = self.stats
         s.batches, s.jobs, s.texts = s.batches + 1, s.jobs + len(batch), s.texts + texts
         s.largest = max(s.largest, len(batch))
+        if self.on_batch is not None:
+            self.on_batch(len(batch), texts)
         return batch, False
 
     def _drain_into(self, batch: list[_Job]) -> None:

@@ -20,6 +20,7 @@ from ctxvec.registry import Registry
 from ctxvec.serve.api_errors import ApiError
 from ctxvec.serve.batcher import MicroBatcher
 from ctxvec.serve.champion import ChampionWatcher, Served
+from ctxvec.serve.metrics import ServeMetrics
 from ctxvec.serve.paths import WorkspacePaths
 
 
@@ -32,6 +33,7 @@ class ServeContext:
     started: float  # time.time() when the app was built
     page: str  # the web page's HTML
     paths: WorkspacePaths  # workspace paths in answers: relative to the workspace
+    metrics: ServeMetrics  # this app's Prometheus registry: GET /metrics
 
     def served(self) -> Served:
         return self.watcher.current  # one read: this request's model, even if a swap follows

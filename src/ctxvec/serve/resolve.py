@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ctxvec.config import CtxvecConfig
+from ctxvec.embed.precision import embed_precision, follow_recorded
 from ctxvec.model.encoder import Encoder
 from ctxvec.model.refs import local_model_dir
 from ctxvec.refs import MINILM, ModelRef, ModelRefError
@@ -43,6 +45,38 @@ def model_dir(ws: Workspace, ref: str | ModelRef) -> Path:
 def load_encoder(ws: Workspace, ref: str | ModelRef, **kwargs) -> Encoder:
     """The encoder a reference names, loaded for inference (``kwargs`` go to ``Encoder.load``)."""
     return Encoder.load(model_dir(ws, ref), **kwargs)
+
+
+def query_encoder(ws: Workspace, ref: str | ModelRef, precision: str = "auto") -> Encoder:
+    """The encoder whose vectors are meant for ``ref``'s index (``ctxvec encode``): a registry
+    version runs in the precision its corpus is embedded in (``embed/precision.py``; ``auto``
+    follows it, the other one is refused); ``minilm`` and folders as ``ctxvec embed`` embeds
+    with them by default (``auto``)."""
+    mref = ModelRef.parse(ref)
+    if not mref.is_registry:
+        return Encoder.load(local_model_dir(mref), precision=precision)
+    registry = Registry(ws)
+    info = registry.resolve(mref)  # once: the folder and the precision of the same version
+    precision = follow_recorded(precision, registry.embed_precision(info),
+                                f"{info.ref} (version {info.version})")
+    return Encoder.load(registry.local_dir(info), precision=precision)
+
+
+def embed_config(cfg: CtxvecConfig, ws: Workspace, ref: str | ModelRef) -> CtxvecConfig:
+    """``cfg`` for embedding the corpus with ``ref`` (``ctxvec embed``): a registry version is
+    embedded in the precision it records, so its index matches its pyfunc and its queries;
+    ``embed.precision: auto`` follows the record, the other precision is refused before any
+    work. ``cfg`` comes back as it is when it gives that precision here already."""
+    mref = ModelRef.parse(ref)
+    if not mref.is_registry:
+        return cfg
+    registry = Registry(ws)
+    info = registry.resolve(mref)
+    precision = follow_recorded(cfg.embed.precision, registry.embed_precision(info),
+                                f"{info.ref} (version {info.version})")
+    if precision in (cfg.embed.precision, embed_precision(cfg)):
+        return cfg
+    return cfg.model_copy(update={"embed": cfg.embed.model_copy(update={"precision": precision})})
 
 
 def embedding_label(ws: Workspace, ref: str | ModelRef, folder: Path) -> str:

@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from ctxvec.config import CtxvecConfig
+from ctxvec.embed.precision import follow_recorded, recorded
 from ctxvec.errors import UserInputError
 from ctxvec.index.bm25 import BM25Index
 from ctxvec.index.factory import open_index, serve_on
@@ -92,10 +93,15 @@ class Searcher:
                 f"index {index_uri} was built for version {self.manifest['model_version']}, "
                 f"not {info.version}: refusing to mix model versions"
             )
-        # The precision the corpus was embedded with (bf16 or fp32), when the manifest says.
-        precision = self.manifest.get("precision") or cfg.embed.precision
+        # Queries run in the precision the corpus was embedded in (embed/precision.py); an
+        # index too old to record it gets the recipe's, with a warning.
+        what = f"index {index_uri}"
+        index_precision = recorded(self.manifest.get("precision"))
         # the version resolved above, downloaded once into the workspace cache: no second read
-        self.encoder = Encoder.load(registry.local_dir(info), precision=precision)
+        self.encoder = Encoder.load(registry.local_dir(info), precision=index_precision
+                                    or follow_recorded(cfg.embed.precision, None, what))
+        if index_precision is not None:  # the check (whatever Encoder.load made of it)
+            follow_recorded(self.encoder.precision, index_precision, what)
         # Queries are cut to the window the corpus chunks were embedded with, and pooled as
         # they were, so that a chunk's own text, used as a query, lands on that chunk's vector.
         self.encoder.settings = replace(
@@ -119,9 +125,9 @@ class Searcher:
         self._doc_meta: dict[str, tuple[str, str]] = {}
         if self.stored.count <= SNIPPET_CACHE_MAX:
             self._load_snippets()
-        log.info("search: %s -> version %s, %s over %d vectors%s", self.ref, self.version,
-                 self.stored.describe()["factory"], self.index.count,
-                 " + BM25" if self.bm25 else "")
+        log.info("search: %s -> version %s, %s over %d vectors%s, queries in %s", self.ref,
+                 self.version, self.stored.describe()["factory"], self.index.count,
+                 " + BM25" if self.bm25 else "", self.encoder.precision)
 
     # --- public API -------------------------------------------------------------------------
 

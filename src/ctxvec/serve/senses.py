@@ -14,6 +14,7 @@ import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from ctxvec.embed.precision import follow_recorded, recorded
 from ctxvec.embed.words import sense_query
 from ctxvec.errors import UserInputError
 from ctxvec.index.senses import SENSES_DIR, SenseIndex
@@ -80,6 +81,9 @@ class SenseSearcher:
         if self.index.dim != encoder.dim:
             raise RuntimeError(f"sense index {senses_dir} has dimension {self.index.dim}, the "
                                f"encoder {encoder.dim}")
+        # the occurrences' precision, which the query's context vector must share
+        follow_recorded(encoder.precision, recorded(m.get("precision")),
+                        f"sense index {senses_dir}")
         self.version = str(m["model_version"])
         self.corpus = corpus if corpus is not None else m["corpus"]
         log.info("senses: version %s, %d occurrences of %d words", self.version,
@@ -105,8 +109,9 @@ class SenseSearcher:
                 f"{info.ref} (version {info.version}) has no sense index in {folder}: run the "
                 "pipeline with embed.words.enabled=true"
             )
-        if encoder is None:
-            encoder = Encoder.load(registry.local_dir(info))
+        if encoder is None:  # in the precision the occurrences were embedded in
+            precision = recorded(read_json(folder / "manifest.json").get("precision"))
+            encoder = Encoder.load(registry.local_dir(info), precision=precision or "auto")
         # the index's own corpus references: the same snapshots, named so that this machine
         # can resolve them (a sense index without its dense index's manifest keeps its own)
         manifest = index_dir / "manifest.json"

@@ -48,7 +48,12 @@ def pipeline_summary(cfg: CtxvecConfig, ws: Workspace, r: Records) -> dict[str, 
         "index": r["index"].to_dict(),
         "champion": promotion["champion"],  # after the run: the new version or the one kept
         "previous_champion": promotion["previous_champion"],  # the one replaced, if any
-        "promotion": promotion,  # the gate's decision, its reason and checks
+        "promotion": promotion,  # the promote stage's decision, its reason and checks
+        # the gate's comparison, as the continual update reports its own (None: none was made)
+        "gate": ({"promote": promotion["decision"] == "promote", "checks": promotion["checks"],
+                  "reason": "; ".join(filter(None, [promotion["reason"],
+                                                    promotion.get("hint")]))}
+                 if promotion.get("checks") else None),
         "sample_query": {"text": cfg.query.sample, "hits": r.get("sample-query") or []},
     }
 

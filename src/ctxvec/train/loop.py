@@ -230,6 +230,9 @@ def train(
                 row["mfu"] = row["tokens_per_s"] * fpt / (tcfg.peak_tflops * 1e12)
             result.history.append(row)
             bar.set_postfix(loss=f"{row['loss']:.3f}")
+            if world.main:  # the bar is gone when the run ends; a log line stays (and Prefect's)
+                log.info("train: step %d/%d loss %.4f lr %.3g %.0f tokens/s", done, total,
+                         row["loss"], lr, row["tokens_per_s"])
             if on_log and world.main:
                 on_log(row)
             window = {"loss": 0.0, "tokens": 0, "steps": 0, "t0": time.perf_counter()}

@@ -3,7 +3,7 @@
 - ``page``: ``GET /`` (the web page, outside the schema);
 - ``search``: ``POST /search``, ``/embed``, ``/senses``;
 - ``explain``: ``POST /explain`` (attention maps, for the page);
-- ``ops``: ``GET /health``, ``/models``.
+- ``ops``: ``GET /health``, ``/models``, ``/metrics``.
 
 A new endpoint goes in its group's module, with its bodies in ``serve/schemas.py``; a new group
 is a module here and one entry in ``ROUTERS``, whose order is the order ``/openapi.json`` lists.
