@@ -127,6 +127,7 @@ def gated(tmp_path_factory) -> Gated:
 
 def test_the_first_champion_then_a_worse_model_does_not_replace_it(gated):
     from ctxvec.cli.pipeline import format_promotion
+    from ctxvec.stages.report import gate_markdown
 
     assert gated.champion() is None  # the module's first test: no champion yet
     first = gated.promote("good", "evaluate.sts=/no/such/sts.tsv")  # nothing to beat
@@ -152,6 +153,9 @@ def test_the_first_champion_then_a_worse_model_does_not_replace_it(gated):
     printed = "\n".join(format_promotion(out))
     assert "rejected: the champion stays version 1" in printed and "FAIL sts_spearman" in printed
     assert printed.endswith("(or run with --promote always)")
+    # the run report (and its Prefect artifact) renders the same checks
+    gate = {"promote": False, "reason": out["reason"], "checks": out["checks"]}
+    assert "| sts_spearman | recipe |" in gate_markdown(gate, "2", "1")
 
 
 def test_without_a_comparable_evaluation_the_champion_stays(gated):
