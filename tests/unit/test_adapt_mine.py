@@ -11,7 +11,6 @@ import pyarrow.parquet as pq
 import pytest
 
 from ctxvec.adapt import pseudo_queries
-from ctxvec.adapt.heldout import KINDS
 from ctxvec.adapt.mine import hash_sample, heldout_mask, run_mine
 from ctxvec.adapt.negatives import mine_negatives
 from ctxvec.adapt.search import DocSearch
@@ -124,14 +123,7 @@ def test_run_mine_writes_the_folder_and_keeps_heldout_documents_out_of_training(
     assert set(mined.counts) == {"title_text", "ict", "crops", "neighbours", "pseudo_sentence",
                                  "pseudo_keywords"}
     held_ids = {r["doc_id"] for r in held}
-    # at most one query of each kind per held-out document; every kind asked
-    assert len({(r["doc_id"], r["signal"]) for r in held}) == len(held)
-    assert {r["signal"] for r in held} == set(KINDS) == set(manifest["heldout"]["kinds"])
-    for r in held:  # the own document as searched: without the query's words, or whole
-        if r["signal"] == "keywords":
-            assert r["target"] is None
-        else:
-            assert r["query"] not in r["target"]
+    assert len(held_ids) == len(held)  # one query per held-out document
     heldout_docs = set(np.asarray(docs["doc_id"])[heldout_mask(docs["doc_id"], 6)])
     assert held_ids <= heldout_docs
     assert not heldout_docs & {r["doc_id"] for r in train}

@@ -6,9 +6,8 @@ documents with it):
 
 1. read the documents (``adapt.max_docs``: a sample by a hash of doc_id, stable across runs);
 2. hold out documents by another hash of doc_id (``adapt.heldout_docs``): none of their pairs is
-   trained on, and none is ever a negative; their queries of every kind (``heldout``), filtered
-   by BM25 alone (no model's preference decides what the label-free evaluation asks), go to
-   ``heldout.parquet``;
+   trained on, and none is ever a negative; their pseudo-queries, filtered by BM25 alone (no
+   model's preference decides what the label-free evaluation asks), go to ``heldout.parquet``;
 3. index the documents with BM25 and, when the filter or the negatives ask for it, encode them
    with the starting encoder (one batched pass);
 4. the structural signals (title_text, ict, crops, neighbours) and the filtered pseudo-queries of
@@ -25,6 +24,7 @@ import json
 import logging
 import time
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -32,9 +32,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ctxvec.adapt import crops, heldout, ict, neighbours, pseudo_queries, title_text
-from ctxvec.adapt.heldout import HeldoutQuery
+from ctxvec.adapt import crops, ict, neighbours, pseudo_queries, title_text
 from ctxvec.adapt.negatives import NegativeStats, mine_negatives
+from ctxvec.adapt.pseudo_queries import Query
 from ctxvec.adapt.search import DocSearch
 from ctxvec.adapt.text import Doc, Example, rng_for, stable_hash
 from ctxvec.artifacts import MinedData, Snapshot
@@ -53,9 +53,8 @@ _HASH_RANGE = float(2**64)
 TRAIN_SCHEMA = pa.schema([("anchor", pa.string()), ("positive", pa.string()),
                           ("negatives", pa.list_(pa.string())), ("signal", pa.string()),
                           ("doc_id", pa.string())])
-# signal: the query's kind (``heldout.KINDS``); target: its own document as it searches it
 HELDOUT_SCHEMA = pa.schema([("query", pa.string()), ("doc_id", pa.string()),
-                            ("signal", pa.string()), ("target", pa.string())])
+                            ("signal", pa.string())])
 DOCS_SCHEMA = pa.schema([("doc_id", pa.string()), ("text", pa.string())])
 
 
@@ -110,13 +109,38 @@ def structural_examples(docs: list[Doc], rows: list[int], acfg: AdaptConfig) -> 
 
 
 def filtered_queries(docs: list[Doc], rows: list[int], search: DocSearch, acfg: AdaptConfig,
-                     how: str) -> tuple[list, int]:
-    """(pseudo-queries of ``rows`` that ``how`` finds again, how many were made)."""
+                     how: str, per_doc: int | None = None) -> tuple[list, int]:
+    """(pseudo-queries of ``rows`` that ``how`` finds again, how many were made); at most
+    ``per_doc`` per document when given."""
     pcfg = acfg.pseudo_queries
     made = pseudo_queries.candidates(docs, rows, search, pcfg, acfg.seed, acfg.max_words)
     keep = pseudo_queries.found(made, search, how, pcfg.filter_k)
     kept = [q for q, k in zip(made, keep, strict=True) if k]
+    if per_doc is not None:
+        seen: Counter = Counter()
+        first = []
+        for q in kept:
+            seen[q.row] += 1
+            if seen[q.row] <= per_doc:
+                first.append(q)
+        kept = first
     return kept, len(made)
+
+
+def heldout_queries(docs: list[Doc], rows: Sequence[int], search: DocSearch,
+                    acfg: AdaptConfig) -> tuple[list[Query], int]:
+    """(held-out pseudo-queries of the documents at ``rows``, how many were made): filtered by
+    BM25 alone, so no model's preference decides what the label-free evaluation asks, and at
+    most one per document, so every document weighs the same."""
+    return filtered_queries(docs, list(rows), search, acfg, "bm25", per_doc=1)
+
+
+def searched_texts(docs: list[Doc], heldout: list[Query]) -> list[str]:
+    """Each document's text as the held-out queries search it: a sentence query's document
+    without that sentence, as trained pairs are made (finding it is then a matter of meaning,
+    not of copying); any other document whole."""
+    text = {q.row: q.positive for q in heldout if q.kind == "sentence"}
+    return [text.get(i, d.full) for i, d in enumerate(docs)]
 
 
 @dataclass(frozen=True)
@@ -131,22 +155,21 @@ class MineStats:
 
 def mine_examples(acfg: AdaptConfig, docs: list[Doc], train_rows: list[int],
                   held_rows: list[int], search: DocSearch
-                  ) -> tuple[list[Example], list[HeldoutQuery], MineStats]:
+                  ) -> tuple[list[Example], list[Query], MineStats]:
     """The examples of the documents at ``train_rows`` (structural signals and filtered
     pseudo-queries, then hard negatives from ``search``, never a held-out document) and the
-    held-out queries of those at ``held_rows`` (``heldout.heldout_queries``). ``search``
-    indexes ``docs``."""
+    held-out pseudo-queries of those at ``held_rows``. ``search`` indexes ``docs``."""
     examples = structural_examples(docs, train_rows, acfg)
     queries, made = filtered_queries(docs, train_rows, search, acfg,
                                      acfg.pseudo_queries.filter)
     examples += pseudo_queries.to_examples(queries, docs)
-    held, held_made = heldout.heldout_queries(docs, held_rows, search, acfg)
+    heldout, held_made = heldout_queries(docs, held_rows, search, acfg)
     allowed = np.ones(len(docs), dtype=bool)
     allowed[held_rows] = False
     row_of = {d.doc_id: i for i, d in enumerate(docs)}
     examples, neg = mine_negatives(examples, [row_of[e.doc_id] for e in examples], docs, allowed,
                                    search, acfg.negatives, acfg.seed, acfg.max_words)
-    return examples, held, MineStats(made, len(queries), held_made, neg)
+    return examples, heldout, MineStats(made, len(queries), held_made, neg)
 
 
 def build_search(acfg: AdaptConfig, docs: list[Doc], model_dir: str | Path | None,
@@ -166,13 +189,6 @@ def write_examples(path: Path, examples: list[Example]) -> None:
           "signal": e.signal, "doc_id": e.doc_id} for e in examples], schema=TRAIN_SCHEMA), path)
 
 
-def write_heldout(path: Path, held: list[HeldoutQuery], docs: list[Doc]) -> None:
-    """``held`` as ``heldout.parquet`` rows: what the label-free evaluation asks."""
-    pq.write_table(pa.Table.from_pylist(
-        [{"query": q.text, "doc_id": docs[q.row].doc_id, "signal": q.kind, "target": q.target}
-         for q in held], schema=HELDOUT_SCHEMA), path)
-
-
 # --- the stage ------------------------------------------------------------------------------
 
 
@@ -182,7 +198,7 @@ def mine_key(acfg: AdaptConfig, snap: Snapshot, model_dir: str | Path | None) ->
         weights = sorted(Path(model_dir).glob("*.safetensors"))
         model = [str(model_dir), [(w.name, w.stat().st_size, w.stat().st_mtime_ns)
                                   for w in weights]]
-    what = {"adapt": acfg.model_dump(mode="json"), "heldout": heldout.FORMAT,
+    what = {"adapt": acfg.model_dump(mode="json"),
             "corpus": [Path(c).name for c in snap.corpus], "model": model}
     return sha256_text(json.dumps(what, sort_keys=True))[:16]
 
@@ -218,12 +234,16 @@ def eval_rows(doc_ids: list[str], held: np.ndarray, eval_docs: int | None) -> li
     return sorted(keep)
 
 
-def _write(tmp: Path, examples: list[Example], held: list[HeldoutQuery], docs: list[Doc],
+def _write(tmp: Path, examples: list[Example], heldout: list[Query], docs: list[Doc],
            searched: list[int]) -> None:
     write_examples(tmp / TRAIN_FILE, examples)
-    write_heldout(tmp / HELDOUT_FILE, held, docs)
+    texts = searched_texts(docs, heldout)
     pq.write_table(pa.Table.from_pylist(
-        [{"doc_id": docs[i].doc_id, "text": docs[i].full} for i in searched],
+        [{"query": q.text, "doc_id": docs[q.row].doc_id,
+          "signal": pseudo_queries.SIGNAL[q.kind]} for q in heldout], schema=HELDOUT_SCHEMA),
+        tmp / HELDOUT_FILE)
+    pq.write_table(pa.Table.from_pylist(
+        [{"doc_id": docs[i].doc_id, "text": texts[i]} for i in searched],
         schema=DOCS_SCHEMA), tmp / DOCS_FILE)
 
 
@@ -250,7 +270,7 @@ def run_mine(cfg: CtxvecConfig, ws: Workspace, snap: Snapshot,
     held_rows = [i for i in range(len(docs)) if held[i]]
     log.info("mine: %d documents, %d held out", len(docs), len(held_rows))
     search = build_search(acfg, docs, model_dir, cfg.train.device)
-    examples, held_q, stats = mine_examples(acfg, docs, train_rows, held_rows, search)
+    examples, heldout, stats = mine_examples(acfg, docs, train_rows, held_rows, search)
     neg = stats.negatives
     if not examples:
         raise UserInputError("mining found no training example: the documents are too short "
@@ -258,7 +278,7 @@ def run_mine(cfg: CtxvecConfig, ws: Workspace, snap: Snapshot,
     counts = dict(sorted(Counter(e.signal for e in examples).items()))
     with ws.stage_dir(folder) as tmp:
         searched = eval_rows([d.doc_id for d in docs], held, acfg.eval_docs)
-        _write(tmp, examples, held_q, docs, searched)
+        _write(tmp, examples, heldout, docs, searched)
         write_manifest(
             tmp, "mine", started, key=key, snapshot=snap.snapshot_id, docs=len(docs),
             eval_docs=len(searched),
@@ -266,13 +286,12 @@ def run_mine(cfg: CtxvecConfig, ws: Workspace, snap: Snapshot,
             pseudo_queries={"made": stats.made, "kept": stats.kept,
                             "filter": acfg.pseudo_queries.filter},
             heldout={"docs": len(held_rows), "made": stats.heldout_made,
-                     "queries": len(held_q),
-                     "kinds": dict(sorted(Counter(q.kind for q in held_q).items()))},
+                     "queries": len(heldout)},
             negatives={"with_negatives": neg.with_negatives, "negatives": neg.negatives,
                        "dropped_by_margin": neg.dropped_by_margin},
             model=str(model_dir) if model_dir is not None and acfg.uses_encoder() else None,
             config=acfg.model_dump(mode="json"))
     log.info("mine: %d examples (%s), %d held-out queries, %.1fs", len(examples),
-             ", ".join(f"{k} {v}" for k, v in counts.items()), len(held_q),
+             ", ".join(f"{k} {v}" for k, v in counts.items()), len(heldout),
              time.time() - started)
     return _record(folder, key)

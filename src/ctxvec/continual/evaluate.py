@@ -3,11 +3,11 @@ like.
 
 ``old.*`` and ``new.*`` metrics come from each domain's held-out documents:
 - ``pseudo_ndcg_at_10`` / ``pseudo_mrr_at_10``, the label-free retrieval measure
-  (``ctxvec.evaluate.pseudo``) on the domain's own held-out documents: their queries, made as
-  the mine stage makes its held-out ones (``ctxvec.adapt.heldout``: one of each kind per
-  document, seeded by doc id, kept where BM25 over those documents ranks their document in its
-  top ``adapt.pseudo_queries.filter_k``), found by exact dense search among them. The queries
-  are made once per update and both models answer the very same ones;
+  (``ctxvec.evaluate.pseudo``) on the domain's own held-out documents: their pseudo-queries,
+  made as the mine stage makes its held-out ones (seeded by doc id, kept where BM25 over those
+  documents ranks their document in its top ``adapt.pseudo_queries.filter_k``, one per
+  document), found by exact dense search among them. The queries are made once per update and
+  both models answer the very same ones;
 - the MLM loss (with masks from a fixed seed, where the model has an MLM head);
 - ``halves_mrr``, which finds each held-out document's second half from its first half among
   all of them.
@@ -30,14 +30,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ctxvec.adapt.heldout import heldout_queries
+from ctxvec.adapt.mine import heldout_queries, searched_texts
 from ctxvec.adapt.search import DocSearch
 from ctxvec.adapt.text import Doc
 from ctxvec.artifacts import EvalReport, TrainedModel
 from ctxvec.config import AdaptConfig, CtxvecConfig, EvaluateConfig
 from ctxvec.continual.plan import Domains, UpdatePlan
 from ctxvec.continual.train import has_mlm_head, pack_docs
-from ctxvec.evaluate.pseudo import PseudoSet, score_pseudo
+from ctxvec.evaluate.pseudo import score_pseudo
 from ctxvec.evaluate.run import EVALUATORS, run_evaluate
 from ctxvec.model.encoder import Encoder, load_tokenizer, pick_device
 from ctxvec.train.objectives.mlm import MaskedLM
@@ -112,18 +112,27 @@ def halves_mrr(encoder: Encoder, texts: list[str], batch_size: int) -> float | N
     return float(np.mean(1.0 / ranks))
 
 
-def heldout_pseudo_queries(acfg: AdaptConfig, docs: list[Doc]) -> PseudoSet:
-    """The held-out queries of ``docs`` that BM25 over ``docs`` alone finds again, made as the
-    mine stage makes its held-out ones (``ctxvec.adapt.heldout``: one of each kind per
-    document)."""
+@dataclass(frozen=True)
+class HeldoutQueries:
+    """One domain's held-out pseudo-queries and the documents they search, as the mine stage's
+    ``heldout.parquet`` and ``docs.parquet`` hold them."""
+
+    queries: list[str]
+    relevant: list[str]  # each query's own document
+    doc_ids: list[str]
+    doc_texts: list[str]  # as searched: a sentence query's document without that sentence
+
+
+def heldout_pseudo_queries(acfg: AdaptConfig, docs: list[Doc]) -> HeldoutQueries:
+    """The pseudo-queries of ``docs`` that BM25 over ``docs`` alone finds again, made as the mine
+    stage makes its held-out ones (``ctxvec.adapt.mine.heldout_queries``)."""
     search = DocSearch.build([d.full for d in docs])
     made, _ = heldout_queries(docs, range(len(docs)), search, acfg)
-    return PseudoSet([q.text for q in made], [docs[q.row].doc_id for q in made],
-                     [q.kind for q in made], [q.target for q in made],
-                     [d.doc_id for d in docs], [d.full for d in docs])
+    return HeldoutQueries([q.text for q in made], [docs[q.row].doc_id for q in made],
+                          [d.doc_id for d in docs], searched_texts(docs, made))
 
 
-def domain_queries(acfg: AdaptConfig, domains: Domains) -> dict[str, PseudoSet]:
+def domain_queries(acfg: AdaptConfig, domains: Domains) -> dict[str, HeldoutQueries]:
     """``old`` and ``new``: each domain's held-out pseudo-queries; a domain that makes none is
     left out (its pseudo figures are not measured), with a log line."""
     out = {}
@@ -138,14 +147,14 @@ def domain_queries(acfg: AdaptConfig, domains: Domains) -> dict[str, PseudoSet]:
     return out
 
 
-def pseudo_figures(encoder: Encoder, q: PseudoSet, batch_size: int) -> dict[str, float]:
+def pseudo_figures(encoder: Encoder, q: HeldoutQueries, batch_size: int) -> dict[str, float]:
     """nDCG@10 and MRR@10 of ``q``'s queries by exact dense search over its documents."""
-    r = score_pseudo(encoder, q, batch_size)
+    r = score_pseudo(encoder, q.queries, q.relevant, q.doc_ids, q.doc_texts, batch_size)
     return {"pseudo_ndcg_at_10": r["ndcg@10"], "pseudo_mrr_at_10": r["mrr@10"]}
 
 
 def domain_metrics(cfg: CtxvecConfig, model_dir: str, domains: Domains,
-                   queries: dict[str, PseudoSet] | None = None) -> dict[str, float]:
+                   queries: dict[str, HeldoutQueries] | None = None) -> dict[str, float]:
     """The ``old.*`` and ``new.*`` metrics of the model at ``model_dir``. ``queries``: the
     domains' held-out pseudo-queries (``domain_queries``), made here when not given."""
     if queries is None:
@@ -170,7 +179,7 @@ def domain_metrics(cfg: CtxvecConfig, model_dir: str, domains: Domains,
 
 
 def _evaluate(cfg: CtxvecConfig, ws: Workspace, trained: TrainedModel, domains: Domains,
-              queries: dict[str, PseudoSet]) -> tuple[dict[str, float], dict[str, str]]:
+              queries: dict[str, HeldoutQueries]) -> tuple[dict[str, float], dict[str, str]]:
     """(metrics, skipped evaluations) of one model: the recipe's evaluations and the domain
     metrics. The recipe's ``pseudo`` row is not run (an update has no mined folder); when the
     recipe asks for it, a domain without pseudo figures is what is missing, so the gate fails
@@ -190,7 +199,7 @@ def _evaluate(cfg: CtxvecConfig, ws: Workspace, trained: TrainedModel, domains: 
     return metrics, skipped
 
 
-def _digest(queries: dict[str, PseudoSet]) -> str:
+def _digest(queries: dict[str, HeldoutQueries]) -> str:
     return sha256_text(json.dumps({d: asdict(q) for d, q in sorted(queries.items())}))[:16]
 
 
