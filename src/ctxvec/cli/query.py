@@ -10,6 +10,7 @@ import typer
 
 from ctxvec.cli._common import (
     DEFAULT_MODEL_NAME,
+    NO_RECIPE,
     JsonOpt,
     UserError,
     command,
@@ -62,11 +63,12 @@ def query(
         "--hybrid", help="TEXT only: fuse dense and BM25 rankings (reciprocal-rank fusion); "
         "scores are then fusion scores.")] = False,
     model: Annotated[str | None, typer.Option(
-        "--model", help="Registry reference whose index serves the query "
-        r"\[default: the champion of the recipe's registry.model_name].")] = None,
+        "--model", help="Registry reference whose index serves the query.",
+        show_default="the champion of the recipe's registry.model_name")] = None,
     config: Annotated[Path | None, typer.Option(
         "--config", "-c", help="Recipe YAML whose index/query sections apply (mmap, device, "
-        "rrf_k) and whose registry.model_name names the default model.")] = None,
+        "rrf_k) and whose registry.model_name names the default model.",
+        show_default=NO_RECIPE)] = None,
     as_json: JsonOpt = False,
 ) -> str:
     """Nearest documents to TEXT, to an indexed document (--id) or to a vector (--vector-file),

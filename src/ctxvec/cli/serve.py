@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from ctxvec.cli._common import UserError, command, load_recipe, set_opt, workspace
+from ctxvec.cli._common import NO_RECIPE, UserError, command, load_recipe, set_opt, workspace
 from ctxvec.serve.hosts import is_loopback
 
 _is_loopback = is_loopback  # the name tests and older callers use
@@ -61,22 +61,23 @@ def api_key_of(flag: str | None, key_file: Path | None, env_name: str) -> str | 
 
 @command
 def serve(
-    host: Annotated[str | None, typer.Option(help=r"Bind address \[default: serve.host, "
-                    "127.0.0.1]; anything but loopback should come with an API key.")] = None,
-    port: Annotated[int | None, typer.Option(min=1, max=65535, help=r"Port \[default: "
-                    "serve.port, 8000].")] = None,
+    host: Annotated[str | None, typer.Option(
+        help="Bind address; anything but loopback should come with an API key.",
+        show_default="serve.host, 127.0.0.1")] = None,
+    port: Annotated[int | None, typer.Option(min=1, max=65535, help="Port.",
+                                             show_default="serve.port, 8000")] = None,
     model: Annotated[str | None, typer.Option(
-        "--model", help="Registry reference to serve; an alias is followed as it moves "
-        r"\[default: the champion of registry.model_name].")] = None,
+        "--model", help="Registry reference to serve; an alias is followed as it moves.",
+        show_default="the champion of registry.model_name")] = None,
     api_key: Annotated[str | None, typer.Option(
         "--api-key", help="Require this key in the X-API-Key header. Visible to other users "
-        r"in the process list: prefer --api-key-file or the variable \[default: the variable "
-        "serve.api_key_env names, CTXVEC_API_KEY; unset: no key].")] = None,
+        "in the process list: prefer --api-key-file or the variable serve.api_key_env names.",
+        show_default="$CTXVEC_API_KEY; unset: no key")] = None,
     api_key_file: Annotated[Path | None, typer.Option(
         "--api-key-file", help="Require the key this file holds (e.g. a secret mounted at "
         "/run/secrets/...) in the X-API-Key header.")] = None,
     config: Annotated[Path | None, typer.Option("--config", "-c", help="Recipe YAML (its "
-                      "serve and registry sections are used).")] = None,
+                      "serve and registry sections are used).", show_default=NO_RECIPE)] = None,
     set_: Annotated[list[str] | None, set_opt("serve.max_batch=32")] = None,
     access_log: Annotated[bool, typer.Option("--access-log/--no-access-log",
                                              help="Log every request on stderr.")] = True,
