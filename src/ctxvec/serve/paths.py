@@ -6,8 +6,8 @@ never the absolute paths that tell a caller how the server's disk is laid out.
   its last component.
 - ``SourceNames``: a hit's ``source`` (the file a document was ingested from) is shown relative
   to the folder all the corpus's source files share (one file: its name, ``wiki_00.gz``; a
-  wikiextractor tree: ``AA/wiki_00``). A ``source`` filter takes the name shown (or the stored
-  path, as before).
+  wikiextractor tree: ``AA/wiki_00``). A ``source`` filter takes the name shown, as it takes
+  any trailing part of the stored path (``ctxvec.index.id_map.path_matches``).
 
 ``ctxvec query`` is the local user's own tool and keeps the full paths.
 """
@@ -73,7 +73,6 @@ class SourceNames:
             common = common[:n]
         cut = len(common)
         self._shown = {f: "/".join(f.split("/")[cut:]) for f in files}
-        self._stored = {shown: f for f, shown in self._shown.items()}
 
     @classmethod
     def of_corpus(cls, corpus: Iterable[str | Path]) -> SourceNames:
@@ -89,14 +88,3 @@ class SourceNames:
 
     def shown(self, source: str) -> str:
         return self._shown.get(source) or _last_part(source)
-
-    def filters(self, filters: Mapping[str, str | list[str]] | None
-                ) -> Mapping[str, str | list[str]] | None:
-        """``filters`` with each ``source`` value shown by the API mapped back to the stored
-        path; other values (a stored path, an unknown name) are kept as they are."""
-        if not filters or "source" not in filters:
-            return filters
-        value = filters["source"]
-        back = (self._stored.get(value, value) if isinstance(value, str)
-                else [self._stored.get(v, v) for v in value])
-        return {**filters, "source": back}
