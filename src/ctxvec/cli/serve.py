@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import os
+import socket
 import stat
+import time
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from ctxvec.cli._common import NO_RECIPE, UserError, command, load_recipe, set_opt, workspace
+from ctxvec.serve.discovery import ServerRecord, announce, client_url
 from ctxvec.serve.hosts import is_loopback
 
 _is_loopback = is_loopback  # the name tests and older callers use
@@ -102,10 +105,18 @@ def serve(
         typer.echo(f"warning: serving on {host} without an API key: anyone who reaches this "
                    f"port can query the index; set {cfg.serve.api_key_env} or pass "
                    "--api-key-file", err=True)
-    application = create_app(workspace(), cfg, ref, api_key=key, bind_host=host)
+    ws = workspace()
+    application = create_app(ws, cfg, ref, api_key=key, bind_host=host)
     server = uvicorn.Server(server_config(application, host, port, cfg.serve,
                                           access_log=access_log,
                                           log_config=_uvicorn_log_config()))
-    server.run()
+    # ctxvec query on this workspace asks this server while it runs (ctxvec.serve.discovery)
+    record = ServerRecord(
+        url=client_url(host, port), pid=os.getpid(), host=socket.gethostname(), ref=str(ref),
+        config=str(config.resolve()) if config else None,
+        answers_as_recipe=all(s.strip().startswith("serve.") for s in set_ or []),
+        api_key_env=cfg.serve.api_key_env if key else None, started=time.time())
+    with announce(ws.root, record):
+        server.run()
     if not server.started:  # e.g. the port is taken: uvicorn logged why
         raise SystemExit(STARTUP_FAILURE)

@@ -9,17 +9,21 @@ never the absolute paths that tell a caller how the server's disk is laid out.
   wikiextractor tree: ``AA/wiki_00``). A ``source`` filter takes the name shown, as it takes
   any trailing part of the stored path (``ctxvec.index.id_map.path_matches``).
 
-``ctxvec query`` is the local user's own tool and keeps the full paths.
+``ctxvec query`` is the local user's own tool and keeps the full paths (``SourceNames.stored``
+turns a server's answer back into them). This module imports nothing heavy, for that client.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from ctxvec.workspace import Workspace, read_json
+if TYPE_CHECKING:
+    from ctxvec.workspace import Workspace
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +77,7 @@ class SourceNames:
             common = common[:n]
         cut = len(common)
         self._shown = {f: "/".join(f.split("/")[cut:]) for f in files}
+        self._stored = {shown: f for f, shown in self._shown.items()}
 
     @classmethod
     def of_corpus(cls, corpus: Iterable[str | Path]) -> SourceNames:
@@ -80,7 +85,8 @@ class SourceNames:
         files: list[str] = []
         for folder in corpus:
             try:
-                files += [f["path"] for f in read_json(Path(folder) / "manifest.json")["files"]]
+                manifest = json.loads((Path(folder) / "manifest.json").read_text("utf-8"))
+                files += [f["path"] for f in manifest["files"]]
             except (OSError, ValueError, KeyError, TypeError) as e:
                 log.warning("serve: no source list in %s (%s): sources are shown by name",
                             folder, e)
@@ -88,3 +94,7 @@ class SourceNames:
 
     def shown(self, source: str) -> str:
         return self._shown.get(source) or _last_part(source)
+
+    def stored(self, shown: str) -> str:
+        """The stored path of a name ``shown`` gave (itself when unknown)."""
+        return self._stored.get(shown, shown)

@@ -1,0 +1,146 @@
+"""``ctxvec query`` answered by a running ``ctxvec serve`` of the same workspace: the server
+announces itself, a query that it can answer goes to it (loading neither torch, faiss nor
+mlflow) and prints exactly what the query computed in process prints; a query it cannot answer
+(another recipe, another version), or any query once it stops, is computed in process."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import REPO, cli_env
+from tests.integration.conftest import free_port
+
+HEAVY = {"torch", "faiss", "mlflow", "transformers"}
+# ctxvec's command line, reporting on stderr which heavy packages it imported
+TRACED = f"""import sys
+from ctxvec.cli import main
+try:
+    main()
+finally:
+    print("IMPORTED", sorted({{m.split(".")[0] for m in sys.modules}} & set({sorted(HEAVY)!r})),
+          file=sys.stderr)
+"""
+
+
+@dataclass
+class Server:
+    home: Path
+    url: str
+    proc: subprocess.Popen
+
+    @property
+    def record(self) -> Path:
+        return self.home / "servers" / f"{self.proc.pid}.json"
+
+
+@pytest.fixture(scope="module")
+def server(served_workspace):
+    home = served_workspace.home
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ctxvec.cli", "serve", "--port", str(port), "--no-access-log"],
+        cwd=REPO, env=cli_env(home), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 300
+    while True:
+        assert proc.poll() is None, proc.stderr.read()
+        try:
+            urllib.request.urlopen(url + "/health", timeout=2).close()
+            break
+        except OSError:
+            assert time.monotonic() < deadline, "ctxvec serve did not start"
+            time.sleep(0.5)
+    s = Server(home, url, proc)
+    yield s
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait()
+
+
+def traced(home: Path, *args: str) -> tuple[subprocess.CompletedProcess, set[str]]:
+    proc = subprocess.run([sys.executable, "-c", TRACED, *args], cwd=REPO, env=cli_env(home),
+                          capture_output=True, text=True, timeout=300)
+    line = next(ln for ln in proc.stderr.splitlines() if ln.startswith("IMPORTED"))
+    return proc, set(eval(line.removeprefix("IMPORTED ")))  # noqa: S307 (our own print)
+
+
+def in_process(home: Path, monkeypatch, *args: str, server: bool = False):
+    """``ctxvec query ARGS`` in this process (--no-server unless ``server``) -> its JSON."""
+    from typer.testing import CliRunner
+
+    from ctxvec.cli import app
+
+    monkeypatch.setenv("CTXVEC_HOME", str(home))
+    result = CliRunner().invoke(app, ["query", *args, "--server" if server else "--no-server"])
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout)
+
+
+def test_the_server_announces_itself(server):
+    record = json.loads(server.record.read_text())
+    assert record["url"] == server.url and record["pid"] == server.proc.pid
+    assert record["ref"] == "models:/ctxvec-encoder@champion" and record["config"] is None
+
+
+def _a_doc_and_a_word(corpus) -> tuple[dict, str, str]:
+    """A document, a word of its first sentence and that sentence (the sense index samples
+    every document of the tiny corpus)."""
+    from ctxvec.ingest.corpus import iter_corpus
+
+    docs = (r for b in iter_corpus(corpus, ("doc_id", "text", "source")) for r in b.to_pylist())
+    for doc in docs:
+        sentence = doc["text"].split(". ")[0][:300]
+        words = [w for w in sentence.split() if w.isalpha() and len(w) >= 6]
+        if words:
+            return doc, words[0], sentence
+    raise AssertionError("no document with a sentence")
+
+
+def test_a_query_goes_to_the_server_and_prints_what_it_would_compute(server, monkeypatch,
+                                                                     served_workspace):
+    doc, word, sentence = _a_doc_and_a_word(served_workspace.summary["snapshot"]["corpus"])
+    name = Path(doc["source"]).name  # a source filter by file name
+    for args in (["a football club in England", "-k", "3", "--json"],
+                 ["--id", doc["doc_id"], "-k", "3", "--filter", f"source={name}", "--json"],
+                 ["--word", word, "--context", sentence, "-k", "2", "--json"]):
+        proc, imported = traced(server.home, "query", *args)
+        assert proc.returncode == 0, proc.stderr
+        assert f"answered by ctxvec serve at {server.url}" in proc.stderr
+        assert imported == set(), f"the server path imported {imported}"
+        assert json.loads(proc.stdout) == in_process(server.home, monkeypatch, *args), args
+
+
+def test_a_query_the_server_cannot_answer_is_computed_here(server, tmp_path, monkeypatch,
+                                                          caplog):
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("query: {rrf_k: 10}\n")  # another recipe than the server's
+    with caplog.at_level("INFO", logger="ctxvec"):
+        hits = in_process(server.home, monkeypatch, "a football club", "-k", "2", "--config",
+                          str(recipe), "--json", server=True)["hits"]
+        assert len(hits) == 2
+        pinned = in_process(server.home, monkeypatch, "a football club", "-k", "2", "--model",
+                            "models:/ctxvec-encoder/1", "--json", server=True)["hits"]
+    said = [r.getMessage() for r in caplog.records if "answered by ctxvec serve" in r.getMessage()]
+    assert len(said) == 1  # the pinned version it serves, not the other recipe
+    assert [h["doc_id"] for h in pinned] == [h["doc_id"] for h in hits]  # v1 is the champion
+
+
+def test_a_bad_query_fails_through_the_server_as_here(server):
+    proc, _ = traced(server.home, "query", "--id", "no-such-doc", "-k", "2")
+    assert proc.returncode == 2 and "unknown document id 'no-such-doc'" in proc.stderr
+    assert "answered by ctxvec serve" not in proc.stderr
+
+
+def test_a_stopped_server_takes_its_record_away(server):
+    server.proc.send_signal(signal.SIGINT)
+    server.proc.wait(timeout=120)
+    assert not server.record.exists()
