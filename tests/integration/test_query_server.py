@@ -6,6 +6,7 @@ mlflow) and prints exactly what the query computed in process prints; a query it
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -132,6 +133,32 @@ def test_a_query_the_server_cannot_answer_is_computed_here(server, tmp_path, mon
     said = [r.getMessage() for r in caplog.records if "answered by ctxvec serve" in r.getMessage()]
     assert len(said) == 1  # the pinned version it serves, not the other recipe
     assert [h["doc_id"] for h in pinned] == [h["doc_id"] for h in hits]  # v1 is the champion
+
+
+def test_a_filter_that_matches_nothing_says_so(server, monkeypatch):
+    from typer.testing import CliRunner
+
+    from ctxvec.cli import app
+
+    monkeypatch.setenv("CTXVEC_HOME", str(server.home))
+    for where in ("--server", "--no-server"):
+        result = CliRunner().invoke(app, ["query", "a club", "--filter", "source=00.gz", where])
+        assert result.exit_code == 0, result.output
+        assert "no indexed document matches --filter source=00.gz" in result.stdout
+
+
+def test_the_web_pages_example_filter_matches_the_demo_files(server):
+    """The page's filter placeholder names a file of data/demo as a user would: it must match."""
+
+    page = (REPO / "src" / "ctxvec" / "serve" / "static" / "index.html").read_text()
+    example = re.search(r'id="filters"[^>]*placeholder="([^"]+)"', page).group(1)
+    key, _, value = example.partition("=")
+    body = json.dumps({"text": "a football club", "k": 3, "filters": {key: value}}).encode()
+    request = urllib.request.Request(server.url + "/search", data=body,
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=60) as resp:
+        found = json.loads(resp.read())["hits"]
+    assert len(found) == 3 and all(h["source"].endswith(value) for h in found), found
 
 
 def test_a_bad_query_fails_through_the_server_as_here(server):

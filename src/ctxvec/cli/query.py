@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shlex
 from pathlib import Path
 from typing import Annotated
 
@@ -120,6 +121,10 @@ def query(
         hits = _search_here(model, config, body, vector)
     if as_json:
         return dump({"hits": hits})
+    if not hits and filter_:  # every search finds something, unless the filters allow nothing
+        return ("no hits: no indexed document matches " + " ".join(
+            f"--filter {shlex.quote(f)}" for f in filter_) + " (a title matches exactly; a "
+            "source by its path, file name or trailing folders: source=wiki_00.gz)")
     return format_hits(hits) if hits else "no hits"
 
 
