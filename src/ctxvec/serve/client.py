@@ -36,6 +36,8 @@ HEALTH_TIMEOUT_S = 2.0
 QUERY_TIMEOUT_S = 60.0  # a busy server queues queries: wait rather than load a second copy
 # 4xx answers that say nothing about the query, only that this server will not answer it
 _NOT_OURS = {401, 403, 421, 429}
+# the server is on this machine: never through an HTTP proxy the environment names
+_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
 class ServerUnavailable(Exception):
@@ -75,7 +77,7 @@ def _call(url: str, api_key: str | None, body: dict[str, Any] | None,
     request = urllib.request.Request(url, data=data, headers=headers,
                                      method="POST" if body is not None else "GET")
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as resp:  # noqa: S310 (http only)
+        with _OPENER.open(request, timeout=timeout) as resp:
             return json.loads(resp.read())
     except urllib.error.HTTPError as e:
         message = _error_message(e)
