@@ -1,7 +1,11 @@
-"""``ctxvec query`` answered by a running ``ctxvec serve`` of the same workspace: the server
-announces itself, a query that it can answer goes to it (loading neither torch, faiss nor
-mlflow) and prints exactly what the query computed in process prints; a query it cannot answer
-(another recipe, another version), or any query once it stops, is computed in process."""
+"""``ctxvec query`` answered by a running ``ctxvec serve`` of the same workspace: a query that
+the server can answer goes to it (loading neither torch, faiss nor mlflow) and prints exactly
+what the query computed in process prints; a query it cannot answer (another recipe, another
+version) is computed in process.
+
+The default tier serves the app from a thread of the test process and writes its record as
+``ctxvec serve`` does (cheap: the model is loaded once, in process); the slow test runs the real
+``ctxvec serve`` and checks that it announces itself and takes its record away."""
 
 from __future__ import annotations
 
@@ -36,35 +40,30 @@ finally:
 class Server:
     home: Path
     url: str
-    proc: subprocess.Popen
-
-    @property
-    def record(self) -> Path:
-        return self.home / "servers" / f"{self.proc.pid}.json"
+    record: Path | None  # the record file that announces it
 
 
 @pytest.fixture(scope="module")
 def server(served_workspace):
+    """The champion served from a thread of this process (as ``ctxvec serve`` serves it) and
+    announced in the workspace as ``ctxvec serve`` announces itself."""
+    import os
+    import socket
+
+    from ctxvec.config import load_config
+    from ctxvec.serve.app import create_app
+    from ctxvec.serve.discovery import ServerRecord, announce
+    from ctxvec.workspace import Workspace
+    from tests.integration.conftest import uvicorn_in_thread
+
     home = served_workspace.home
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "ctxvec.cli", "serve", "--port", str(port), "--no-access-log"],
-        cwd=REPO, env=cli_env(home), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 300
-    while True:
-        assert proc.poll() is None, proc.stderr.read()
-        try:
-            urllib.request.urlopen(url + "/health", timeout=2).close()
-            break
-        except OSError:
-            assert time.monotonic() < deadline, "ctxvec serve did not start"
-            time.sleep(0.5)
-    s = Server(home, url, proc)
-    yield s
-    if proc.poll() is None:
-        proc.kill()
-        proc.wait()
+    app = create_app(Workspace(home), load_config(None, []))  # `ctxvec serve`, no --config
+    with uvicorn_in_thread(app) as url:
+        record = ServerRecord(url=url, pid=os.getpid(), host=socket.gethostname(),
+                              ref="models:/ctxvec-encoder@champion", config=None,
+                              answers_as_recipe=True, api_key_env=None, started=time.time())
+        with announce(home, record) as path:
+            yield Server(home, url, path)
 
 
 def traced(home: Path, *args: str) -> tuple[subprocess.CompletedProcess, set[str]]:
@@ -84,12 +83,6 @@ def in_process(home: Path, monkeypatch, *args: str, server: bool = False):
     result = CliRunner().invoke(app, ["query", *args, "--server" if server else "--no-server"])
     assert result.exit_code == 0, result.output
     return json.loads(result.stdout)
-
-
-def test_the_server_announces_itself(server):
-    record = json.loads(server.record.read_text())
-    assert record["url"] == server.url and record["pid"] == server.proc.pid
-    assert record["ref"] == "models:/ctxvec-encoder@champion" and record["config"] is None
 
 
 def _a_doc_and_a_word(corpus) -> tuple[dict, str, str]:
@@ -167,7 +160,31 @@ def test_a_bad_query_fails_through_the_server_as_here(server):
     assert "answered by ctxvec serve" not in proc.stderr
 
 
-def test_a_stopped_server_takes_its_record_away(server):
-    server.proc.send_signal(signal.SIGINT)
-    server.proc.wait(timeout=120)
-    assert not server.record.exists()
+@pytest.mark.slow
+def test_ctxvec_serve_announces_itself_while_it_runs(served_workspace):
+    """The real command: its record while it runs, a query it answers, no record after."""
+    home, port = served_workspace.home, free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ctxvec.cli", "serve", "--port", str(port), "--no-access-log"],
+        cwd=REPO, env=cli_env(home), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    url, record = f"http://127.0.0.1:{port}", home / "servers" / f"{proc.pid}.json"
+    try:
+        deadline = time.monotonic() + 300
+        while True:
+            assert proc.poll() is None, proc.stderr.read()
+            try:
+                urllib.request.urlopen(url + "/health", timeout=2).close()
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "ctxvec serve did not start"
+                time.sleep(0.5)
+        written = json.loads(record.read_text())
+        assert written["url"] == url and written["pid"] == proc.pid and written["config"] is None
+        assert written["ref"] == "models:/ctxvec-encoder@champion"
+        out, imported = traced(home, "query", "a football club", "-k", "2", "--json")
+        assert out.returncode == 0 and f"answered by ctxvec serve at {url}" in out.stderr
+        assert imported == set() and len(json.loads(out.stdout)["hits"]) == 2
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=120)
+    assert not record.exists()
