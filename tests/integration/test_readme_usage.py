@@ -204,9 +204,8 @@ CHECKS: dict[str, Callable[[str], bool]] = {
     > 1000,
     'ctxvec query "a river in Germany" -k 5 --model': lambda o: len(hits(o)) == 5,
     'ctxvec query "a river in Germany"': lambda o: o.count("river") >= 3,
-    "ctxvec query --id wiki:56571622": lambda o: sum(
-        "football" in h["text"] for h in hits(o)) >= 3 and all(
-        h["source"].endswith("/wiki_00.gz") and h["doc_id"] != "wiki:56571622" for h in hits(o)),
+    "ctxvec query --id wiki:56571622": lambda o: o.count("footballer") >= 2
+    and "wiki:56571622" not in o,
     "ctxvec query --vector-file q.npy": lambda o: "river" in hits(o)[0]["text"],
     'ctxvec query "Scottish football"': lambda o: "scotland" in o.lower()
     or "scottish" in o.lower(),
