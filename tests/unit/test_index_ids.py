@@ -91,3 +91,31 @@ def test_filters_become_allowed_ids():
     rows = idmap.rows(ids[[5, 0]])
     assert [idmap.doc_ids[r] for r in rows] == ["c", "a"]
     assert [int(idmap.chunks[r]) for r in rows] == [2, 0]
+
+
+def test_a_source_filter_matches_the_stored_path_its_file_name_or_a_trailing_part():
+    """`source` holds the absolute path ingest read; a filter may name the file as the user
+    knows it: the stored value, the file name, or trailing folders + name (whole components)."""
+    doc_ids, chunks = ["a", "b", "c", "d"], [0, 0, 0, 0]
+    table, _, _ = _chunks(doc_ids, chunks)
+    ids = chunk_ids(doc_ids, chunks)
+    meta = {"source": ["/w/data/demo/wiki_00.gz", "/w/data/demo/wiki_01.gz",
+                       "/w/other/wiki_00.gz", "s3://bucket/corpus/AA/wiki_00.gz"],
+            "title": ["wiki_00.gz", "B", "C", "D"]}
+    idmap = IdMap(id_map_table(ids, table, meta))
+
+    def allowed(**filters) -> set[int]:
+        return set(idmap.allowed_ids(filters).tolist())
+
+    assert allowed(source="/w/data/demo/wiki_00.gz") == {ids[0]}  # the stored value
+    assert allowed(source="wiki_00.gz") == {ids[0], ids[2], ids[3]}  # every file of that name
+    assert allowed(source="demo/wiki_00.gz") == {ids[0]}
+    assert allowed(source="data/demo/wiki_00.gz") == allowed(source="./data/demo/wiki_00.gz") \
+        == {ids[0]}
+    assert allowed(source="AA/wiki_00.gz") == {ids[3]}
+    assert allowed(source=["wiki_01.gz", "AA/wiki_00.gz"]) == {ids[1], ids[3]}
+    assert allowed(source="00.gz") == set()  # whole components only
+    assert allowed(source="emo/wiki_00.gz") == set()
+    assert allowed(source="") == set()
+    assert allowed(title="wiki_00.gz") == {ids[0]}  # other keys: exact values
+    assert allowed(title="00.gz") == set()

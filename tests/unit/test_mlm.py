@@ -99,3 +99,20 @@ def test_whole_word_masking_masks_every_piece_of_a_word():
         block = chosen[:, :, cols]
         assert torch.equal(block.all(-1), block.any(-1))
     assert 0.2 < chosen.float().mean() < 0.4
+
+
+def test_a_pretrained_encoder_without_an_mlm_head_says_only_the_head_is_new(tmp_path, caplog):
+    """A sentence encoder (no MLM head) loaded for masked-LM training: the log says the head is
+    new and the encoder pretrained, not that the model starts from random weights."""
+    import logging
+
+    from ctxvec.config import load_config
+    from ctxvec.model.bert import build_model
+    from tests.helpers import tiny_bert
+
+    folder = tiny_bert(tmp_path / "enc", ["a river flows", "the bank of a river"])
+    cfg = load_config(None, [f"model.init={folder}", "tokenizer.source=model"])
+    with caplog.at_level(logging.INFO, logger="ctxvec.model.bert"):
+        build_model(cfg, None, mlm=True, init_dir=folder)
+    said = " ".join(r.getMessage() for r in caplog.records)
+    assert "MLM head" in said and "pretrained" in said and "random weights" not in said

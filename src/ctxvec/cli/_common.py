@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from ctxvec import __version__
+from ctxvec.cli._help import HelpGroup
 from ctxvec.errors import UserInputError
 
 if TYPE_CHECKING:
@@ -36,6 +37,7 @@ DEFAULT_MODEL_NAME = "ctxvec-encoder"
 
 app = typer.Typer(
     name="ctxvec",
+    cls=HelpGroup,
     help="Train contextual encoders, embed corpora into Parquet + FAISS, track versions in "
     "MLflow, and query nearest neighbours. Workspace: $CTXVEC_HOME (default ./.ctxvec; or "
     "s3://BUCKET/PREFIX, cached in $CTXVEC_CACHE).",
@@ -47,8 +49,10 @@ app = typer.Typer(
 # --- options shared by several commands -----------------------------------------------------
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")]
+# What an optional --config means when left out (``show_default`` prints it as the default)
+NO_RECIPE = "built-in defaults"
 ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="Recipe YAML (its "
-                      "ingest/tokenizer sections are used).")]
+                      "ingest/tokenizer sections are used).", show_default=NO_RECIPE)]
 
 
 def set_opt(example: str) -> Any:

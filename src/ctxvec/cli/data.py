@@ -15,6 +15,7 @@ from ctxvec.cli._common import (
     command,
     dump,
     load_recipe,
+    set_opt,
     workspace,
     writing,
 )
@@ -22,8 +23,8 @@ from ctxvec.cli._common import (
 
 @command
 def ingest(
-    sources: Annotated[list[str] | None, typer.Argument(help="Files, folders or globs; "
-                       "default: the recipe's ingest.sources.")] = None,
+    sources: Annotated[list[str] | None, typer.Argument(
+        help="Files, folders or globs.", show_default="the recipe's ingest.sources")] = None,
     config: ConfigOpt = None,
     set_: SetOpt = None,
     as_json: JsonOpt = False,
@@ -61,9 +62,9 @@ tokenizer_app = typer.Typer(help="Train tokenizers on the workspace corpus.",
 @command
 def tokenizer_train(
     config: ConfigOpt = None,
-    set_: SetOpt = None,
-    snapshot: Annotated[str | None, typer.Option(help="Corpus as of this snapshot id "
-                        r"\[default: the newest].")] = None,
+    set_: Annotated[list[str] | None, set_opt("tokenizer.vocab_size=16000")] = None,
+    snapshot: Annotated[str | None, typer.Option(help="Corpus as of this snapshot id.",
+                                                 show_default="the newest")] = None,
     as_json: JsonOpt = False,
 ) -> str:
     """Train a WordPiece, byte-level BPE or Unigram tokenizer on the corpus and report

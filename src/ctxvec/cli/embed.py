@@ -52,10 +52,11 @@ def embed(
     model: Annotated[str, typer.Option("--model", "-m", help="Model reference: minilm, a "
                                        "folder, models:/<name>@<alias> or models:/<name>/<N>.")],
     snapshot: Annotated[str | None, typer.Option(
-        "--snapshot", help="Corpus snapshot id (default: the newest; the corpus view up to it "
-        "is embedded).")] = None,
+        "--snapshot", help="Corpus snapshot id: the corpus view up to it is embedded.",
+        show_default="the newest")] = None,
     config: Annotated[Path | None, typer.Option("--config", "-c", help="Recipe YAML (its "
-                      "embed and index sections are used).")] = None,
+                      "embed and index sections are used).",
+                      show_default="built-in defaults")] = None,
     set_: Annotated[list[str] | None, set_opt("embed.batch_size=128")] = None,
     words: Annotated[bool, typer.Option(
         "--words", help="Also write a context vector per word occurrence (sense search).")] = False,

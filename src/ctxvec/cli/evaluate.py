@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from ctxvec.cli._common import JsonOpt, UserError, command, dump, load_recipe, workspace
+from ctxvec.cli._common import NO_RECIPE, JsonOpt, UserError, command, dump, load_recipe, workspace
 
 eval_app = typer.Typer(help="Evaluate a model on a benchmark; --json prints the metrics.",
                        no_args_is_help=True)
@@ -62,7 +62,8 @@ def eval_retrieval(
         "--hybrid", help="Also BM25 alone and BM25 fused with the dense ranking (reciprocal-rank "
         "fusion, as `ctxvec query --hybrid`), reported next to dense.")] = False,
     config: Annotated[Path | None, typer.Option(
-        "--config", "-c", help="Recipe YAML whose query.rrf_k --hybrid fuses with.")] = None,
+        "--config", "-c", help="Recipe YAML whose query.rrf_k --hybrid fuses with.",
+        show_default=NO_RECIPE)] = None,
     as_json: JsonOpt = False,
 ) -> str:
     """nDCG@10, Recall@100 and MRR@10 of dense retrieval on a BEIR-format set; with --hybrid,

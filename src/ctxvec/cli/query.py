@@ -3,6 +3,9 @@
 
 from __future__ import annotations
 
+import json
+import logging
+import shlex
 from pathlib import Path
 from typing import Annotated
 
@@ -10,6 +13,7 @@ import typer
 
 from ctxvec.cli._common import (
     DEFAULT_MODEL_NAME,
+    NO_RECIPE,
     JsonOpt,
     UserError,
     command,
@@ -18,7 +22,12 @@ from ctxvec.cli._common import (
     load_recipe,
     workspace,
 )
+from ctxvec.errors import UserInputError
 from ctxvec.refs import ModelRef
+from ctxvec.serve.client import ServerUnavailable, find_server
+from ctxvec.serve.discovery import local_home
+
+log = logging.getLogger(__name__)
 
 # the champion of the default registered model, as --model's default text (a light import)
 DEFAULT_CHAMPION = str(ModelRef.registered(DEFAULT_MODEL_NAME, alias="champion"))
@@ -41,6 +50,12 @@ def _check_k(k: int) -> None:
         raise UserError(f"-k must be at least 1, got {k}")
 
 
+ServerOpt = Annotated[bool, typer.Option(
+    "--server/--no-server", help="Ask a running `ctxvec serve` of this workspace when it serves "
+    "this model under this recipe (an answer in milliseconds, nothing loaded here); "
+    "--no-server always loads the model and index in this process.")]
+
+
 @command
 def query(
     text: Annotated[str | None, typer.Argument(
@@ -57,27 +72,27 @@ def query(
     k: Annotated[int, typer.Option("-k", "--k", help="Number of documents to return.")] = 10,
     filter_: Annotated[list[str] | None, typer.Option(
         "--filter", metavar="KEY=VALUE", help="Only documents whose metadata match KEY=VALUE "
-        "(source, title; repeatable: the same key twice means either value).")] = None,
+        "(source, title; repeatable: the same key twice means either value). A source matches "
+        "by its path or any trailing part of it: source=wiki_00.gz.")] = None,
     hybrid: Annotated[bool, typer.Option(
         "--hybrid", help="TEXT only: fuse dense and BM25 rankings (reciprocal-rank fusion); "
         "scores are then fusion scores.")] = False,
     model: Annotated[str | None, typer.Option(
-        "--model", help="Registry reference whose index serves the query "
-        r"\[default: the champion of the recipe's registry.model_name].")] = None,
+        "--model", help="Registry reference whose index serves the query.",
+        show_default="the champion of the recipe's registry.model_name")] = None,
     config: Annotated[Path | None, typer.Option(
         "--config", "-c", help="Recipe YAML whose index/query sections apply (mmap, device, "
-        "rrf_k) and whose registry.model_name names the default model.")] = None,
+        "rrf_k) and whose registry.model_name names the default model.",
+        show_default=NO_RECIPE)] = None,
+    server: ServerOpt = True,
     as_json: JsonOpt = False,
 ) -> str:
     """Nearest documents to TEXT, to an indexed document (--id) or to a vector (--vector-file),
-    from the champion model and its own index."""
-    # lazy: keep start-up fast (torch, faiss, mlflow)
-    from ctxvec.serve.resolve import indexed_ref
-    from ctxvec.serve.search import Searcher, read_query_vector
-
+    from the champion model and its own index; a running `ctxvec serve` of the workspace
+    answers when it serves that model."""
     if word is not None or context is not None:  # sense search: word occurrences, not documents
         mixed = any(v for v in (text, doc_id, vector_file, filter_, hybrid))
-        return _sense_query(word, context, k, model, config, as_json, mixed)
+        return _sense_query(word, context, k, model, config, as_json, mixed, server)
     given = [name for name, v in (("TEXT", text), ("--id", doc_id),
                                   ("--vector-file", vector_file)) if v is not None]
     if len(given) != 1:
@@ -87,38 +102,119 @@ def query(
         raise UserError("--hybrid needs TEXT: BM25 ranks words, not vectors")
     _check_k(k)
     filters = parse_filters(filter_)
-    vector = read_query_vector(vector_file) if vector_file is not None else None
-    cfg = load_recipe(config, [])
-    searcher = Searcher(workspace(), indexed_ref(model, cfg.registry.model_name), cfg)
+    vector = None
+    if vector_file is not None:
+        from ctxvec.serve.query_vector import read_query_vector  # lazy: numpy, not for --help
+
+        vector = read_query_vector(vector_file)
+    body: dict = {"k": k, "filters": filters or None, "hybrid": hybrid}
     if text is not None:
-        found = searcher.search(text, k, filters, hybrid=hybrid)
+        body["text"] = text
     elif doc_id is not None:
-        found = searcher.search_id(doc_id, k, filters)
+        body["id"] = doc_id
     else:
-        found = searcher.search_vector(vector, k, filters)
-    hits = [h.to_dict() for h in found]
+        body["vector"] = vector.tolist()
+    answer = ask_server(model, config, "/search", body) if server else None
+    if answer is not None:
+        hits = answer["hits"]
+    else:
+        hits = _search_here(model, config, body, vector)
     if as_json:
         return dump({"hits": hits})
+    if not hits and filter_:  # every search finds something, unless the filters allow nothing
+        return ("no hits: no indexed document matches " + " ".join(
+            f"--filter {shlex.quote(f)}" for f in filter_) + " (a title matches exactly; a "
+            "source by its path, file name or trailing folders: source=wiki_00.gz)")
     return format_hits(hits) if hits else "no hits"
 
 
-def _sense_query(word: str | None, context: str | None, k: int, model: str | None,
-                 config: Path | None, as_json: bool, mixed: bool) -> str:
-    """``query --word W --context SENTENCE``: where else the corpus uses W as SENTENCE does,
-    from the champion's sense index (``<index folder>/senses``)."""
+def ask_server(model: str | None, config: Path | None, path: str, body: dict) -> dict | None:
+    """The answer of a running ``ctxvec serve`` of this workspace that serves the model asked
+    for under the same recipe (``ctxvec.serve.client``); None when there is none or it fails,
+    and the caller answers itself. A source it shows relative to the corpus is put back as
+    stored, as an answer computed here shows it."""
+    root = local_home()
+    if root is None:  # a workspace on an object store: servers are not looked for
+        return None
+    name = load_recipe(config, []).registry.model_name if config else DEFAULT_MODEL_NAME
+    try:
+        ref = ModelRef.parse(model) if model else ModelRef.registered(name, alias="champion")
+    except UserInputError:
+        return None  # the search here reports it
+    client = find_server(root, ref, config) if ref.is_registry else None
+    if client is None:
+        return None
+    try:
+        answer = client.post(path, body)
+        if path == "/search":
+            _stored_sources(client, root, answer)
+    except ServerUnavailable as e:
+        log.info("query: %s; loading the model here instead", e)
+        return None
+    log.info("query: answered by ctxvec serve at %s (version %s, %.0f ms)", client.url,
+             answer.get("model_version"), answer.get("took_ms", 0.0))
+    return answer
+
+
+def _stored_sources(client, root: Path, answer: dict) -> None:
+    """Hits' ``source`` as stored (the server shows it relative to the served corpus)."""
+    from ctxvec.serve.paths import SourceNames  # lazy: only when a server answered
+
+    version = str(answer.get("model_version"))
+    models = client.get("/models")
+    index = next((v["tags"].get("index_uri") for v in models.get("versions", [])
+                  if v.get("version") == version), None)
+    if not index:
+        return
+    try:
+        manifest = json.loads((root / index / "manifest.json").read_text("utf-8"))
+    except (OSError, ValueError):
+        return
+    names = SourceNames.of_corpus(c for c in manifest.get("corpus", []) if Path(c).is_dir())
+    for hit in answer.get("hits", []):
+        hit["source"] = names.stored(hit.get("source", ""))
+
+
+def _search_here(model: str | None, config: Path | None, body: dict, vector) -> list[dict]:
+    """The query answered in this process: load the model version and its index."""
     # lazy: keep start-up fast (torch, faiss, mlflow)
     from ctxvec.serve.resolve import indexed_ref
-    from ctxvec.serve.senses import SenseSearcher
+    from ctxvec.serve.search import Searcher
 
+    cfg = load_recipe(config, [])
+    searcher = Searcher(workspace(), indexed_ref(model, cfg.registry.model_name), cfg)
+    k, filters = body["k"], body["filters"]
+    if "text" in body:
+        found = searcher.search(body["text"], k, filters, hybrid=body["hybrid"])
+    elif "id" in body:
+        found = searcher.search_id(body["id"], k, filters)
+    else:
+        found = searcher.search_vector(vector, k, filters)
+    return [h.to_dict() for h in found]
+
+
+def _sense_query(word: str | None, context: str | None, k: int, model: str | None,
+                 config: Path | None, as_json: bool, mixed: bool, server: bool) -> str:
+    """``query --word W --context SENTENCE``: where else the corpus uses W as SENTENCE does,
+    from the champion's sense index (``<index folder>/senses``)."""
     if word is None or context is None:
         raise UserError("sense search needs both --word W and --context SENTENCE")
     if mixed:
         raise UserError("--word/--context search word occurrences: leave out TEXT, --id, "
                         "--vector-file, --filter and --hybrid")
     _check_k(k)
-    ref = indexed_ref(model, load_recipe(config, []).registry.model_name)
-    hits = [h.to_dict() for h in SenseSearcher.from_registry(workspace(), ref).senses(
-        word, context, k)]
+    body = {"word": word, "context": context, "k": k}
+    answer = ask_server(model, config, "/senses", body) if server else None
+    if answer is not None:
+        hits = answer["hits"]
+    else:
+        # lazy: keep start-up fast (torch, faiss, mlflow)
+        from ctxvec.serve.resolve import indexed_ref
+        from ctxvec.serve.senses import SenseSearcher
+
+        ref = indexed_ref(model, load_recipe(config, []).registry.model_name)
+        hits = [h.to_dict() for h in SenseSearcher.from_registry(workspace(), ref).senses(
+            word, context, k)]
     if as_json:
         return dump({"hits": hits})
     return format_senses(hits) if hits else "no hits"

@@ -22,38 +22,43 @@ def schedule(
         "--cron", help="When the pipeline runs: a cron string, e.g. '0 2 * * *' (02:00 every "
         "day, in --timezone).")] = None,
     interval: Annotated[float | None, typer.Option(
-        "--interval", help="... or every this many seconds (instead of --cron).")] = None,
+        "--interval", metavar="SECONDS", help="Or: run the pipeline every this many seconds "
+        "(instead of --cron).")] = None,
     name: Annotated[str | None, typer.Option(
-        "--name", help="Pipeline deployment name (default: the recipe's file stem).")] = None,
+        "--name", help="Pipeline deployment name.",
+        show_default="the recipe's file stem")] = None,
     set_: Annotated[list[str] | None, typer.Option(
-        "--set", help="Override a key of the pipeline recipe: --set train.steps=50 "
-        "(repeatable).")] = None,
+        "--set", metavar="KEY=VALUE", help="Override a key of the pipeline recipe: --set "
+        "train.steps=50 (repeatable).")] = None,
     continual_recipe: Annotated[Path | None, typer.Option(
         "--continual-recipe", help="Recipe of the continual-update deployment (ctxvec update).")
     ] = None,
     continual_cron: Annotated[str | None, typer.Option(
         "--continual-cron", help="When the continual update runs (cron).")] = None,
     continual_interval: Annotated[float | None, typer.Option(
-        "--continual-interval", help="... or every this many seconds: it ingests what landed "
-        "in the sources since the last run, and stops early when nothing did.")] = None,
+        "--continual-interval", metavar="SECONDS", help="Or: run the continual update every "
+        "this many seconds; it ingests what landed in the sources since the last run, and stops "
+        "early when nothing did.")] = None,
     continual_name: Annotated[str | None, typer.Option(
-        "--continual-name", help="Continual deployment name (default: the recipe's stem).")
-    ] = None,
+        "--continual-name", help="Continual deployment name.",
+        show_default="the recipe's file stem")] = None,
     continual_set: Annotated[list[str] | None, typer.Option(
-        "--continual-set", help="Override a key of the continual recipe (repeatable).")] = None,
+        "--continual-set", metavar="KEY=VALUE", help="Override a key of the continual recipe: "
+        "--continual-set continual.replay_ratio=0.3 (repeatable).")] = None,
     timezone: Annotated[str, typer.Option(
         "--timezone", help="IANA timezone cron times are read in.")] = "UTC",
     tags: Annotated[list[str] | None, typer.Option(
         "--tag", help="Extra deployment tag (repeatable; 'ctxvec' is always set).")] = None,
     home: Annotated[Path | None, typer.Option(
-        "--home", help="Workspace the runs write to (default: $CTXVEC_HOME, made absolute).")
-    ] = None,
+        "--home", help="Workspace the runs write to.",
+        show_default="$CTXVEC_HOME, made absolute")] = None,
     work_pool: Annotated[str | None, typer.Option(
         "--work-pool", help="Register the deployments with this work pool and exit; its "
-        "workers run them (prefect worker start --pool NAME; see infra/README.md). Without "
-        "it, this process serves them.")] = None,
+        "workers run them (prefect worker start --pool NAME; see infra/README.md).",
+        show_default="none: this process serves them")] = None,
     limit: Annotated[int | None, typer.Option(
-        "--limit", help="While serving: at most this many flow runs at once.")] = None,
+        "--limit", help="While serving: at most this many flow runs at once.",
+        show_default="no limit")] = None,
     dry_run: Annotated[bool, typer.Option(
         "--dry-run", help="Validate and print the deployments; register nothing.")] = False,
     as_json: JsonOpt = False,

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import os
+import socket
 import stat
+import time
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from ctxvec.cli._common import UserError, command, load_recipe, set_opt, workspace
+from ctxvec.cli._common import NO_RECIPE, UserError, command, load_recipe, set_opt, workspace
+from ctxvec.serve.discovery import ServerRecord, announce, client_url
 from ctxvec.serve.extra import require_serve_extra
 from ctxvec.serve.hosts import is_loopback
 
@@ -62,22 +65,23 @@ def api_key_of(flag: str | None, key_file: Path | None, env_name: str) -> str | 
 
 @command
 def serve(
-    host: Annotated[str | None, typer.Option(help=r"Bind address \[default: serve.host, "
-                    "127.0.0.1]; anything but loopback should come with an API key.")] = None,
-    port: Annotated[int | None, typer.Option(min=1, max=65535, help=r"Port \[default: "
-                    "serve.port, 8000].")] = None,
+    host: Annotated[str | None, typer.Option(
+        help="Bind address; anything but loopback should come with an API key.",
+        show_default="serve.host, 127.0.0.1")] = None,
+    port: Annotated[int | None, typer.Option(min=1, max=65535, help="Port.",
+                                             show_default="serve.port, 8000")] = None,
     model: Annotated[str | None, typer.Option(
-        "--model", help="Registry reference to serve; an alias is followed as it moves "
-        r"\[default: the champion of registry.model_name].")] = None,
+        "--model", help="Registry reference to serve; an alias is followed as it moves.",
+        show_default="the champion of registry.model_name")] = None,
     api_key: Annotated[str | None, typer.Option(
         "--api-key", help="Require this key in the X-API-Key header. Visible to other users "
-        r"in the process list: prefer --api-key-file or the variable \[default: the variable "
-        "serve.api_key_env names, CTXVEC_API_KEY; unset: no key].")] = None,
+        "in the process list: prefer --api-key-file or the variable serve.api_key_env names.",
+        show_default="$CTXVEC_API_KEY; unset: no key")] = None,
     api_key_file: Annotated[Path | None, typer.Option(
         "--api-key-file", help="Require the key this file holds (e.g. a secret mounted at "
         "/run/secrets/...) in the X-API-Key header.")] = None,
     config: Annotated[Path | None, typer.Option("--config", "-c", help="Recipe YAML (its "
-                      "serve and registry sections are used).")] = None,
+                      "serve and registry sections are used).", show_default=NO_RECIPE)] = None,
     set_: Annotated[list[str] | None, set_opt("serve.max_batch=32")] = None,
     access_log: Annotated[bool, typer.Option("--access-log/--no-access-log",
                                              help="Log every request on stderr.")] = True,
@@ -103,10 +107,18 @@ def serve(
         typer.echo(f"warning: serving on {host} without an API key: anyone who reaches this "
                    f"port can query the index; set {cfg.serve.api_key_env} or pass "
                    "--api-key-file", err=True)
-    application = create_app(workspace(), cfg, ref, api_key=key, bind_host=host)
+    ws = workspace()
+    application = create_app(ws, cfg, ref, api_key=key, bind_host=host)
     server = uvicorn.Server(server_config(application, host, port, cfg.serve,
                                           access_log=access_log,
                                           log_config=_uvicorn_log_config()))
-    server.run()
+    # ctxvec query on this workspace asks this server while it runs (ctxvec.serve.discovery)
+    record = ServerRecord(
+        url=client_url(host, port), pid=os.getpid(), host=socket.gethostname(), ref=str(ref),
+        config=str(config.resolve()) if config else None,
+        answers_as_recipe=all(s.strip().startswith("serve.") for s in set_ or []),
+        api_key_env=cfg.serve.api_key_env if key else None, started=time.time())
+    with announce(ws.root, record):
+        server.run()
     if not server.started:  # e.g. the port is taken: uvicorn logged why
         raise SystemExit(STARTUP_FAILURE)

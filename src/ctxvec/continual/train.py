@@ -140,8 +140,8 @@ def train_challenger(cfg: CtxvecConfig, ws: Workspace, plan: UpdatePlan,
         return finished_record(run_dir)
     seed_and_threads(tcfg)
     if wants_mlm(cfg) and not has_mlm_head(plan.parent_dir):
-        log.warning("update: version %s has no trained MLM head; MLM starts with a random one",
-                    plan.parent_version)
+        log.warning("update: version %s has no MLM head: its encoder weights are kept, MLM "
+                    "trains a new head (random init) on top", plan.parent_version)
     tasks, counts, mined = [], {}, None
     if trains_on_mined(cfg):  # once for every objective that reads it, before the model loads
         mined, mined_counts = mine_update(cfg, ws, plan, domains)

@@ -28,10 +28,23 @@ CORPUS_COLUMNS = ("doc_id", "text", "title", "source", "content_hash", "ingested
 _MASK63 = (1 << 63) - 1
 
 Filters = Mapping[str, str | Sequence[str]]
+# Keys whose values are file paths: a filter value matches by trailing path components too
+PATH_KEYS = frozenset({"source"})
 
 
 class FilterError(UserInputError):
     """A metadata filter the caller can fix (unknown key, malformed value)."""
+
+
+def path_matches(stored: str, wanted: str) -> bool:
+    """Does the filter value ``wanted`` name the file ``stored``? Yes when it is the stored
+    value, or its trailing path components: ``wiki_00.gz``, ``demo/wiki_00.gz`` and
+    ``./data/demo/wiki_00.gz`` all name ``/home/u/data/demo/wiki_00.gz``; ``00.gz`` does not.
+    Ingest stores the absolute path (or URI) it read, which a user rarely types."""
+    stored, wanted = stored.replace("\\", "/"), wanted.replace("\\", "/")
+    while wanted.startswith("./"):
+        wanted = wanted[2:]
+    return bool(wanted) and (stored == wanted or stored.endswith("/" + wanted))
 
 
 def chunk_id(doc_id: str, chunk: int) -> int:
@@ -147,7 +160,8 @@ class IdMap:
 
     def allowed_ids(self, filters: Filters | None) -> np.ndarray | None:
         """Ids whose metadata match every key (and, for a list of values, any of them);
-        None when there is no filter, so the search can skip the selector entirely."""
+        None when there is no filter, so the search can skip the selector entirely. Values are
+        compared exactly, except a ``source`` (a file path), which ``path_matches``."""
         if not filters:
             return None
         mask = np.ones(len(self.ids), dtype=bool)
@@ -158,6 +172,14 @@ class IdMap:
             values = [value] if isinstance(value, str) else list(value)
             if not all(isinstance(v, str) for v in values):
                 raise FilterError(f"filter {key!r}: values must be strings, got {value!r}")
-            codes = [self._values[key][v] for v in values if v in self._values[key]]
+            codes = self._codes_of(key, values)
             mask &= np.isin(self._codes[key], np.asarray(codes, dtype=self._codes[key].dtype))
         return self.ids[mask]
+
+    def _codes_of(self, key: str, values: list[str]) -> list[int]:
+        known = self._values[key]
+        if key not in PATH_KEYS:
+            return [known[v] for v in values if v in known]
+        # a few distinct files per index: comparing each with each value is cheap
+        return [code for stored, code in known.items()
+                if any(path_matches(stored, v) for v in values)]

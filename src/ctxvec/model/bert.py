@@ -3,8 +3,9 @@ tokenizer's vocabulary, or from a pretrained model folder (``model.init``: minil
 registry version which the caller resolves into a folder and passes as ``init_dir``).
 
 With an MLM objective the model is an ``*ForMaskedLM`` (its encoder is ``.base_model``); without
-one it is the bare encoder. A sentence encoder such as MiniLM has no trained MLM head: its head
-starts from random weights, which is logged.
+one it is the bare encoder. A sentence encoder such as MiniLM has no trained MLM head: the
+encoder keeps its pretrained weights and only the small MLM head on top is new (randomly
+initialised), which is logged.
 """
 
 from __future__ import annotations
@@ -64,6 +65,7 @@ def build_model(cfg: CtxvecConfig, tokenizer_art: TokenizerArtifact | None, mlm:
     finally:
         hf_logging.set_verbosity(verbosity)
     if mlm and any("cls.predictions" in k or "lm_head" in k for k in info["missing_keys"]):
-        log.info("model: %s has no trained MLM head; it starts from random weights", mcfg.init)
+        log.info("model: %s is pretrained but has no MLM head: the encoder keeps its pretrained "
+                 "weights, a new MLM head (random init) is trained on top", mcfg.init)
     settings = read_settings(init_dir, model.config.max_position_embeddings)
     return tokenizer, model, settings, mcfg.init

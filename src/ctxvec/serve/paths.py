@@ -6,20 +6,24 @@ never the absolute paths that tell a caller how the server's disk is laid out.
   its last component.
 - ``SourceNames``: a hit's ``source`` (the file a document was ingested from) is shown relative
   to the folder all the corpus's source files share (one file: its name, ``wiki_00.gz``; a
-  wikiextractor tree: ``AA/wiki_00``). A ``source`` filter takes the name shown (or the stored
-  path, as before).
+  wikiextractor tree: ``AA/wiki_00``). A ``source`` filter takes the name shown, as it takes
+  any trailing part of the stored path (``ctxvec.index.id_map.path_matches``).
 
-``ctxvec query`` is the local user's own tool and keeps the full paths.
+``ctxvec query`` is the local user's own tool and keeps the full paths (``SourceNames.stored``
+turns a server's answer back into them). This module imports nothing heavy, for that client.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from ctxvec.workspace import Workspace, read_json
+if TYPE_CHECKING:
+    from ctxvec.workspace import Workspace
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +85,8 @@ class SourceNames:
         files: list[str] = []
         for folder in corpus:
             try:
-                files += [f["path"] for f in read_json(Path(folder) / "manifest.json")["files"]]
+                manifest = json.loads((Path(folder) / "manifest.json").read_text("utf-8"))
+                files += [f["path"] for f in manifest["files"]]
             except (OSError, ValueError, KeyError, TypeError) as e:
                 log.warning("serve: no source list in %s (%s): sources are shown by name",
                             folder, e)
@@ -90,13 +95,6 @@ class SourceNames:
     def shown(self, source: str) -> str:
         return self._shown.get(source) or _last_part(source)
 
-    def filters(self, filters: Mapping[str, str | list[str]] | None
-                ) -> Mapping[str, str | list[str]] | None:
-        """``filters`` with each ``source`` value shown by the API mapped back to the stored
-        path; other values (a stored path, an unknown name) are kept as they are."""
-        if not filters or "source" not in filters:
-            return filters
-        value = filters["source"]
-        back = (self._stored.get(value, value) if isinstance(value, str)
-                else [self._stored.get(v, v) for v in value])
-        return {**filters, "source": back}
+    def stored(self, shown: str) -> str:
+        """The stored path of a name ``shown`` gave (itself when unknown)."""
+        return self._stored.get(shown, shown)

@@ -19,11 +19,9 @@ Rust object that HF mutates on every call to set truncation), which a lock seria
 from __future__ import annotations
 
 import logging
-import re
 import threading
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
-from pathlib import Path
 
 import numpy as np
 
@@ -308,30 +306,3 @@ class Searcher:
                             doc.get("title") or "", int(self.id_map.chunks[row]), s, e,
                             doc.get("source") or ""))
         return hits
-
-
-def read_query_vector(path: str | Path) -> np.ndarray:
-    """A query vector from a file: ``.npy`` of shape (D,) or (1, D), or text holding D numbers
-    separated by spaces, commas or newlines. The dimension is checked by the search."""
-    p = Path(path)
-    if not p.is_file():
-        raise SearchError(f"vector file not found: {p}")
-    if p.suffix == ".npy":
-        try:
-            arr = np.load(p, allow_pickle=False)
-        except (ValueError, OSError) as e:
-            raise SearchError(f"{p}: not a readable .npy array ({e})") from None
-    else:
-        try:
-            fields = [f for f in re.split(r"[\s,]+", p.read_text(encoding="utf-8")) if f]
-            arr = np.array([float(f) for f in fields], dtype=np.float32)
-        except (UnicodeDecodeError, ValueError) as e:
-            raise SearchError(f"{p}: expected numbers separated by spaces or commas ({e})") \
-                from None
-    if not np.issubdtype(arr.dtype, np.number):
-        raise SearchError(f"{p}: holds {arr.dtype} values, not numbers")
-    if arr.ndim == 2 and arr.shape[0] == 1:
-        arr = arr[0]
-    if arr.ndim != 1 or arr.size == 0:
-        raise SearchError(f"{p}: expected one vector of shape (D,) or (1, D), got {arr.shape}")
-    return arr.astype(np.float32)

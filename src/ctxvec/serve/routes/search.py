@@ -37,7 +37,7 @@ async def search(req: SearchRequest, ctx: Context) -> dict:
     t0 = time.perf_counter()
     ctx.check_k(req.k)
     s = ctx.served()
-    filters = s.sources.filters(req.filters)  # a source as the API shows it -> as stored
+    filters = req.filters  # a source as the API shows it is a trailing part of the stored path
     if req.text is not None:
         ctx.check_text(req.text)
         if req.hybrid:
