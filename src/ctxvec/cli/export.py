@@ -39,7 +39,7 @@ def _model_folder(model: str) -> tuple[Path, str]:
 
 @command
 def export(
-    model: Annotated[str, typer.Argument(metavar="MODEL", help="Model reference: minilm, a folder, "
+    model: Annotated[str, typer.Argument(help="Model reference: minilm, a folder, "
                                          "models:/<name>/<N> or models:/<name>@<alias>.")],
     fmt: Annotated[Format, typer.Option("--format", "-f", help="sentence-transformers: a "
                                         "folder SentenceTransformer(DIR) loads; onnx: one "

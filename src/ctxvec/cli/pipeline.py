@@ -31,8 +31,8 @@ def run(
     promote: Annotated[str | None, typer.Option(
         "--promote", metavar="gate|always|never",
         help="Whether the new version becomes the champion: gate = only if it is no worse than "
-        "the champion on this recipe's evaluations (the first version always); always; never. "
-        "Default: the recipe's registry.promote (gate).")] = None,
+        "the champion on this recipe's evaluations (the first version always); always; never.",
+        show_default="the recipe's registry.promote: gate")] = None,
     as_json: JsonOpt = False,
 ) -> str:
     """Run the whole pipeline as a Prefect flow: ingest, tokenizer, train, evaluate, register,
