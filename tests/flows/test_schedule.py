@@ -179,7 +179,7 @@ def test_triggered_run_registers_a_version_in_the_mlflow_server(served, servers)
 def prefect_cli(api: str, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     proc = subprocess.run([str(BIN / "prefect"), "--no-prompt", *args], cwd=REPO,
                           env=env or clean_env(PREFECT_API_URL=api), capture_output=True,
-                          text=True, timeout=180)
+                          text=True, timeout=600)
     assert proc.returncode == 0, f"prefect {' '.join(args)}:\n{proc.stdout}\n{proc.stderr}"
     return proc
 
@@ -234,7 +234,7 @@ def test_schedule_with_a_work_pool_registers_and_exits(served, servers, tmp_path
         [sys.executable, "-m", "ctxvec.cli", "schedule", "--recipe", str(TINY), "--cron",
          "0 4 * * 1", "--name", "pooled", "--work-pool", "ctxvec-cpu", "--json"],
         cwd=REPO, env=clean_env(PREFECT_API_URL=api, CTXVEC_HOME=str(tmp_path)),
-        capture_output=True, text=True, timeout=120)
+        capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr
     (printed,) = json.loads(proc.stdout)["deployments"]
     dep = deployment("ctxvec-pipeline/pooled")
@@ -285,7 +285,7 @@ def test_schedule_without_a_server_runs_a_local_one_while_it_serves(tmp_path):
 def schedule_cli(*args: str, home: Path) -> subprocess.CompletedProcess:
     env = clean_env(CTXVEC_HOME=str(home))
     return subprocess.run([sys.executable, "-m", "ctxvec.cli", "schedule", *args], cwd=REPO,
-                          env=env, capture_output=True, text=True, timeout=120)
+                          env=env, capture_output=True, text=True, timeout=600)
 
 
 def test_schedule_dry_run_prints_the_deployments(tmp_path):

@@ -93,7 +93,7 @@ def test_the_worker_images_install_one_faiss_build_each():
 
 def _python(code: str, tmp_path: Path) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-c", code], cwd=REPO, env=cli_env(tmp_path),
-                          capture_output=True, text=True, timeout=120)
+                          capture_output=True, text=True, timeout=600)
 
 
 def test_serve_without_its_extra_says_which_to_install(tmp_path):
@@ -137,7 +137,7 @@ def test_pip_resolves_exactly_one_faiss_build(tmp_path):
     one FAISS build each, never both. Needs the package index: skipped when it does not
     answer."""
     probe = subprocess.run([sys.executable, "-m", "pip", "index", "versions", GPU_FAISS],
-                           capture_output=True, text=True, timeout=120)
+                           capture_output=True, text=True, timeout=600)
     if probe.returncode != 0:
         pytest.skip(f"the package index does not answer for {GPU_FAISS}: "
                     f"{probe.stderr.strip()[-300:]}")

@@ -137,7 +137,7 @@ def test_an_interrupted_publish_is_never_read_and_a_republish_replaces_it(
     env = {**os.environ, "CTXVEC_CACHE": str(tmp_path / "crashed"),
            "CTXVEC_CRASH_AT": "publish-before-manifest"}
     proc = subprocess.run([sys.executable, "-c", script], env=env, cwd=REPO,
-                          capture_output=True, text=True, timeout=120)
+                          capture_output=True, text=True, timeout=600)
     assert proc.returncode == -9, proc.stderr[-2000:]
     keys = list_keys(endpoint, bucket, "ws/snapshots/")
     assert "ws/snapshots/20260101T000000Z/only-in-b.parquet" in keys
