@@ -231,22 +231,30 @@ def local_server(port: int = 4200, timeout: float = 300.0) -> Iterator[str]:
     (300, as for the ephemeral server: a loaded 2-core machine overran 20)."""
     from prefect.settings import PREFECT_API_URL, PREFECT_HOME, temporary_settings
 
-    port = port if _port_free(port) else _port_free(0)
     home = Path(PREFECT_HOME.value()).expanduser()
     home.mkdir(parents=True, exist_ok=True)
     env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
     env.update(PREFECT_HOME=str(home), PREFECT_SERVER_ANALYTICS_ENABLED="false")
+    for attempt in range(3):
+        # Free when checked, but another process may bind it before the server does (two
+        # `ctxvec schedule` at once): then ours exits, and the next try takes any free port.
+        port = port if attempt == 0 and _port_free(port) else _port_free(0)
+        proc = _start_server(port, env, home / "server.log")
+        try:
+            _wait_healthy(f"http://127.0.0.1:{port}/api/health", proc, timeout,
+                          home / "server.log", port)
+            break
+        except _LostPort:
+            _stop(proc)
+        except BaseException:
+            _stop(proc)
+            raise
+    else:
+        raise RuntimeError(f"the local Prefect server could not keep a port; see "
+                           f"{home / 'server.log'}")
     url = f"http://127.0.0.1:{port}/api"
-    with open(home / "server.log", "ab") as log:
-        # Its own process group (Ctrl-C reaches this process only, which then stops the server
-        # after the runs), and a SIGTERM from the kernel should this process die without that.
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
-             "--port", str(port)], env=env, stdout=log, stderr=subprocess.STDOUT,
-            start_new_session=True, preexec_fn=_die_with_parent)
     saved = os.environ.get("PREFECT_API_URL")
     try:
-        _wait_healthy(f"{url}/health", proc, timeout, home / "server.log")
         os.environ["PREFECT_API_URL"] = url  # for the subprocesses flow runs execute in
         with temporary_settings(updates={PREFECT_API_URL: url}):
             yield url
@@ -255,14 +263,32 @@ def local_server(port: int = 4200, timeout: float = 300.0) -> Iterator[str]:
             os.environ.pop("PREFECT_API_URL", None)
         else:
             os.environ["PREFECT_API_URL"] = saved
+        _stop(proc)
+
+
+class _LostPort(RuntimeError):
+    """The server exited before it answered while another process held its port."""
+
+
+def _start_server(port: int, env: dict[str, str], log_path: Path) -> subprocess.Popen:
+    with open(log_path, "ab") as log:
+        # Its own process group (Ctrl-C reaches this process only, which then stops the server
+        # after the runs), and a SIGTERM from the kernel should this process die without that.
+        return subprocess.Popen(
+            [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
+             "--port", str(port)], env=env, stdout=log, stderr=subprocess.STDOUT,
+            start_new_session=True, preexec_fn=_die_with_parent)
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(15)
+    except subprocess.TimeoutExpired:
         with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
 
 
 def _die_with_parent() -> None:
@@ -284,16 +310,51 @@ def _port_free(port: int) -> int:
         return s.getsockname()[1]
 
 
-def _wait_healthy(url: str, proc: subprocess.Popen, timeout: float, log: Path) -> None:
+def _wait_healthy(url: str, proc: subprocess.Popen, timeout: float, log: Path,
+                  port: int) -> None:
+    """Until ``url`` answers 200 from a server in ``proc``'s process tree listening on ``port``
+    (an answer from another process's server on that port does not count)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"the local Prefect server exited with {proc.returncode}; "
-                               f"see {log}")
+            cls = _LostPort if not _port_free(port) else RuntimeError
+            raise cls(f"the local Prefect server exited with {proc.returncode}; see {log}")
         with contextlib.suppress(OSError):
             with urllib.request.urlopen(url, timeout=2) as r:
-                if r.status == 200:
+                if r.status == 200 and _owns_port(proc.pid, port) is not False:
                     return
         time.sleep(0.25)
     raise TimeoutError(f"the local Prefect server did not answer {url} in {timeout:.0f} s; "
                        f"see {log}")
+
+
+def _owns_port(pid: int, port: int) -> bool | None:
+    """Whether ``pid`` or one of its descendants holds the socket listening on ``port``
+    (Linux's ``/proc``); None where that cannot be read."""
+    try:
+        inodes = set()
+        for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+            with contextlib.suppress(FileNotFoundError), open(table) as f:
+                for line in list(f)[1:]:
+                    cols = line.split()
+                    if cols[3] == "0A" and int(cols[1].rsplit(":", 1)[1], 16) == port:
+                        inodes.add(f"socket:[{cols[9]}]")
+        children: dict[int, list[int]] = {}
+        for entry in os.listdir("/proc"):
+            if entry.isdigit():
+                with contextlib.suppress(OSError):
+                    stat = Path(f"/proc/{entry}/stat").read_text()
+                    ppid = int(stat.rsplit(")", 1)[1].split()[1])
+                    children.setdefault(ppid, []).append(int(entry))
+    except OSError:
+        return None
+    todo = [pid]
+    while todo:
+        p = todo.pop()
+        todo.extend(children.get(p, ()))
+        with contextlib.suppress(OSError):
+            for fd in os.listdir(f"/proc/{p}/fd"):
+                with contextlib.suppress(OSError):
+                    if os.readlink(f"/proc/{p}/fd/{fd}") in inodes:
+                        return True
+    return False
