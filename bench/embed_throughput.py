@@ -12,15 +12,32 @@ Rows:
   units (AMX / AVX512-BF16) or on a GPU, else fp32; what `ctxvec embed`, `query` and `serve` use.
 - ctxvec fp32: the same with precision=fp32, to separate the gain of bf16 from the rest.
 - ctxvec embed stage: `run_embed` over a snapshot of the same sentences, Parquet shards included.
+- anchor bf16: sentence-transformers with its weights loaded in bf16
+  (`model_kwargs={"torch_dtype": torch.bfloat16}`), added where ctxvec resolves to bf16 (a GPU, a
+  CPU with bf16 units) or with `--st-bf16`: the competent user's setup on such hardware.
+- ONNX Runtime fp32 (`--onnx`): the same folder exported by `ctxvec export --format onnx`
+  (transformer, pooling and normalisation in one graph), run by an `InferenceSession` with
+  `intra_op_num_threads` set to the thread count, every graph optimisation on, sentences sorted
+  by length and padded per batch of 64 (the strongest fair setup: the same batching as ctxvec).
+
+`--threads 1,2` measures every path at each thread count in turn (torch's `set_num_threads`,
+ONNX Runtime's session option, `embed.threads` for the embed stage), interleaved within each
+repeat; without it, torch's default. `/proc/loadavg` is printed with every repeat: on a shared
+machine the ratios hold only beside the load they were measured under.
 
     python bench/embed_throughput.py [--repeats 3] [--limit N] [--device cpu|cuda]
+        [--threads 1,2] [--onnx] [--no-stage] [--smoke]
 """
 
 from __future__ import annotations
 
 import argparse
+import gzip
+import itertools
 import json
+import os
 import platform
+import re
 import statistics
 import sys
 import tempfile
@@ -42,11 +59,26 @@ from ctxvec.model.refs import minilm_dir  # noqa: E402
 from ctxvec.train.sts import read_sts  # noqa: E402
 from ctxvec.workspace import Workspace  # noqa: E402
 
+STS_TRAIN = SHARED_DATA / "stsbenchmark" / "sts-train.csv"
+DEMO = Path(__file__).resolve().parents[1] / "data" / "demo"
 
-def sentences(limit: int | None) -> list[str]:
-    pairs = read_sts(SHARED_DATA / "stsbenchmark" / "sts-train.csv")
-    unique = list(dict.fromkeys(s for s in pairs.s1 + pairs.s2 if s.strip()))
-    return unique[:limit] if limit else unique
+
+def sentences(limit: int | None) -> tuple[list[str], str]:
+    """The unique sentences of STS-B train; where the shared data is absent (a fresh machine
+    with only this repository), the sentences of the repository's demo Wikipedia extract."""
+    if STS_TRAIN.is_file():
+        pairs = read_sts(STS_TRAIN)
+        unique = list(dict.fromkeys(s for s in pairs.s1 + pairs.s2 if s.strip()))
+        source = "STS-B train"
+    else:
+        text = "\n".join(gzip.open(f, "rt", encoding="utf-8").read()
+                         for f in sorted(DEMO.glob("wiki_*.gz")))
+        text = re.sub(r"<[^>]+>", "\n", text)
+        found = (s.strip() for line in text.splitlines()
+                 for s in re.split(r"(?<=[.!?])\s+", line))
+        unique = list(dict.fromkeys(s for s in found if len(s.split()) >= 4))
+        source = f"data/demo ({STS_TRAIN} not found)"
+    return (unique[:limit] if limit else unique), source
 
 
 def timed(fn):
@@ -55,85 +87,205 @@ def timed(fn):
     return time.perf_counter() - t0, out
 
 
-def main() -> None:
+def loadavg() -> str:
+    try:
+        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    except OSError:
+        return "n/a"
+
+
+class OnnxAnchor:
+    """ONNX Runtime fp32 on the graph ``ctxvec export --format onnx`` writes of the same folder:
+    one session per thread count, sentences sorted by length, padded per batch."""
+
+    def __init__(self, folder: Path):
+        import onnxruntime as ort
+        from transformers import AutoTokenizer
+
+        self.ort, self.folder = ort, folder
+        self.names = [i["name"] for i in
+                      json.loads((folder / "ctxvec_export.json").read_text())["graph"]["inputs"]]
+        self.tokenizer = AutoTokenizer.from_pretrained(str(folder))
+        self.sessions: dict[int, object] = {}
+
+    def session(self, threads: int):
+        if threads not in self.sessions:
+            so = self.ort.SessionOptions()
+            so.intra_op_num_threads = threads
+            so.inter_op_num_threads = 1
+            so.graph_optimization_level = self.ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+            self.sessions[threads] = self.ort.InferenceSession(
+                str(self.folder / "model.onnx"), so, providers=["CPUExecutionProvider"])
+        return self.sessions[threads]
+
+    def encode(self, texts: list[str], threads: int, batch_size: int = 64) -> np.ndarray:
+        session = self.session(threads)
+        ids = self.tokenizer(texts, truncation=True)["input_ids"]
+        order = np.argsort([-len(x) for x in ids], kind="stable")
+        out = np.empty((len(texts), 0), dtype=np.float32)
+        for start in range(0, len(texts), batch_size):
+            idx = order[start:start + batch_size]
+            batch = self.tokenizer.pad({"input_ids": [ids[i] for i in idx]}, return_tensors="np")
+            feed = {"input_ids": batch["input_ids"].astype(np.int64),
+                    "attention_mask": batch["attention_mask"].astype(np.int64)}
+            if "token_type_ids" in self.names:
+                feed["token_type_ids"] = np.zeros_like(feed["input_ids"])
+            vecs = session.run(None, feed)[0]
+            if out.shape[1] == 0:
+                out = np.empty((len(texts), vecs.shape[1]), dtype=np.float32)
+            out[idx] = vecs
+        return out
+
+
+def export_onnx(tmp: Path) -> Path:
+    from ctxvec.model.export import export_model
+
+    out = tmp / "minilm-onnx"
+    export_model(minilm_dir(), "onnx", out, exporter="torchscript")
+    return out
+
+
+def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--limit", type=int, default=None, help="Use the first N sentences only.")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--batch-size", type=int, default=64, help="ctxvec's batch size.")
+    ap.add_argument("--threads", default=None,
+                    help="Comma-separated CPU thread counts to measure each path at (1,2).")
+    ap.add_argument("--onnx", action="store_true", help="Add the ONNX Runtime fp32 anchor.")
+    ap.add_argument("--no-stage", action="store_true", help="Leave out the embed stage row.")
+    ap.add_argument("--st-bf16", action="store_true",
+                    help="Add sentence-transformers in bf16 even where ctxvec resolves to fp32 "
+                    "(it is added anyway where ctxvec runs bf16).")
+    ap.add_argument("--smoke", action="store_true",
+                    help="64 sentences, one repeat: only that every path runs.")
+    ap.add_argument("--json", type=Path, default=None, help="Also write the medians here.")
     args = ap.parse_args()
+    if args.smoke:
+        args.limit, args.repeats = min(args.limit or 64, 64), 1
+    args.thread_list = ([int(t) for t in args.threads.split(",")] if args.threads
+                        else [torch.get_num_threads()])
+    if args.onnx and args.device != "cpu":
+        ap.error("--onnx measures ONNX Runtime's CPU provider: use --device cpu")
+    return args
 
+
+def main() -> None:
+    args = parse_args()
     from sentence_transformers import SentenceTransformer
 
-    sents = sentences(args.limit)
+    sents, source = sentences(args.limit)
     n = len(sents)
     st = SentenceTransformer(str(minilm_dir()), device=args.device)
     auto = Encoder.load(minilm_dir(), device=args.device, precision="auto")
     fp32 = Encoder.load(minilm_dir(), device=args.device, precision="fp32")
-    print(f"{n} sentences; device {args.device}; torch threads {torch.get_num_threads()}; "
-          f"ctxvec auto precision -> {auto.precision}", flush=True)
+    print(f"{n} sentences ({source}); device {args.device}; threads {args.thread_list}; "
+          f"ctxvec auto precision -> {auto.precision}; load {loadavg()}", flush=True)
 
-    def run_st():
-        return st.encode(sents, batch_size=32, normalize_embeddings=True,
-                         convert_to_numpy=True, show_progress_bar=False)
-
-    # Warm-up on a slice (first-call allocations, oneDNN kernel selection).
-    st.encode(sents[:256], batch_size=32)
-    auto.encode(sents[:256], batch_size=args.batch_size)
-    fp32.encode(sents[:256], batch_size=args.batch_size)
-
-    times: dict[str, list[float]] = {"anchor": [], "ctxvec": [], "ctxvec_fp32": [],
-                                     "embed_stage": []}
-    ref = ours = ours32 = None
     with tempfile.TemporaryDirectory() as tmp:
+        onnx = OnnxAnchor(export_onnx(Path(tmp))) if args.onnx else None
         ws = Workspace(Path(tmp) / "home").ensure()
         src = Path(tmp) / "sts.jsonl"
         src.write_text("".join(json.dumps({"id": f"s{i}", "text": s}) + "\n"
                                for i, s in enumerate(sents)))
-        cfg = load_config(None, [f"ingest.sources=[{src}]", "ingest.near_dup.enabled=false",
-                                 f"embed.batch_size={args.batch_size}",
-                                 f"train.device={args.device}"])
-        snap = run_ingest(cfg, ws)
-        for r in range(args.repeats):
-            t, ref = timed(run_st)
-            times["anchor"].append(t)
-            t, ours = timed(lambda: auto.encode(sents, batch_size=args.batch_size))
-            times["ctxvec"].append(t)
-            t, ours32 = timed(lambda: fp32.encode(sents, batch_size=args.batch_size))
-            times["ctxvec_fp32"].append(t)
-            t, emb = timed(lambda r=r: run_embed(cfg, ws, snap, str(minilm_dir()), f"b{r}"))
-            times["embed_stage"].append(t)
-            print(f"repeat {r + 1}: " + ", ".join(f"{k} {v[-1]:.2f}s" for k, v in times.items()),
-                  flush=True)
-        stage_vecs, stage_meta = read_vectors(emb.path)
-        stage_docs = emb.docs
-        stored = {r["doc_id"]: r["text"] for b in iter_corpus(snap.corpus) for r in b.to_pylist()}
+        base = [f"ingest.sources=[{src}]", "ingest.near_dup.enabled=false",
+                f"embed.batch_size={args.batch_size}", f"train.device={args.device}"]
+        snap = run_ingest(load_config(None, base), ws)
 
-    cos_auto = float(np.min(np.sum(ref * ours, axis=1)))
-    cos_fp32 = float(np.min(np.sum(ref * ours32, axis=1)))
-    by_id = {d: i for i, d in enumerate(stage_meta.column("doc_id").to_pylist())}
-    # Ingest cleans text (NFKC, whitespace) and may drop a sentence that cleaning makes equal to
-    # another: the stage's vectors are compared where the stored text is the sentence itself.
-    kept = [i for i in range(n) if stored.get(f"s{i}") == sents[i]]
-    print(f"embed stage: {stage_docs} documents; {len(kept)} stored verbatim (compared), "
-          f"{n - len(kept)} changed or merged by ingest cleaning")
-    rows = [by_id[f"s{i}"] for i in kept]
-    cos_stage = float(np.min(np.sum(ref[kept] * stage_vecs[rows], axis=1)))
+        paths = {
+            "anchor": lambda t: st.encode(sents, batch_size=32, normalize_embeddings=True,
+                                          convert_to_numpy=True, show_progress_bar=False),
+            "ctxvec": lambda t: auto.encode(sents, batch_size=args.batch_size),
+        }
+        if auto.precision != "fp32":
+            paths["ctxvec_fp32"] = lambda t: fp32.encode(sents, batch_size=args.batch_size)
+        if onnx is not None:
+            paths["onnx"] = lambda t: onnx.encode(sents, t, args.batch_size)
+        if auto.precision == "bf16" or args.st_bf16:
+            st16 = SentenceTransformer(str(minilm_dir()), device=args.device,
+                                       model_kwargs={"torch_dtype": torch.bfloat16})
+            paths["anchor_bf16"] = lambda t: st16.encode(
+                sents, batch_size=32, normalize_embeddings=True, convert_to_numpy=True,
+                show_progress_bar=False)
+        if not args.no_stage:
+            runs = itertools.count()
+
+            def stage(t):
+                cfg = load_config(None, base + ([f"embed.threads={t}"] if args.threads else []))
+                return run_embed(cfg, ws, snap, str(minilm_dir()), f"b{next(runs)}")
+            paths["embed_stage"] = stage
+
+        for t in args.thread_list:  # warm-up: first-call allocations, kernel selection
+            torch.set_num_threads(t)
+            st.encode(sents[:256], batch_size=32)
+            auto.encode(sents[:256], batch_size=args.batch_size)
+            if onnx is not None:
+                onnx.encode(sents[:256], t)
+
+        times: dict[tuple[int, str], list[float]] = {}
+        out: dict[tuple[int, str], object] = {}
+        for r in range(args.repeats):
+            for t in args.thread_list:
+                torch.set_num_threads(t)
+                for key, fn in paths.items():
+                    dt, out[t, key] = timed(lambda fn=fn, t=t: fn(t))
+                    times.setdefault((t, key), []).append(dt)
+                print(f"repeat {r + 1}, {t} thread(s), load {loadavg()}: " + ", ".join(
+                    f"{k} {times[t, k][-1]:.2f}s" for k in paths), flush=True)
+        cos = cosines(out, args.thread_list, paths, snap, sents)
+    report(args, times, cos, n, source, auto.precision, paths)
+
+
+def cosines(out, thread_list, paths, snap, sents) -> dict[tuple[int, str], float]:
+    """Min cosine of each path's vectors to the anchor's (at the same thread count)."""
+    cos = {}
+    for t in thread_list:
+        ref = out[t, "anchor"]
+        for key in paths:
+            if key == "embed_stage":
+                emb = out[t, key]
+                vecs, meta = read_vectors(emb.path)
+                stored = {r["doc_id"]: r["text"] for b in iter_corpus(snap.corpus)
+                          for r in b.to_pylist()}
+                by_id = {d: i for i, d in enumerate(meta.column("doc_id").to_pylist())}
+                # ingest cleans text (NFKC, whitespace): compare where it kept the sentence
+                kept = [i for i in range(len(sents)) if stored.get(f"s{i}") == sents[i]]
+                rows = [by_id[f"s{i}"] for i in kept]
+                cos[t, key] = float(np.min(np.sum(ref[kept] * vecs[rows], axis=1)))
+            else:
+                cos[t, key] = float(np.min(np.sum(ref * out[t, key], axis=1)))
+    return cos
+
+
+def report(args, times, cos, n, source, precision, paths) -> None:
+    labels = {"anchor": "sentence-transformers encode", "ctxvec": f"ctxvec Encoder ({precision})",
+              "ctxvec_fp32": "ctxvec Encoder (fp32)", "onnx": "ONNX Runtime fp32",
+              "anchor_bf16": "sentence-transformers (bf16)",
+              "embed_stage": "ctxvec run_embed (-> Parquet)"}
     med = {k: statistics.median(v) for k, v in times.items()}
-    anchor_rate = n / med["anchor"]
-    print(f"\nhost: {platform.processor() or platform.machine()}, "
-          f"{torch.get_num_threads()} threads; {n} sentences, medians of {args.repeats}")
-    print(f"{'path':<34}{'median s':>10}{'sent/s':>10}{'ratio':>8}{'min cos':>10}")
-    print(f"{'sentence-transformers encode':<34}{med['anchor']:>10.2f}{anchor_rate:>10.0f}"
-          f"{1.0:>8.2f}{1.0:>10.5f}")
-    for key, label, cos, count in (
-        ("ctxvec", f"ctxvec Encoder ({auto.precision})", cos_auto, n),
-        ("ctxvec_fp32", "ctxvec Encoder (fp32)", cos_fp32, n),
-        ("embed_stage", "ctxvec run_embed (-> Parquet)", cos_stage, stage_docs),
-    ):
-        rate = count / med[key]
-        print(f"{label:<34}{med[key]:>10.2f}{rate:>10.0f}{rate / anchor_rate:>8.2f}"
-              f"{cos:>10.5f}")
+    print(f"\nhost: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; "
+          f"{n} sentences ({source}), medians of {args.repeats}; load after {loadavg()}")
+    print(f"{'threads':<8}{'path':<34}{'median s':>10}{'sent/s':>10}{'vs ST':>8}"
+          f"{'vs ORT':>8}{'min cos':>10}")
+    rows = []
+    for t in args.thread_list:
+        anchor_rate = n / med[t, "anchor"]
+        ort_rate = n / med[t, "onnx"] if (t, "onnx") in med else None
+        for key in paths:
+            rate = n / med[t, key]
+            vs_ort = f"{rate / ort_rate:>8.2f}" if ort_rate else f"{'-':>8}"
+            print(f"{t:<8}{labels[key]:<34}{med[t, key]:>10.2f}{rate:>10.0f}"
+                  f"{rate / anchor_rate:>8.2f}{vs_ort}{cos[t, key]:>10.5f}")
+            rows.append({"threads": t, "path": key, "label": labels[key],
+                         "median_s": med[t, key], "per_s": rate,
+                         "vs_sentence_transformers": rate / anchor_rate,
+                         "vs_onnxruntime": rate / ort_rate if ort_rate else None,
+                         "min_cosine": cos[t, key], "runs_s": times[t, key]})
+    if args.json:
+        args.json.write_text(json.dumps({"sentences": n, "source": source, "device": args.device,
+                                         "repeats": args.repeats, "load": loadavg(),
+                                         "rows": rows}, indent=1))
 
 
 if __name__ == "__main__":

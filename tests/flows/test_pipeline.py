@@ -103,6 +103,9 @@ def test_registry_version_alias_and_tags(first_run):
     assert tags["dim"] == "32" and tags["index_uri"] == s["index"]["path"]
     run = client.get_run(s["model"]["run_id"])
     assert run.data.params["train.steps"] == "12"
+    # what train.precision: auto resolved to on this CPU (bf16 only with bf16 units)
+    from ctxvec.model.encoder import cpu_has_bf16
+    assert run.data.params["train.precision_resolved"] == ("bf16" if cpu_has_bf16() else "fp32")
     assert "eval/mlm_perplexity" in run.data.metrics
     assert len(client.get_metric_history(run.info.run_id, "train/loss")) == 3
     assert (home / "mlartifacts").is_dir() and not (REPO / "mlruns").exists()

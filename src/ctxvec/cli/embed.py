@@ -63,6 +63,9 @@ def embed(
     build_index: Annotated[bool, typer.Option(
         "--index", help="Then build the FAISS index; for a registry version, also link it to "
         "the version (a server can then serve the pair).")] = False,
+    threads: Annotated[int | None, typer.Option(
+        "--threads", min=1, help="CPU threads to compute with (embed.threads).",
+        show_default="the CPUs this process may use")] = None,
     as_json: JsonOpt = False,
 ) -> str:
     """Embed the corpus into Parquet: one L2-normalised vector per chunk (doc_id, chunk, char
@@ -74,6 +77,8 @@ def embed(
     overrides = list(set_ or [])
     if words:
         overrides.append("embed.words.enabled=true")
+    if threads is not None:
+        overrides.append(f"embed.threads={threads}")
     # a registry version is embedded in the precision it records (its pyfunc's and queries')
     cfg = embed_config(load_recipe(config, overrides), workspace(), model)
     out = stages.embed_model(cfg, workspace().ensure(), model, snapshot, build_index)

@@ -178,10 +178,12 @@ def _stored_sources(client, root: Path, answer: dict) -> None:
 def _search_here(model: str | None, config: Path | None, body: dict, vector) -> list[dict]:
     """The query answered in this process: load the model version and its index."""
     # lazy: keep start-up fast (torch, faiss, mlflow)
+    from ctxvec.embed.threads import use_threads
     from ctxvec.serve.resolve import indexed_ref
-    from ctxvec.serve.search import Searcher
+    from ctxvec.serve.search import Searcher  # imports FAISS: use_threads sets its threads too
 
     cfg = load_recipe(config, [])
+    use_threads(cfg.serve.threads, "serve.threads", "query")
     searcher = Searcher(workspace(), indexed_ref(model, cfg.registry.model_name), cfg)
     k, filters = body["k"], body["filters"]
     if "text" in body:

@@ -85,6 +85,10 @@ def serve(
     set_: Annotated[list[str] | None, set_opt("serve.max_batch=32")] = None,
     access_log: Annotated[bool, typer.Option("--access-log/--no-access-log",
                                              help="Log every request on stderr.")] = True,
+    threads: Annotated[int | None, typer.Option(
+        "--threads", min=1, help="CPU threads the encoder and the index search compute with "
+        "(serve.threads).", show_default="serve.threads; null: the CPUs this process may use",
+    )] = None,
 ) -> None:
     """Serve the champion over HTTP (FastAPI + uvicorn, one worker): POST /search, /embed,
     /senses, GET /health, /models, the web page at / and the schema at /openapi.json. A new
@@ -98,7 +102,7 @@ def serve(
     from ctxvec.serve.protocol import server_config
     from ctxvec.serve.resolve import indexed_ref
 
-    cfg = load_recipe(config, set_)
+    cfg = load_recipe(config, [*(set_ or []), *([f"serve.threads={threads}"] if threads else [])])
     host = host or cfg.serve.host
     port = port or cfg.serve.port
     key = api_key_of(api_key, api_key_file, cfg.serve.api_key_env)

@@ -101,6 +101,11 @@ class EmbedConfig(_Section):
         "actors on a Ray cluster (embed.ray), the same embeddings.",
     )
     ray: RayEmbedConfig = RayEmbedConfig()
+    threads: int | None = Field(
+        None, ge=1, strict=True, description="CPU threads the encoder (torch) computes with, "
+        "and FAISS when the same process builds the index; null: the CPUs this process may "
+        "use (its CPU affinity, capped by the cgroup CPU quota rounded down, at least 1).",
+    )
 
 
 class IndexConfig(_Section):
@@ -195,4 +200,10 @@ class ServeConfig(_Section):
     max_connections: int = Field(
         1024, ge=1, description="Open connections (or requests in progress) beyond which a new "
         "request gets a 503.",
+    )
+    threads: int | None = Field(
+        None, ge=1, strict=True, description="CPU threads the query encoder (torch) and the "
+        "index search (FAISS) compute with, in ctxvec serve and in ctxvec query searching in "
+        "its own process; null: the CPUs this process may use (its CPU affinity, capped by the "
+        "cgroup CPU quota rounded down, at least 1).",
     )

@@ -76,7 +76,8 @@ class TrainConfig(_Section):
     seed: int = 0
     device: str = Field("auto", description="'auto', 'cpu', 'cuda' or 'cuda:N'.")
     precision: Literal["auto", "fp32", "bf16"] = Field(
-        "auto", description="auto: bf16 autocast on GPU, fp32 on CPU."
+        "auto", description="auto: bf16 autocast on a GPU or a CPU with bf16 units "
+        "(AMX/AVX512-BF16), else fp32; the weights stay fp32 either way."
     )
     compile: bool = Field(False, description="torch.compile the model.")
     compile_mode: Literal["default", "max-autotune-no-cudagraphs", "max-autotune"] = Field(

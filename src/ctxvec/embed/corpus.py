@@ -43,6 +43,7 @@ from ctxvec.embed.shards import (
     write_embed_manifest,
     write_shard,
 )
+from ctxvec.embed.threads import threads_for
 from ctxvec.embed.words import run_words
 from ctxvec.ingest.corpus import count_docs, iter_corpus
 from ctxvec.model.encoder import Encoder
@@ -73,10 +74,11 @@ def shard_path(work_dir: str | Path, shard: int) -> Path:
 
 
 def embed_worker(job: EmbedJob, device: str, rank: int = 0, world: int = 1,
-                 encoder: Encoder | None = None) -> int:
-    """Embed the shards ``rank, rank + world, ...`` that are not written yet; -> shards done."""
+                 encoder: Encoder | None = None, threads: int | None = None) -> int:
+    """Embed the shards ``rank, rank + world, ...`` that are not written yet; -> shards done.
+    A spawned worker (one of ``world``) computes with its share of ``threads`` CPU threads."""
     if world > 1:
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
+        torch.set_num_threads(max(1, (threads or os.cpu_count() or 1) // world))
     encoder = encoder or job.load_encoder(device)
     total = count_docs(job.corpus)
     done = 0
@@ -94,19 +96,21 @@ def embed_worker(job: EmbedJob, device: str, rank: int = 0, world: int = 1,
     return done
 
 
-def _spawned_worker(job: EmbedJob, device: str, rank: int, world: int) -> int:
+def _spawned_worker(job: EmbedJob, device: str, rank: int, world: int, threads: int) -> int:
     logging.basicConfig(level=logging.WARNING)
-    return embed_worker(job, device, rank, world)
+    return embed_worker(job, device, rank, world, threads=threads)
 
 
-def run_workers(job: EmbedJob, devices: list[str], encoder: Encoder | None = None) -> int:
+def run_workers(job: EmbedJob, devices: list[str], encoder: Encoder | None = None,
+                threads: int | None = None) -> int:
     """One worker per device: in this process for one device (with ``encoder`` if loaded
-    already), spawned processes for several."""
+    already), spawned processes for several, sharing ``threads`` CPU threads."""
     if len(devices) == 1:
         return embed_worker(job, devices[0], encoder=encoder)
+    threads = threads or torch.get_num_threads()
     ctx = mp.get_context("spawn")  # CUDA cannot be used in a forked child
     with ctx.Pool(len(devices)) as pool:
-        results = [pool.apply_async(_spawned_worker, (job, d, r, len(devices)))
+        results = [pool.apply_async(_spawned_worker, (job, d, r, len(devices), threads))
                    for r, d in enumerate(devices)]
         return sum(r.get() for r in results)
 
@@ -145,7 +149,8 @@ def run_embed(
     if ecfg.engine == "ray":  # Ray Data actors on a Ray cluster: the same files and manifest
         return embed_on_ray(cfg, ws, snapshot, job, final, key, started)
     devices = devices or embed_devices(cfg)
-    with ws.resumable_dir(final, key) as work:
+    with threads_for(ecfg.threads, "embed.threads", "embed") as threads, \
+            ws.resumable_dir(final, key) as work:
         job = replace(job, work_dir=str(work))
         resumed = len(list(work.glob(SHARD_GLOB)))
         if resumed:
@@ -153,7 +158,7 @@ def run_embed(
         # One device: this process embeds with the encoder words and the manifest use too.
         # Several: the workers load their own; this one loads after them (no extra GPU copy).
         encoder = job.load_encoder(devices[0]) if len(devices) == 1 else None
-        run_workers(job, devices, encoder)
+        run_workers(job, devices, encoder, threads.count)
         encoder = encoder or job.load_encoder(devices[0])
         words = None
         if ecfg.words.enabled:

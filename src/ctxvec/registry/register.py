@@ -166,6 +166,9 @@ def _log_run(reg: RegistryAccess, run_id: str, cfg: CtxvecConfig, snapshot: Snap
     c = reg.client
     run_dir = Path(trained.run_dir)
     params = [Param(k, str(v)[:500]) for k, v in flatten(cfg).items()]
+    trained_in = _trained_precision(run_dir)
+    if trained_in:  # what train.precision (auto) resolved to where it trained
+        params.append(Param("train.precision_resolved", trained_in))
     metrics = _metrics(run_dir, report)
     # Batched writes: MLflow takes at most 100 params and 1000 metrics per call.
     for i in range(0, len(params), 100):
@@ -185,6 +188,14 @@ def _log_run(reg: RegistryAccess, run_id: str, cfg: CtxvecConfig, snapshot: Snap
     if snapshot is not None:
         mlflow.log_artifact(str(Path(snapshot.path) / "manifest.json"),
                             artifact_path="snapshot")
+
+
+def _trained_precision(run_dir: Path) -> str | None:
+    """The precision the run trained in (its manifest's ``precision``), if it says."""
+    try:
+        return json.loads((run_dir / "manifest.json").read_text()).get("precision")
+    except (OSError, ValueError):
+        return None
 
 
 def _finish_version(reg: RegistryAccess, name: str, version: str, tags: dict[str, str],

@@ -39,6 +39,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ctxvec import __version__
 from ctxvec.config import CtxvecConfig
+from ctxvec.embed.threads import apply_threads, use_threads
 from ctxvec.refs import ModelRef
 from ctxvec.registry import Registry
 from ctxvec.serve.api_errors import (
@@ -85,10 +86,14 @@ def create_app(
     ref = ModelRef.parse(ref or ModelRef.registered(cfg.registry.model_name, alias="champion"))
     if api_key is None:
         api_key = os.environ.get(scfg.api_key_env) or None
+    # serve.threads, before the encoder loads (torch's inter-op threads can be set only then)
+    threads = use_threads(scfg.threads, "serve.threads", "serve")
     registry = Registry(ws)  # one client for the app: the watcher, the loads and /models
     watcher = ChampionWatcher(ws, ref, scfg.reload_seconds, registry=registry,
                               loader=functools.partial(load_served, cfg=cfg, registry=registry))
-    batcher = MicroBatcher(scfg.max_batch)
+    # the batcher's thread runs the encoder and the index search: the same count there
+    batcher = MicroBatcher(scfg.max_batch,
+                           thread_init=functools.partial(apply_threads, threads.count))
     metrics = ServeMetrics(watcher, batcher.stats)  # a registry of this app's own
     batcher.on_batch = metrics.observe_batch
     started = time.time()

@@ -89,11 +89,14 @@ class BatchStats:
 class MicroBatcher:
     def __init__(self, max_batch: int = 64, max_wait_s: float = 0.0015,
                  trim_every_s: float | None = TRIM_EVERY_S,
-                 on_batch: Callable[[int, int], None] | None = None):
+                 on_batch: Callable[[int, int], None] | None = None,
+                 thread_init: Callable[[], None] | None = None):
         """``on_batch(jobs, texts)`` is called from the worker thread for every batch it takes
-        (the server's metrics: ``ctxvec.serve.metrics``)."""
+        (the server's metrics: ``ctxvec.serve.metrics``); ``thread_init()`` once, when that
+        thread starts (OpenMP keeps thread counts per thread: ``ctxvec.embed.threads``)."""
         assert max_batch >= 1
         self.on_batch = on_batch
+        self.thread_init = thread_init
         self.max_batch = max_batch
         self.max_wait_s = max_wait_s
         self.trim_every_s = trim_every_s  # None: never hand freed memory back
@@ -145,6 +148,11 @@ class MicroBatcher:
     # --- the worker -----------------------------------------------------------------------
 
     def _run(self) -> None:
+        if self.thread_init is not None:
+            try:
+                self.thread_init()
+            except Exception:  # a thread count not applied is no reason to stop serving
+                log.exception("batcher: its thread set-up failed")
         stopping = False
         while not stopping:
             batch, stopping = self._collect()

@@ -1,7 +1,8 @@
 """The training loop: one plain function, read top to bottom.
 
 Per step: freeze schedule -> learning rate -> forward/backward over ``grad_accum`` micro-batches
-(bf16 autocast on GPU) -> clip -> optimizer step -> log -> evaluate (early stopping) ->
+(bf16 autocast where ``train.precision`` resolves to bf16: ``ctxvec.train.precision``) ->
+clip -> optimizer step -> log -> evaluate (early stopping) ->
 checkpoint. Objectives and their data live in a ``MultiTask``; evaluation is a callable that
 returns metrics; the loop knows nothing about what either computes.
 """
@@ -31,6 +32,7 @@ from ctxvec.train.optim import (
     lr_at,
     param_groups,
 )
+from ctxvec.train.precision import autocast, train_precision
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +49,7 @@ class TrainResult:
     stopped_early: bool = False
     resumed_from: int | None = None
     history: list[dict[str, float]] = field(default_factory=list)
+    precision: str = "fp32"  # what train.precision resolved to on the training device
 
 
 def total_steps(tcfg: TrainConfig, tasks: MultiTask) -> int:
@@ -148,7 +151,8 @@ def train(
                             fused=device.type == "cuda")
     gen = torch.Generator().manual_seed(tcfg.seed)
     total = total_steps(tcfg, tasks)
-    bf16 = tcfg.precision == "bf16" or (tcfg.precision == "auto" and device.type == "cuda")
+    result.precision = train_precision(tcfg.precision, device, announce=world.main)
+    bf16 = result.precision == "bf16"
     mlm_share = sum(getattr(t.objective, "mask_prob", 0.0) for t in tasks.tasks
                     if t.objective.name == "mlm")
     fpt = flops_per_token(model, tcfg.seq_len, mlm_share)
@@ -197,8 +201,8 @@ def train(
         step_loss = torch.zeros((), device=device)  # stays on the device: no sync a step
         for micro in range(tcfg.grad_accum):
             last_micro = micro == tcfg.grad_accum - 1  # DDP averages gradients only then
-            ctx = torch.autocast(device.type, torch.bfloat16) if bf16 else contextlib.nullcontext()
-            with ctx, (contextlib.nullcontext() if ddp is None or last_micro else ddp.no_sync()):
+            with autocast(result.precision, device), (
+                    contextlib.nullcontext() if ddp is None or last_micro else ddp.no_sync()):
                 loss, parts, tokens = (tasks.step_loss(model, gen) if ddp is None
                                        else ddp(gen))
                 (loss / tcfg.grad_accum).backward()

@@ -39,6 +39,7 @@ from ctxvec.train.multitask import MultiTask, Task
 from ctxvec.train.objectives import build_objective
 from ctxvec.train.objectives.mlm import MaskedLM
 from ctxvec.train.objectives.sentences import SentenceView
+from ctxvec.train.precision import train_precision
 from ctxvec.train.sts import evaluate_sts, read_sts
 from ctxvec.workspace import Workspace, read_json, sha256_text, write_manifest
 
@@ -151,13 +152,14 @@ def _mlm_eval(objective: MaskedLM, rows, batch_size: int, seed: int) -> Evaluate
     return evaluate
 
 
-def _sts_eval(path: str, tokenizer, settings, batch_size: int) -> Evaluate:
+def _sts_eval(path: str, tokenizer, settings, batch_size: int, precision: str) -> Evaluate:
     pairs = read_sts(path)
 
     def evaluate(model) -> dict[str, float]:
         device = next(model.parameters()).device
+        # in the precision training computes in (the weights stay fp32: autocast only)
         enc = Encoder(model.base_model, tokenizer, settings, device,
-                      "bf16" if device.type == "cuda" else "fp32")
+                      train_precision(precision, device))
         return {"sts_spearman": evaluate_sts(enc, pairs, batch_size)["spearman"]}
 
     return evaluate
@@ -267,7 +269,7 @@ def run_train(
     if cfg.evaluate.sts and Path(cfg.evaluate.sts).is_file() and (
             tcfg.eval_every or tcfg.early_stopping):
         evals.append(_sts_eval(cfg.evaluate.sts, setup.tokenizer, setup.settings,
-                               cfg.evaluate.batch_size))
+                               cfg.evaluate.batch_size, tcfg.precision))
     result = train_logged(run_dir, setup.model, anchored(setup, tcfg, tasks), tcfg,
                           _combine(evals))
     if result is None:
@@ -293,6 +295,7 @@ def run_train(
         packed=packed.path if packed else None, mined=mined.path if mined else None,
         mined_counts=mined.counts if mined else None,
         parameters=n_params, device=str(setup.device),
+        precision=result.precision if result else None,
         stopped_early=result.stopped_early if result else False,
         resumed_from=result.resumed_from if result else None, world_size=world.size,
         config={"model": cfg.model.model_dump(mode="json"),
