@@ -13,7 +13,7 @@ import pytest
 from pydantic import ValidationError
 
 from ctxvec.artifacts import Embeddings
-from ctxvec.config import EmbedConfig, IndexConfig, load_config
+from ctxvec.config import EmbedConfig, IndexConfig
 from ctxvec.embed.corpus import read_vectors, run_embed
 from ctxvec.embed.truncate import DimensionMismatchError, query_dim, truncate
 from ctxvec.index import compact
