@@ -30,6 +30,12 @@ BACKENDS = {
     "faiss-ivf-sq": (dict(factory="IVF16,SQ8", nprobe=16), 0.9, 0.02, {"nprobe"}),
     "faiss-sharded": (dict(factory="Flat", shards=3), 1.0, 1e-6, set()),
     "faiss-sharded-ivf": (dict(factory="IVF8,Flat", nprobe=8, shards=2), 1.0, 1e-6, {"nprobe"}),
+    # compact codes rescored from the float vectors (int8: exact here; 32 sign bits of random
+    # vectors rank coarsely: a neighbour at cosine rank 3 can be at Hamming rank 900)
+    "faiss-int8": (dict(quantize="int8", rescore=200), 1.0, 0.0, {"rescore"}),
+    "faiss-binary": (dict(quantize="binary", rescore=400), 0.9, 0.0, {"rescore"}),
+    "faiss-binary-sharded": (dict(quantize="binary", rescore=400, shards=2), 0.9, 0.0,
+                             {"rescore"}),
     "torch-exact": (dict(backend="torch-exact"), 1.0, 0.0, set()),
     "torch-exact-sharded": (dict(backend="torch-exact", shards=2), 1.0, 0.0, set()),
 }
@@ -132,8 +138,8 @@ def test_contains_and_reconstruct(built):
 def test_tunables_are_set_by_name_and_unknown_ones_ignored(built):
     name, index, _, _, _, _ = built
     before = index.params()
-    index.set_params(nprobe=4, ef_search=64, unknown=3)
-    expected = {"nprobe": 4, "ef_search": 64}
+    index.set_params(nprobe=4, ef_search=64, rescore=30, unknown=3)
+    expected = {"nprobe": 4, "ef_search": 64, "rescore": 30}
     assert index.params() == {k: expected[k] for k in before}
     index.set_params(**before)
     assert index.params() == before

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from ctxvec.config.base import _Section
 
@@ -106,6 +106,13 @@ class EmbedConfig(_Section):
         "and FAISS when the same process builds the index; null: the CPUs this process may "
         "use (its CPU affinity, capped by the cgroup CPU quota rounded down, at least 1).",
     )
+    # compact vectors: Matryoshka-style truncation (docs/deploy.md, Compact vectors)
+    dim: int | None = Field(
+        None, ge=8, description="Keep the first DIM components of every vector, then "
+        "re-normalise (Matryoshka-style truncation; queries are cut the same way). None: the "
+        "encoder's full dimension. Costs recall on models not trained for it (MiniLM: "
+        "docs/benchmarks.md).",
+    )
 
 
 class IndexConfig(_Section):
@@ -141,6 +148,28 @@ class IndexConfig(_Section):
         1, ge=1, description="Indexes, one per corpus shard (documents split by a hash of "
         "doc_id), searched together and merged; 1: one index.",
     )
+    # compact vectors: quantised codes searched, float vectors on disk rescore the candidates
+    quantize: Literal["none", "int8", "binary"] = Field(
+        "none", description="none: index.factory as given; int8: one byte a component (FAISS "
+        "SQ8, 4x smaller); binary: one bit a component (its sign, Hamming distance, 32x "
+        "smaller). Either keeps the float vectors in a file beside it, memory-mapped, and "
+        "rescores each query's best index.rescore candidates exactly from them.",
+    )
+    rescore: int = Field(
+        100, ge=1, description="Candidates per query (at least k) that index.quantize rescores "
+        "with the float vectors on disk (docs/benchmarks.md, Compact vectors).",
+    )
+
+    @model_validator(mode="after")
+    def _compact(self) -> IndexConfig:
+        if self.quantize != "none" and self.backend != "faiss":
+            raise ValueError(f"index.quantize={self.quantize} needs index.backend=faiss "
+                             f"(torch-exact searches the float vectors themselves)")
+        if self.quantize != "none" and self.factory not in ("auto", "Flat"):
+            raise ValueError(f"index.quantize={self.quantize} scans compact codes and rescores "
+                             f"them; it takes index.factory auto or Flat, not "
+                             f"{self.factory!r} (for a quantised IVF use e.g. IVF4096,SQ8)")
+        return self
 
 
 class RegistryConfig(_Section):

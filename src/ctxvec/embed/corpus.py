@@ -44,6 +44,7 @@ from ctxvec.embed.shards import (
     write_shard,
 )
 from ctxvec.embed.threads import threads_for
+from ctxvec.embed.truncate import stored_dim
 from ctxvec.embed.words import run_words
 from ctxvec.ingest.corpus import count_docs, iter_corpus
 from ctxvec.model.encoder import Encoder
@@ -118,6 +119,8 @@ def run_workers(job: EmbedJob, devices: list[str], encoder: Encoder | None = Non
 def job_key(job: EmbedJob, model_files: str) -> str:
     """A hash of everything the vectors depend on: reused shards must match it exactly."""
     fields = {k: v for k, v in job.__dict__.items() if k not in ("work_dir", "batch_size")}
+    if fields.get("dim") is None:  # full vectors: the key folders written before embed.dim had
+        fields.pop("dim", None)
     return sha256_text(json.dumps(fields, sort_keys=True) + model_files)
 
 
@@ -142,7 +145,7 @@ def run_embed(
         model_dir=str(model_dir), model_version=str(model_version),
         corpus=[str(c) for c in snapshot.corpus], work_dir="", max_tokens=ecfg.max_tokens,
         stride=ecfg.stride, pooling=ecfg.pooling, precision=ecfg.precision, dtype=ecfg.dtype,
-        batch_size=ecfg.batch_size, shard_docs=ecfg.shard_docs,
+        batch_size=ecfg.batch_size, shard_docs=ecfg.shard_docs, dim=ecfg.dim,
     )
     final = ws.embeddings / f"v{model_version}"
     key = job_key(job, _model_fingerprint(job.model_dir))
@@ -169,7 +172,8 @@ def run_embed(
             resumed=resumed, words=words, devices=devices, shard_docs=job.shard_docs,
         )
     log.info("embed: %d chunks from %d documents in %.1fs", rows, docs, time.time() - started)
-    return Embeddings(str(final), rows, docs, encoder.dim, str(model_version))
+    return Embeddings(str(final), rows, docs, stored_dim(encoder.dim, job.dim),
+                      str(model_version))
 
 
 def read_embeddings_table(path: str | Path, columns: list[str] | None = None) -> pa.Table:

@@ -52,6 +52,7 @@ from ctxvec.embed.shards import (
     write_embed_manifest,
     write_shard,
 )
+from ctxvec.embed.truncate import stored_dim
 from ctxvec.embed.words import run_words
 from ctxvec.errors import UserInputError
 from ctxvec.ingest.corpus import DOCS_GLOB, count_docs
@@ -382,4 +383,5 @@ def embed_on_ray(
     log.info("embed[ray]: %d chunks from %d documents in %.1fs (Ray start %.1fs, plan %.1fs, "
              "run %.1fs, %d actor(s))", rows, docs, time.time() - started, startup_s, plan_s,
              run_s, plan.actors)
-    return Embeddings(str(final), rows, docs, settings["dim"], str(job.model_version))
+    return Embeddings(str(final), rows, docs, stored_dim(settings["dim"], job.dim),
+                      str(job.model_version))

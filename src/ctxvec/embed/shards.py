@@ -24,6 +24,7 @@ import torch
 
 from ctxvec.artifacts import Snapshot
 from ctxvec.config import CtxvecConfig
+from ctxvec.embed.truncate import stored_dim, truncate
 from ctxvec.model.context_vectors import token_windows
 from ctxvec.model.encoder import Encoder
 from ctxvec.workspace import Workspace, write_manifest
@@ -74,6 +75,7 @@ class EmbedJob:
     dtype: str
     batch_size: int
     shard_docs: int
+    dim: int | None = None  # embed.dim: vectors cut to this many components, re-normalised
 
     def load_encoder(self, device: str) -> Encoder:
         encoder = Encoder.load(self.model_dir, device=device, precision=self.precision)
@@ -93,6 +95,8 @@ def embed_shard(
     ids, doc_of, chunk_no, spans = chunk_documents(encoder, texts, max_tokens, stride)
     vecs = encoder.encode_ids(ids, batch_size=job.batch_size) if ids else \
         np.empty((0, encoder.dim), np.float32)
+    vecs = truncate(vecs, job.dim)  # embed.dim (the Searcher cuts queries the same way)
+    dim = vecs.shape[1]
     np_dtype = np.float16 if job.dtype == "float16" else np.float32
     flat = pa.array(vecs.astype(np_dtype).ravel())
     table = pa.table(
@@ -102,9 +106,9 @@ def embed_shard(
             "start": pa.array([s for s, _ in spans], pa.int32()),
             "end": pa.array([e for _, e in spans], pa.int32()),
             "model_version": [job.model_version] * len(ids),
-            "vector": pa.FixedSizeListArray.from_arrays(flat, encoder.dim),
+            "vector": pa.FixedSizeListArray.from_arrays(flat, dim),
         },
-        schema=embeddings_schema(encoder.dim, job.dtype),
+        schema=embeddings_schema(dim, job.dtype),
     )
     return table.replace_schema_metadata({"docs": str(len(doc_ids))})
 
@@ -144,7 +148,8 @@ def write_embed_manifest(
         work, "embed", started, snapshot=snapshot.snapshot_id,
         corpus=[ws.uri_for(c) for c in job.corpus],
         model_dir=job.model_dir, model_version=job.model_version, rows=rows, docs=docs,
-        dim=settings["dim"], dtype=job.dtype, max_tokens=settings["max_tokens"],
+        dim=stored_dim(settings["dim"], job.dim), model_dim=settings["dim"], dtype=job.dtype,
+        max_tokens=settings["max_tokens"],
         stride=min(job.stride, settings["max_tokens"] // 2),
         pooling=settings["pooling"], normalized=settings["normalized"],
         precision=settings["precision"], shards=len(list(work.glob(SHARD_GLOB))),

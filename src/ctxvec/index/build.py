@@ -23,6 +23,7 @@ import pyarrow.parquet as pq
 from ctxvec.artifacts import Embeddings, IndexArtifact
 from ctxvec.config import CtxvecConfig
 from ctxvec.embed.corpus import read_vectors
+from ctxvec.embed.truncate import check_dim
 from ctxvec.index.bm25 import BM25Index
 from ctxvec.index.factory import build_index
 from ctxvec.index.id_map import IDS_FILE, chunk_ids, chunk_metadata, id_map_table
@@ -43,6 +44,11 @@ def run_index(cfg: CtxvecConfig, ws: Workspace, emb: Embeddings) -> IndexArtifac
     emb_manifest = read_json(Path(emb.path) / "manifest.json")
     corpus = emb_manifest["corpus"]  # as other machines name it (URIs in a remote workspace)
     local_corpus = [str(ws.local_dir(c)) for c in corpus]
+    # embed.dim: vectors cut below the encoder's own dimension (model_dim) say so; a recipe
+    # asking explicitly for another dimension than the embeddings hold is refused
+    model_dim = int(emb_manifest.get("model_dim") or vectors.shape[1])
+    if cfg.embed.dim is not None:
+        check_dim(cfg.embed.dim, vectors.shape[1], model_dim, f"embeddings {emb.path}")
 
     # Ids, metadata and (for BM25) chunk texts: one pass over the corpus.
     doc_ids = meta.column("doc_id").to_pylist()
@@ -86,6 +92,7 @@ def run_index(cfg: CtxvecConfig, ws: Workspace, emb: Embeddings) -> IndexArtifac
             senses=senses["count"] if senses else None,
             embeddings=ws.uri_for(emb.path), corpus=corpus, max_tokens=emb_manifest["max_tokens"],
             pooling=emb_manifest.get("pooling"), precision=emb_manifest.get("precision"),
+            model_dim=model_dim, quantize=icfg.quantize, rescore=params.get("rescore"),
         )
     log.info(
         "index: %s over %d vectors (dim %d) in %.1fs, recall@10 vs exact %.3f%s",

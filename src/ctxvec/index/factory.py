@@ -13,7 +13,9 @@ The backends:
 - ``torch-exact``: the vectors themselves, searched exactly as a matmul on whatever device
   serves them (a GPU when torch sees one), ``ctxvec.index.torch_exact``.
 
-Either, with ``index.shards`` > 1, is built as one index per corpus shard
+``index.quantize`` (int8, binary) builds a ``faiss`` index of compact codes instead, rescored
+from the float vectors on disk (``ctxvec.index.compact``); a folder holding one says so by its
+``compact.json``. Either, with ``index.shards`` > 1, is built as one index per corpus shard
 (``ctxvec.index.sharded``) and searched as one.
 """
 
@@ -31,6 +33,8 @@ from ctxvec.config import IndexConfig
 from ctxvec.errors import UserInputError
 from ctxvec.index import torch_exact
 from ctxvec.index.base import VectorIndex
+from ctxvec.index.compact import META_FILE as COMPACT_FILE
+from ctxvec.index.compact import CompactIndex
 from ctxvec.index.faiss_index import INDEX_FILE, FaissIndex
 from ctxvec.index.sharded import SHARDS_FILE, ShardedIndex, build_sharded
 from ctxvec.index.torch_exact import TorchExactIndex
@@ -62,13 +66,12 @@ def build_index(cfg: IndexConfig, vectors: np.ndarray, ids: np.ndarray,
     With ``index.shards`` > 1 the rows are split by their document (``doc_ids``, one per row)
     and the details list each shard's count, factory, build device and recall@10; None otherwise.
     """
-    backend = BACKENDS[cfg.backend]
+    build = BACKENDS[cfg.backend].build if cfg.quantize == "none" else CompactIndex.from_config
     if cfg.shards > 1:
         if doc_ids is None:
             raise ValueError("a sharded index (index.shards > 1) needs each vector's doc_id")
-        return build_sharded(vectors, ids, doc_ids, cfg,
-                             lambda v, i: backend.build(v, i, cfg))
-    return backend.build(vectors, ids, cfg), None
+        return build_sharded(vectors, ids, doc_ids, cfg, lambda v, i: build(v, i, cfg))
+    return build(vectors, ids, cfg), None
 
 
 def open_index(folder: str | Path, manifest: Mapping | None = None,
@@ -88,10 +91,12 @@ def _open(folder: Path, factory: str | None, mmap: bool) -> VectorIndex:
     if (folder / SHARDS_FILE).is_file():
         # each shard with its own factory, from shards.json (the manifest joins them)
         return ShardedIndex.load(folder, lambda sub, f: _open(sub, f, mmap))
+    if (folder / COMPACT_FILE).is_file():
+        return CompactIndex.load(folder, factory, mmap)
     for backend in BACKENDS.values():
         if (folder / backend.marker).is_file():
             return backend.load(folder, factory, mmap and backend.mmap)
-    markers = ", ".join([SHARDS_FILE] + [b.marker for b in BACKENDS.values()])
+    markers = ", ".join([SHARDS_FILE, COMPACT_FILE] + [b.marker for b in BACKENDS.values()])
     raise FileNotFoundError(f"no index in {folder}: it holds none of {markers}")
 
 

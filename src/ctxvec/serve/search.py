@@ -27,6 +27,7 @@ import numpy as np
 
 from ctxvec.config import CtxvecConfig
 from ctxvec.embed.precision import follow_recorded, recorded
+from ctxvec.embed.truncate import query_dim, truncate
 from ctxvec.errors import UserInputError
 from ctxvec.index.bm25 import BM25Index
 from ctxvec.index.factory import open_index, serve_on
@@ -105,6 +106,10 @@ class Searcher:
         self.encoder.settings = replace(
             self.encoder.settings, max_length=self.manifest["max_tokens"],
             pooling=self.manifest.get("pooling") or self.encoder.settings.pooling)
+        # embed.dim: queries are cut to the dimension the corpus vectors were (the manifest's
+        # dim below the encoder's own); a recipe asking for another one is refused
+        self.query_dim = query_dim(int(self.manifest.get("dim") or self.encoder.dim),
+                                   self.encoder.dim, cfg.embed.dim, what)
         # ``stored``: the index as built (whatever backend, sharded or not), which answers what
         # it holds; ``index``: the one searches run on (``stored``, or an exact copy on a GPU)
         self.stored = open_index(self.index_dir, self.manifest, cfg.index)
@@ -145,7 +150,7 @@ class Searcher:
         """Texts -> L2-normalised query vectors (N, D), exactly as ``search`` embeds a query."""
         with self._tokenizer_lock:
             ids = self.encoder.tokenize(list(texts))
-        return self.encoder.encode_ids(ids)
+        return truncate(self.encoder.encode_ids(ids), self.query_dim)
 
     def search(self, text: str, k: int = 10, filters: Filters | None = None,
                hybrid: bool = False) -> list[Hit]:
@@ -202,6 +207,8 @@ class Searcher:
         v = np.asarray(vec, dtype=np.float32)
         if v.ndim == 2 and v.shape[0] == 1:
             v = v[0]
+        if self.query_dim is not None and v.ndim == 1 and v.shape[0] == self.encoder.dim:
+            v = truncate(v, self.query_dim)  # the model's full vector, cut as the corpus was
         if v.ndim != 1 or v.shape[0] != self.stored.dim:
             raise SearchError(f"query vector has shape {tuple(v.shape)}; version {self.version} "
                               f"needs {self.stored.dim} dimensions")
