@@ -30,7 +30,7 @@ class _Batch:
     def __init__(self) -> None:
         self.hashes: dict[str, str] = {}  # content hash -> doc id
         self.ids: dict[str, int | None] = {}  # doc id -> row of its new signature, if any
-        self.indexed: dict[int, tuple[str, np.ndarray, np.ndarray]] = {}  # row -> id, sig, keys
+        self.indexed: dict[int, tuple[str, np.ndarray, list[int]]] = {}  # row -> id, sig, keys
         self.buckets: dict[tuple[int, int], list[int]] = {}  # (band, key) -> rows
 
     def __len__(self) -> int:
@@ -69,7 +69,7 @@ class Merger:
         if self.bands is not None:
             col = batch.column("minhash")
             sigs = col.values.to_numpy().reshape(len(col), -1)  # (N, num_perm)
-            keys = self.bands.keys(sigs)  # (N, b)
+            keys = self.bands.keys(sigs).tolist()  # (N, b) Python ints
         # what the state knows of this batch's documents, one query per table
         owners = self.state.hash_owners(hashes)
         known = self.state.known_ids(ids)
@@ -110,7 +110,7 @@ class Merger:
         self._batch = _Batch()
         return keep, examined
 
-    def _near(self, sig: np.ndarray, keys: np.ndarray, doc_id: str,
+    def _near(self, sig: np.ndarray, keys: list[int], doc_id: str,
               buckets: dict[tuple[int, int], list[int]],
               stored: dict[int, tuple[str, np.ndarray]]) -> tuple[str, float] | None:
         """The best near-duplicate among the documents sharing a band with this one, on disk
@@ -118,17 +118,17 @@ class Merger:
         new = self._batch
         rows: set[int] = set()
         for j, k in enumerate(keys):
-            rows.update(buckets.get((j, int(k)), ()))
-            rows.update(new.buckets.get((j, int(k)), ()))
+            rows.update(buckets.get((j, k), ()))
+            rows.update(new.buckets.get((j, k), ()))
         if not rows:
             return None
         cands = [(r, *(stored[r] if r in stored else new.indexed[r][:2])) for r in rows]
         return best_match(sig, cands, self.threshold, doc_id)
 
-    def _index(self, doc_id: str, sig: np.ndarray, keys: np.ndarray) -> int:
+    def _index(self, doc_id: str, sig: np.ndarray, keys: list[int]) -> int:
         row = self.state.next_row
         self.state.next_row += 1
         self._batch.indexed[row] = (doc_id, sig, keys)
         for j, k in enumerate(keys):
-            self._batch.buckets.setdefault((j, int(k)), []).append(row)
+            self._batch.buckets.setdefault((j, k), []).append(row)
         return row

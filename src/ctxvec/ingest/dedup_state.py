@@ -93,9 +93,9 @@ class DedupState:
                             "WHERE doc_id IN ({})", set(ids))
         return {d: (bool(run), row is not None) for d, run, row in rows}
 
-    def buckets(self, keys: np.ndarray) -> dict[tuple[int, int], list[int]]:
+    def buckets(self, keys: Sequence[Sequence[int]]) -> dict[tuple[int, int], list[int]]:
         """(band, key) -> rows indexed under it, for the band keys (N, b) of a batch."""
-        wanted = {(j, int(k)) for ks in keys for j, k in enumerate(ks)}
+        wanted = {(j, k) for ks in keys for j, k in enumerate(ks)}
         out: dict[tuple[int, int], list[int]] = {}
         for key, band, row in self._select("SELECT key, band, row FROM band WHERE key IN ({})",
                                             {k for _, k in wanted}):
@@ -112,7 +112,7 @@ class DedupState:
     # -- writes ---------------------------------------------------------------------------------
 
     def add_kept(self, hashes: dict[str, str], ids: dict[str, int | None],
-                 indexed: dict[int, tuple[str, np.ndarray, np.ndarray]]) -> None:
+                 indexed: dict[int, tuple[str, np.ndarray, Sequence[int]]]) -> None:
         """One batch's kept documents: ``hashes`` content hash -> id, ``ids`` id -> row of its
         new signature (None: not indexed now), ``indexed`` row -> (id, signature, band keys)."""
         with self.db:  # one transaction
@@ -121,12 +121,12 @@ class DedupState:
             self.db.executemany(_UPSERT_DOC, ids.items())
             self._index(indexed)
 
-    def _index(self, indexed: dict[int, tuple[str, np.ndarray, np.ndarray]]) -> None:
+    def _index(self, indexed: dict[int, tuple[str, np.ndarray, Sequence[int]]]) -> None:
         self.db.executemany("INSERT INTO sig VALUES (?, ?, ?)",
                             ((r, d, s.astype(np.uint64).tobytes())
                              for r, (d, s, _) in indexed.items()))
         self.db.executemany("INSERT INTO band VALUES (?, ?, ?)",
-                            ((int(k), j, r) for r, (_, _, ks) in indexed.items()
+                            ((k, j, r) for r, (_, _, ks) in indexed.items()
                              for j, k in enumerate(ks)))
 
     def load_snapshot(self, snap: Path, with_signatures: bool) -> None:
@@ -158,7 +158,7 @@ class DedupState:
         new = [i for i, d in enumerate(ids) if not known.get(d, (False, False))[1]]
         if not new:
             return
-        keys = self.bands.keys(sigs[new])
+        keys = self.bands.keys(sigs[new]).tolist()
         indexed = {}
         for i, ks in zip(new, keys, strict=True):
             indexed[self.next_row] = (ids[i], sigs[i], ks)
