@@ -216,3 +216,22 @@ def test_what_the_process_holds_does_not_grow_with_documents(tmp_path):
         assert state.rows() == {"exact": 2000, "doc": 2000, "sig": 2000, "band": 2000 * bands.b}
         assert state.cache_bytes() <= 1 << 20
     assert counts["kept"] == 2000
+
+
+def test_corpus_size_is_counted_from_the_state_and_recorded(workspace, tmp_path):
+    """The ingest counts the corpus's distinct ids in its state (an update is not a new
+    document) and records the count, so that a later "nothing new" or ``load_snapshot`` does not
+    read every id of every snapshot again."""
+    from ctxvec.ingest.corpus import count_docs
+    from ctxvec.ingest.snapshot import load_snapshot
+    from ctxvec.workspace import read_json
+
+    (tmp_path / "a.jsonl").write_text('{"id": "1", "text": "one"}\n{"id": "2", "text": "two"}\n')
+    run_ingest(_cfg(tmp_path), workspace)
+    (tmp_path / "b.jsonl").write_text('{"id": "2", "text": "two, revised"}\n'
+                                      '{"id": "3", "text": "three"}\n')
+    snap = run_ingest(_cfg(tmp_path), workspace)
+    assert snap.corpus_docs == count_docs(snap.corpus) == 3
+    assert read_json(f"{snap.path}/manifest.json")["corpus_docs"] == 3
+    again = run_ingest(_cfg(tmp_path), workspace)
+    assert not again.created and again.corpus_docs == load_snapshot(workspace).corpus_docs == 3

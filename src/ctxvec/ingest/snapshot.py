@@ -159,7 +159,7 @@ def run_ingest(cfg: CtxvecConfig, ws: Workspace) -> Snapshot:
         last = previous[-1]
         corpus = [str(p) for p in previous]
         log.info("ingest: nothing new; the corpus stays at snapshot %s", last.name)
-        return Snapshot(last.name, str(last), corpus, count_docs(corpus), False,
+        return Snapshot(last.name, str(last), corpus, _corpus_docs(corpus), False,
                         0, 0, 0, 0, 0, 0, skipped, 0)
 
     now = datetime.now(UTC)
@@ -234,7 +234,7 @@ def run_ingest(cfg: CtxvecConfig, ws: Workspace) -> Snapshot:
         write_manifest(
             tmp, "ingest", started,
             snapshot=snapshot_id, previous=[p.name for p in previous],
-            counts=counts, by_reason=reasons, skipped_files=skipped,
+            counts=counts, by_reason=reasons, skipped_files=skipped, corpus_docs=corpus_docs,
             files=file_records, near_dup=nd.model_dump(mode="json") if nd.enabled else None,
             config=icfg.model_dump(mode="json"),
         )
@@ -250,6 +250,14 @@ def run_ingest(cfg: CtxvecConfig, ws: Workspace) -> Snapshot:
         )
     return Snapshot(snapshot_id, str(final), corpus, corpus_docs, True,
                     *(counts[k] for k in COUNT_KEYS), skipped, counts["deferred"])
+
+
+def _corpus_docs(corpus: list[str]) -> int:
+    """Documents in the corpus up to its last snapshot: as its ingest counted them (without
+    reading every id of every snapshot again), or counted for a snapshot made before ingests
+    recorded it."""
+    known = read_json(Path(corpus[-1]) / "manifest.json").get("corpus_docs")
+    return known if isinstance(known, int) else count_docs(corpus)
 
 
 class NoSnapshotError(UserInputError):
@@ -268,7 +276,7 @@ def load_snapshot(ws: Workspace, snapshot_id: str | None = None) -> Snapshot:
     except FileNotFoundError as e:
         raise NoSnapshotError(str(e)) from None
     counts = read_json(Path(corpus[-1]) / "manifest.json")["counts"]
-    return Snapshot(sid, corpus[-1], corpus, count_docs(corpus), False,
+    return Snapshot(sid, corpus[-1], corpus, _corpus_docs(corpus), False,
                     *(counts.get(k, 0) for k in COUNT_KEYS),
                     skipped_files=0, deferred=counts.get("deferred", 0))
 
