@@ -54,24 +54,47 @@ for f in sorted(Path(sys.argv[1]).glob("*.gz")):
 '''
 
 
-def doubled_input(dst: Path) -> None:
-    """The 64 shards, plus 64 with every body line but the title reversed word by word and
-    ids shifted: as many new documents, stubs and empty bodies as the original has."""
+def _swap_pairs(words: list[str]) -> list[str]:
+    out = list(words)
+    out[0:len(out) - 1:2], out[1::2] = words[1::2], words[0:len(words) - 1:2]
+    return out
+
+
+# word orders of the copies: each makes every 5-word shingle of a body line new
+VARIANTS = (
+    ("rev", lambda w: w[::-1]),
+    ("swap", _swap_pairs),
+    ("revswap", lambda w: _swap_pairs(w)[::-1]),
+)
+
+
+def variant_input(dst: Path, copies: int) -> None:
+    """The 64 shards, plus ``copies - 1`` copies of them with every body line but the title in
+    another word order (reversed, adjacent words swapped, both) and ids shifted: as many new,
+    distinct documents, stubs and empty bodies as the original has, a copy."""
     for f in sorted(CORPUS.glob("*.gz")):
         (dst / f.name).symlink_to(f)
-        with gzip.open(f, "rt", encoding="utf-8") as src, \
-                gzip.open(dst / f"rev_{f.name}", "wt", encoding="utf-8", compresslevel=1) as out:
-            after_head = False
-            for line in src:
-                if line.startswith("<doc id=\""):
-                    doc_id = line.split('"')[1]
-                    line = line.replace(f'id="{doc_id}"', f'id="{int(doc_id) + 10**9}"', 1)
-                    after_head = True
-                elif after_head:  # the title line stays: a stub must stay a stub
-                    after_head = False
-                elif not line.startswith("</doc>"):
-                    line = " ".join(reversed(line.split())) + "\n"
-                out.write(line)
+        for k, (tag, order) in enumerate(VARIANTS[:copies - 1], start=1):
+            with gzip.open(f, "rt", encoding="utf-8") as src, \
+                    gzip.open(dst / f"{tag}_{f.name}", "wt", encoding="utf-8",
+                              compresslevel=1) as out:
+                after_head = False
+                for line in src:
+                    if line.startswith("<doc id=\""):
+                        doc_id = line.split('"')[1]
+                        line = line.replace(f'id="{doc_id}"', f'id="{int(doc_id) + k * 10**9}"',
+                                            1)
+                        after_head = True
+                    elif after_head:  # the title line stays: a stub must stay a stub
+                        after_head = False
+                    elif not line.startswith("</doc>"):
+                        line = " ".join(order(line.split())) + "\n"
+                    out.write(line)
+
+
+def doubled_input(dst: Path) -> None:
+    """The 64 shards, plus 64 with every body line but the title reversed word by word."""
+    variant_input(dst, 2)
 
 
 def raw_mb(folder: Path) -> float:

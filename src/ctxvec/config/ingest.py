@@ -38,6 +38,10 @@ class IngestConfig(_Section):
     workers: int | None = Field(None, ge=1, description="Processes over files (default: cores).")
     shard_docs: int = Field(50_000, ge=1, description="Documents per Parquet shard.")
     max_docs: int | None = Field(None, ge=1, description="Stop after this many kept documents.")
+    dedup_cache_mb: int = Field(
+        64, ge=1, le=65536, description="Page cache (MiB) of the on-disk de-duplication state: "
+        "the most it holds in memory at any corpus size.",
+    )
 
 
 class TokenizerConfig(_Section):

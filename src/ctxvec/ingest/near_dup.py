@@ -1,82 +1,57 @@
-"""Near-duplicate detection: MinHash signatures (``minhash.py``) banded by ``datasketch``'s
-MinHashLSH (Leskovec et al., Mining of Massive Datasets, ch. 3), so candidates above the
-threshold are found without comparing every pair.
+"""Near-duplicate detection: MinHash signatures (``minhash.py``) cut into LSH bands (Leskovec et
+al., Mining of Massive Datasets, ch. 3), so candidates above the threshold are found without
+comparing every pair, then checked by their estimated Jaccard.
+
+The banding is datasketch's ``MinHashLSH`` with an 8-byte BLAKE2b of each band, as the in-memory
+index used before: the same ``(b, r)`` for a threshold and ``num_perm`` (datasketch's optimum of
+false positives and negatives), the same band bytes, the same keys. Computed here so the keys can
+be stored on disk (``dedup_state.py``) and any store finds exactly the candidates datasketch found.
 """
 
 from __future__ import annotations
 
 import hashlib
-from typing import TYPE_CHECKING
+from collections.abc import Iterable
 
 import numpy as np
 
 from ctxvec.ingest.minhash import jaccard
 
-if TYPE_CHECKING:
-    from datasketch import LeanMinHash
 
-_BLOCK = 4096  # signatures are stored in blocks of this many rows
-
-_DATASKETCH_SCHEME = "affine64"  # only needed to build MinHash objects for the LSH
-
-
-def _band_hash(band: bytes) -> bytes:
-    return hashlib.blake2b(band, digest_size=8).digest()  # 8 bytes a band, not 8 per row
-
-
-class NearDupIndex:
-    """An LSH index of kept documents; ``find`` answers "a near-duplicate of which one?"."""
+class LshBands:
+    """``b`` bands of ``r`` signature values each; ``keys`` gives each band's 64-bit key."""
 
     def __init__(self, threshold: float, num_perm: int):
-        from datasketch import LeanMinHash, MinHashLSH
+        from datasketch import MinHashLSH  # lazy: imports scipy, only when near_dup is on
 
-        self._Lean = LeanMinHash
-        self.num_perm, self.threshold = num_perm, threshold
-        self.lsh = MinHashLSH(threshold=threshold, num_perm=num_perm, hashfunc=_band_hash)
-        self._row: dict[str, int] = {}
-        self._blocks: list[np.ndarray] = []  # (_BLOCK, num_perm) each; 8 bytes a permutation
+        lsh = MinHashLSH(threshold=threshold, num_perm=num_perm)
+        self.threshold, self.num_perm, self.b, self.r = threshold, num_perm, lsh.b, lsh.r
 
-    def __len__(self) -> int:
-        return len(self._row)
+    def keys(self, sigs: np.ndarray) -> np.ndarray:
+        """uint64 (N, num_perm) signatures -> int64 (N, b) band keys: BLAKE2b-64 of each band's
+        values as big-endian bytes (datasketch's ``hashfunc(bytes(hs.byteswap().data))``)."""
+        n, step = len(sigs), 8 * self.r
+        raw = memoryview(np.ascontiguousarray(sigs[:, : self.b * self.r], dtype=">u8").tobytes())
+        out = np.empty(n * self.b, dtype=np.int64)
+        for k in range(n * self.b):
+            digest = hashlib.blake2b(raw[k * step:(k + 1) * step], digest_size=8).digest()
+            out[k] = int.from_bytes(digest, "little", signed=True)
+        return out.reshape(n, self.b)
 
-    def _minhash(self, sig: np.ndarray) -> LeanMinHash:
-        # LeanMinHash: the signature values alone, which is all the LSH reads
-        return self._Lean(seed=0, hashvalues=sig, scheme=_DATASKETCH_SCHEME)
 
-    def add(self, key: str, sig: np.ndarray, minhash: LeanMinHash | None = None) -> None:
-        if key in self._row:
-            return
-        n = len(self._row)
-        if n == len(self._blocks) * _BLOCK:
-            self._blocks.append(np.empty((_BLOCK, self.num_perm), dtype=np.uint64))
-        self._blocks[n // _BLOCK][n % _BLOCK] = sig
-        self._row[key] = n
-        self.lsh.insert(key, minhash if minhash is not None else self._minhash(sig),
-                        check_duplication=False)
+def best_match(sig: np.ndarray, candidates: Iterable[tuple[int, str, np.ndarray]],
+               threshold: float, exclude: str) -> tuple[str, float] | None:
+    """The most similar candidate ``(row, doc_id, signature)`` at or above the threshold, with its
+    Jaccard; ties go to the earliest row (the document indexed first).
 
-    def find_or_add(self, key: str, sig: np.ndarray) -> tuple[str, float] | None:
-        """``find``, and ``add`` when nothing is found: the ingest's one call per document."""
-        mh = self._minhash(sig)
-        match = self._best(self.lsh.query(mh), sig, key)
-        if match is None:
-            self.add(key, sig, mh)
-        return match
-
-    def find(self, sig: np.ndarray, exclude: str | None = None) -> tuple[str, float] | None:
-        """The most similar indexed document at or above the threshold, with its Jaccard.
-
-        ``exclude`` is the document's own id: an earlier version of the same document is an
-        update, not a near-duplicate.
-        """
-        return self._best(self.lsh.query(self._minhash(sig)), sig, exclude)
-
-    def _best(self, candidates, sig: np.ndarray, exclude: str | None) -> tuple[str, float] | None:
-        best: tuple[str, float] | None = None
-        for key in candidates:
-            if key == exclude:
-                continue
-            n = self._row[key]
-            j = jaccard(self._blocks[n // _BLOCK][n % _BLOCK], sig)
-            if j >= self.threshold and (best is None or j > best[1]):
-                best = (key, j)
-        return best
+    ``exclude`` is the document's own id: an earlier version of the same document is an update,
+    not a near-duplicate.
+    """
+    best: tuple[str, float] | None = None
+    for _, key, other in sorted(candidates, key=lambda c: c[0]):
+        if key == exclude:
+            continue
+        j = jaccard(other, sig)
+        if j >= threshold and (best is None or j > best[1]):
+            best = (key, j)
+    return best

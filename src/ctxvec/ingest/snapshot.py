@@ -4,7 +4,9 @@
 2. Workers (one process per core) read, clean, filter and MinHash each file into a part file.
 3. One pass in file order drops exact duplicates (content hash, across every earlier snapshot too)
    and near-duplicates (MinHash-LSH, against earlier snapshots too), and writes the kept
-   documents as Parquet shards with their signatures.
+   documents as Parquet shards with their signatures (``dedup.py``). What it must remember is
+   in a SQLite file in the staging folder, built from the earlier snapshots (``dedup_state.py``),
+   so memory stays flat whatever the size of the corpus.
 4. The staging folder is renamed into place: an interrupted ingest leaves no snapshot behind.
 
 Every record not kept is in ``rejected.jsonl`` with its file, line, kind and reason.
@@ -12,7 +14,6 @@ Every record not kept is in ``rejected.jsonl`` with its file, line, kind and rea
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil
@@ -23,7 +24,6 @@ from datetime import UTC, datetime
 from multiprocessing import get_context
 from pathlib import Path
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm.auto import tqdm
@@ -32,7 +32,9 @@ from ctxvec.artifacts import Snapshot
 from ctxvec.config import CtxvecConfig
 from ctxvec.errors import UserInputError
 from ctxvec.ingest.corpus import committed_snapshots, corpus_upto, count_docs
-from ctxvec.ingest.near_dup import NearDupIndex
+from ctxvec.ingest.dedup import Merger
+from ctxvec.ingest.dedup_state import DEDUP_FILE, DedupState
+from ctxvec.ingest.near_dup import LshBands
 from ctxvec.ingest.sources import SourceError, expand_sources
 from ctxvec.ingest.worker import ingest_file, watch_parent
 from ctxvec.workspace import Workspace, read_json, sha256_file, write_manifest
@@ -52,6 +54,7 @@ SNAPSHOT_SCHEMA = pa.schema(
 )
 MINHASH_FILE = "minhash.parquet"
 REJECTED_FILE = "rejected.jsonl"
+MERGE_BATCH = 1000  # documents decided per look-up of the de-duplication state
 COUNT_KEYS = ("read", "kept", "duplicates", "near_duplicates", "filtered", "quarantined")
 
 
@@ -81,79 +84,30 @@ class _ShardWriter:
             self.writer = None
 
 
-class _Merger:
-    """The de-duplication pass: decides, document by document in file order, what is kept."""
-
-    def __init__(self, prev_hashes, near, max_docs, counts, reasons, rejected_file):
-        self.seen: dict[str, str] = dict(prev_hashes)  # content hash -> doc id that has it
-        self.run_ids: set[str] = set()
-        self.near, self.max_docs = near, max_docs
-        self.counts, self.reasons, self.rej = counts, reasons, rejected_file
-        self.full = False
-
-    def _reject(self, source: str, line: int, doc_id: str, kind: str, reason: str) -> None:
-        self.counts[kind + "s" if kind.endswith("duplicate") else kind] += 1
-        self.reasons[kind] = self.reasons.get(kind, 0) + 1
-        self.rej.write(json.dumps({"source": source, "line": line, "doc_id": doc_id,
-                                   "kind": kind, "reason": reason}, ensure_ascii=False) + "\n")
-
-    def decide(self, batch: pa.RecordBatch) -> tuple[list[bool], int]:
-        """-> (keep mask, rows examined); fewer examined than rows once max_docs is reached."""
-        ids = batch.column("doc_id").to_pylist()
-        hashes = batch.column("content_hash").to_pylist()
-        sources = batch.column("source").to_pylist()
-        lines = batch.column("line").to_pylist()
-        sigs = None
-        if self.near is not None:
-            col = batch.column("minhash")
-            sigs = col.values.to_numpy().reshape(len(col), -1)
-        keep = [False] * len(ids)
-        for i, (d, h) in enumerate(zip(ids, hashes, strict=True)):
-            if self.full:
-                return keep, i
-            if h in self.seen:
-                self._reject(sources[i], lines[i], d, "duplicate", f"same text as {self.seen[h]}")
-                continue
-            if d in self.run_ids:
-                self._reject(sources[i], lines[i], d, "quarantined",
-                             "duplicate doc_id with different text")
-                continue
-            if sigs is not None:
-                match = self.near.find_or_add(d, sigs[i])
-                if match is not None:
-                    self._reject(sources[i], lines[i], d, "near_duplicate",
-                                 f"near-duplicate of {match[0]} (jaccard {match[1]:.2f})")
-                    continue
-            self.seen[h] = d
-            self.run_ids.add(d)
-            keep[i] = True
-            self.counts["kept"] += 1
-            if self.max_docs and self.counts["kept"] >= self.max_docs:
-                self.full = True
-        return keep, len(ids)
-
-
-def _previous_state(ws: Workspace, cfg: CtxvecConfig):
-    """What earlier snapshots hold: content hashes, fully-read files, MinHash signatures."""
-    hashes: dict[str, str] = {}
+def _previous_files(previous: list[Path]) -> dict[str, tuple[int, str]]:
+    """Files fully read by earlier snapshots: path -> (size, SHA-256)."""
     files: dict[str, tuple[int, str]] = {}
-    sigs: list[tuple[list[str], np.ndarray]] = []
-    nd = cfg.ingest.near_dup
-    for snap in committed_snapshots(ws):
-        manifest = read_json(snap / "manifest.json")
-        for f in manifest.get("files", []):
+    for snap in previous:
+        for f in read_json(snap / "manifest.json").get("files", []):
             if f.get("complete"):
                 files[f["path"]] = (f["size"], f["sha256"])
-        for shard in sorted(snap.glob("docs-*.parquet")):
-            t = pq.read_table(shard, columns=["doc_id", "content_hash"])
-            hashes.update(zip(t.column(1).to_pylist(), t.column(0).to_pylist(), strict=True))
-        mh = snap / MINHASH_FILE
-        if nd.enabled and mh.is_file():
-            t = pq.read_table(mh)
-            if manifest.get("near_dup", {}).get("num_perm") == nd.num_perm and t.num_rows:
-                flat = t.column("minhash").combine_chunks().values.to_numpy()  # (N * P,)
-                sigs.append((t.column("doc_id").to_pylist(), flat.reshape(t.num_rows, -1)))
-    return hashes, files, sigs
+    return files
+
+
+def _dedup_state(path: Path, previous: list[Path], cfg: CtxvecConfig) -> DedupState:
+    """The de-duplication state of this ingest, on disk, holding what earlier snapshots hold:
+    their content hashes and ids, and the signatures made with the same ``num_perm``."""
+    nd = cfg.ingest.near_dup
+    state = DedupState(path, LshBands(nd.threshold, nd.num_perm) if nd.enabled else None,
+                       cfg.ingest.dedup_cache_mb)
+    try:
+        for snap in previous:
+            manifest_nd = read_json(snap / "manifest.json").get("near_dup") or {}
+            state.load_snapshot(snap, manifest_nd.get("num_perm") == nd.num_perm)
+    except BaseException:
+        state.close()
+        raise
+    return state
 
 
 def _fingerprint(f: Path) -> tuple[int, str]:
@@ -189,7 +143,7 @@ def run_ingest(cfg: CtxvecConfig, ws: Workspace) -> Snapshot:
         raise SourceError("ingest.sources is empty: give at least one file, folder or glob")
     files = expand_sources(icfg.sources)
     previous = committed_snapshots(ws)
-    prev_hashes, prev_files, prev_sigs = _previous_state(ws, cfg)
+    prev_files = _previous_files(previous)
     prints = {str(f): _fingerprint(f) for f in files}
     sizes = {k: size for k, (size, _) in prints.items()}
     shas = {k: sha for k, (_, sha) in prints.items()}
@@ -205,15 +159,9 @@ def run_ingest(cfg: CtxvecConfig, ws: Workspace) -> Snapshot:
         last = previous[-1]
         corpus = [str(p) for p in previous]
         log.info("ingest: nothing new; the corpus stays at snapshot %s", last.name)
-        return Snapshot(last.name, str(last), corpus, count_docs(corpus), False,
+        return Snapshot(last.name, str(last), corpus, _corpus_docs(corpus), False,
                         0, 0, 0, 0, 0, 0, skipped, 0)
 
-    near = None
-    if nd.enabled:
-        near = NearDupIndex(nd.threshold, nd.num_perm)
-        for ids, sig in prev_sigs:
-            for d, s in zip(ids, sig, strict=True):
-                near.add(d, s)
     now = datetime.now(UTC)
     snapshot_id = now.strftime("%Y%m%dT%H%M%S%fZ")
     final = ws.snapshots / snapshot_id
@@ -226,9 +174,11 @@ def run_ingest(cfg: CtxvecConfig, ws: Workspace) -> Snapshot:
         shards = _ShardWriter(tmp, icfg.shard_docs)
         mh_writer = (pq.ParquetWriter(tmp / MINHASH_FILE, pa.schema(
             [("doc_id", pa.string()), ("minhash", pa.list_(pa.uint64(), nd.num_perm))]))
-            if near else None)
-        with open(tmp / REJECTED_FILE, "w", encoding="utf-8") as rej:
-            merger = _Merger(prev_hashes, near, icfg.max_docs, counts, reasons, rej)
+            if nd.enabled else None)
+        with (open(tmp / REJECTED_FILE, "w", encoding="utf-8") as rej,
+              _dedup_state(parts / DEDUP_FILE, previous, cfg) as state):
+            merger = Merger(state, state.bands, nd.threshold, icfg.max_docs, counts, reasons,
+                            rej)
             bar = tqdm(total=sum(max(sizes[str(f)], 0) for f in todo), desc="ingest", unit="B",
                        unit_scale=True, leave=False)
             for path, res in zip(todo, _run_workers(todo, cfg, parts), strict=True):
@@ -239,7 +189,7 @@ def run_ingest(cfg: CtxvecConfig, ws: Workspace) -> Snapshot:
                 with open(res["rejected"], encoding="utf-8") as f:
                     shutil.copyfileobj(f, rej)
                 complete, examined = True, 0
-                for batch in pq.ParquetFile(res["part"]).iter_batches(batch_size=1000):
+                for batch in pq.ParquetFile(res["part"]).iter_batches(batch_size=MERGE_BATCH):
                     keep, n = merger.decide(batch)
                     examined += n
                     complete &= n == batch.num_rows
@@ -271,6 +221,7 @@ def run_ingest(cfg: CtxvecConfig, ws: Workspace) -> Snapshot:
                 bar.update(max(sizes[str(path)], 0))
             bar.close()
             full = merger.full
+            corpus_docs = state.corpus_docs()
         shards.close()
         if mh_writer is not None:
             mh_writer.close()
@@ -283,11 +234,10 @@ def run_ingest(cfg: CtxvecConfig, ws: Workspace) -> Snapshot:
         write_manifest(
             tmp, "ingest", started,
             snapshot=snapshot_id, previous=[p.name for p in previous],
-            counts=counts, by_reason=reasons, skipped_files=skipped,
-            files=file_records, near_dup=nd.model_dump(mode="json") if near else None,
+            counts=counts, by_reason=reasons, skipped_files=skipped, corpus_docs=corpus_docs,
+            files=file_records, near_dup=nd.model_dump(mode="json") if nd.enabled else None,
             config=icfg.model_dump(mode="json"),
         )
-    corpus_docs = count_docs(corpus)
     log.info(
         "ingest: snapshot %s: read %d, kept %d, duplicates %d, near-duplicates %d, filtered %d, "
         "quarantined %d, deferred %d; corpus now %d documents",
@@ -300,6 +250,14 @@ def run_ingest(cfg: CtxvecConfig, ws: Workspace) -> Snapshot:
         )
     return Snapshot(snapshot_id, str(final), corpus, corpus_docs, True,
                     *(counts[k] for k in COUNT_KEYS), skipped, counts["deferred"])
+
+
+def _corpus_docs(corpus: list[str]) -> int:
+    """Documents in the corpus up to its last snapshot: as its ingest counted them (without
+    reading every id of every snapshot again), or counted for a snapshot made before ingests
+    recorded it."""
+    known = read_json(Path(corpus[-1]) / "manifest.json").get("corpus_docs")
+    return known if isinstance(known, int) else count_docs(corpus)
 
 
 class NoSnapshotError(UserInputError):
@@ -318,7 +276,7 @@ def load_snapshot(ws: Workspace, snapshot_id: str | None = None) -> Snapshot:
     except FileNotFoundError as e:
         raise NoSnapshotError(str(e)) from None
     counts = read_json(Path(corpus[-1]) / "manifest.json")["counts"]
-    return Snapshot(sid, corpus[-1], corpus, count_docs(corpus), False,
+    return Snapshot(sid, corpus[-1], corpus, _corpus_docs(corpus), False,
                     *(counts.get(k, 0) for k in COUNT_KEYS),
                     skipped_files=0, deferred=counts.get("deferred", 0))
 
