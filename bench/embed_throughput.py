@@ -20,6 +20,10 @@ Rows:
   `intra_op_num_threads` set to the thread count, every graph optimisation on, sentences sorted
   by length and padded per batch of 64 (the strongest fair setup: the same batching as ctxvec).
 
+OpenMP's wait policy is set before torch loads, as importing ctxvec sets it for the CLI and the
+server: PASSIVE unless `OMP_WAIT_POLICY` is already set (`OMP_WAIT_POLICY=ACTIVE python bench/...`
+measures spinning threads). Every torch path in the process, the anchor's included, runs under it.
+
 `--threads 1,2` measures every path at each thread count in turn (torch's `set_num_threads`,
 ONNX Runtime's session option, `embed.threads` for the embed stage), interleaved within each
 repeat; without it, torch's default. `/proc/loadavg` is printed with every repeat: on a shared
@@ -44,8 +48,10 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-import torch
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads OpenMP (see above)
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))
 from measure import SHARED_DATA  # noqa: E402

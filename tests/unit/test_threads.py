@@ -179,3 +179,19 @@ def test_ctxvec_embed_computes_with_embed_threads(workspace, tmp_path, caplog, m
     lines = [r.getMessage() for r in caplog.records if r.name == "ctxvec.embed.threads"]
     assert "embed: 1 thread (embed.threads); torch computes with 1" in lines
     assert torch.get_num_threads() == before  # the process's own count is back
+
+
+@pytest.mark.parametrize("preset, expected", [(None, "PASSIVE"), ("ACTIVE", "ACTIVE")])
+def test_openmp_threads_wait_passively_unless_the_user_says_otherwise(preset, expected):
+    """Set before torch loads (importing ctxvec's CLI loads it), and a user's value wins."""
+    import subprocess
+
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    if preset:
+        env["OMP_WAIT_POLICY"] = preset
+    code = ("import sys, ctxvec.cli, torch, os; "
+            "print(os.environ['OMP_WAIT_POLICY'], 'torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                         text=True, timeout=600)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == [expected, "True"]
