@@ -77,7 +77,7 @@ class _FileSize:
 
 def ingest(folder: Path, home: Path, pythonpath: str, workers: int) -> dict:
     env = {**os.environ, "CTXVEC_HOME": str(home), "PYTHONPATH": pythonpath}
-    cmd = ["nice", "-n", "15", sys.executable, "-m", "ctxvec.cli", "--log-level", "WARNING",
+    cmd = [sys.executable, "-m", "ctxvec.cli", "--log-level", "WARNING",
            "ingest", str(folder), "--json", "--set", f"ingest.workers={workers}"]
     load = Path("/proc/loadavg").read_text().split()[0]
     t0 = time.perf_counter()
