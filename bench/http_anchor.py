@@ -13,8 +13,8 @@ anchor, so the comparison does not flatter ctxvec).
     python bench/http_anchor.py --home WORKSPACE --port PORT [--threads N]
 """
 
-from __future__ import annotations
-
+# no ``from __future__ import annotations``: FastAPI must see the request model class of the
+# endpoint defined inside create_app, not a string it cannot resolve
 import argparse
 import json
 import os
