@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import csv
 import json
 import os
@@ -339,29 +340,61 @@ def median_row(rows: list[dict]) -> dict:
             "requests": sum(r["requests"] for r in rows), "runs": len(rows)}
 
 
-def over_http(levels: list[int], texts: list[str], warmup: int, requests: int, repeats: int,
-              access_log: bool, server_log: Path, serve_sets: list[str]) -> dict:
-    port = free_port()
-    cmd = [sys.executable, "-m", "ctxvec.cli", "serve", "--port", str(port),
-           "--access-log" if access_log else "--no-access-log"]
-    cmd += [a for s in serve_sets for a in ("--set", s)]
-    with open(server_log, "w") as log:
-        server = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
-                                  env={**os.environ})
+def rss_mb(pid: int) -> float | None:
+    """Resident memory of a process, MB (from /proc; None where there is none)."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        pass
+    return None
+
+
+@contextlib.contextmanager
+def server(cmd: list[str], port: int, log_path: Path):
+    """Run a server command until the block ends; yields its Popen once /health answers."""
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ})
     try:
         deadline = time.monotonic() + 300
         while (h := health(port)) is None:
-            if server.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit(f"ctxvec serve did not start; see {server_log}")
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit(f"{cmd[:4]} did not start; see {log_path}")
             time.sleep(0.2)
-        print(f"serving version {h['model_version']}: {h['index']['factory']} over "
-              f"{h['index_count']} vectors (pid {server.pid}, port {port})", flush=True)
-        runs: dict[int, list[dict]] = {c: [] for c in levels}
-        offset = 0
-        for _ in range(repeats):  # levels interleaved, so that a busy minute hits them all
-            for c in levels:
-                chunk = texts[offset : offset + warmup + requests]
-                offset += warmup + requests
+        print(f"{log_path.stem}: {h['index']['factory']} over {h['index_count']} vectors "
+              f"(pid {proc.pid}, port {port}, RSS {rss_mb(proc.pid)} MB)", flush=True)
+        yield proc
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def ctxvec_cmd(port: int, access_log: bool, serve_sets: list[str]) -> list[str]:
+    cmd = [sys.executable, "-m", "ctxvec.cli", "serve", "--port", str(port),
+           "--access-log" if access_log else "--no-access-log"]
+    return cmd + [a for s in serve_sets for a in ("--set", s)]
+
+
+def anchor_cmd(port: int, home: Path) -> list[str]:
+    return [sys.executable, str(Path(__file__).parent / "http_anchor.py"), "--home", str(home),
+            "--port", str(port)]
+
+
+def measure_levels(ports: dict[str, int], levels: list[int], texts: list[str], warmup: int,
+                   requests: int, repeats: int) -> dict:
+    """Each server (name -> port) at each level, repeats x levels x servers interleaved, so
+    that a busy minute hits them all alike -> {name: {level: median row}}."""
+    runs: dict[str, dict[int, list[dict]]] = {n: {c: [] for c in levels} for n in ports}
+    offset = 0
+    for _ in range(repeats):
+        for c in levels:
+            chunk = texts[offset : offset + warmup + requests]
+            offset += warmup + requests
+            for name, port in ports.items():  # the same texts for every server
                 asyncio.run(http_level(port, c, chunk[:warmup]))
                 before = health(port)["batching"]
                 run = asyncio.run(http_level(port, c, chunk[warmup:]))
@@ -369,22 +402,91 @@ def over_http(levels: list[int], texts: list[str], warmup: int, requests: int, r
                 jobs = after["jobs"] - before["jobs"]
                 batches = after["batches"] - before["batches"]
                 run.notes["mean_batch"] = round(jobs / batches, 2) if batches else None
-                runs[c].append(run.row())
-                print(f"http,       {c:>2} clients: {runs[c][-1]}", flush=True)
-        return {c: median_row(rows) for c, rows in runs.items()}
-    finally:
-        server.send_signal(signal.SIGINT)
-        try:
-            server.wait(30)
-        except subprocess.TimeoutExpired:
-            server.kill()
+                run.notes["load1"] = round(os.getloadavg()[0], 2)
+                runs[name][c].append(run.row())
+                print(f"{name:8s} {c:>2} clients: {runs[name][c][-1]}", flush=True)
+    return {n: {c: median_row(rows) for c, rows in by.items()} for n, by in runs.items()}
+
+
+def soak(ports: dict[str, int], pids: dict[str, int], clients: int, texts: list[str],
+         seconds: float, every: float = 30.0) -> dict:
+    """Closed-loop load on each server in turn for ``seconds``: every ``every`` s, its RSS and
+    that window's p99 and errors. Texts cycle (ctxvec keeps no query cache, so repeats do not
+    help it)."""
+    out: dict[str, list[dict]] = {}
+    for name, port in ports.items():
+        rows = [{"t_s": 0, "rss_mb": rss_mb(pids[name])}]
+        print(f"soak {name}: {rows[0]}", flush=True)
+        t0, i = time.monotonic(), 0
+        while time.monotonic() - t0 < seconds - 1:
+            window, n = Run(), 0
+            w0 = time.monotonic()
+            while time.monotonic() - w0 < every:
+                batch = [texts[(i + j) % len(texts)] for j in range(clients * 4)]
+                i += len(batch)
+                r = asyncio.run(http_level(port, clients, batch))
+                window.latencies += r.latencies
+                window.errors += r.errors
+                n += 1
+            window.wall = time.monotonic() - w0
+            row = {"t_s": round(time.monotonic() - t0), "rss_mb": rss_mb(pids[name]),
+                   **{k: v for k, v in window.row().items() if k != "p50_ms"},
+                   "load1": round(os.getloadavg()[0], 2)}
+            rows.append(row)
+            print(f"soak {name}: {row}", flush=True)
+        out[name] = rows
+    return out
+
+
+def over_http(home: Path, levels: list[int], texts: list[str], warmup: int, requests: int,
+              repeats: int, access_log: bool, serve_sets: list[str], anchor: bool,
+              soak_s: float) -> dict:
+    """ctxvec serve (and the anchor server) on ``home``'s workspace: the levels, then the soak."""
+    with contextlib.ExitStack() as stack:
+        ports = {"ctxvec": free_port()}
+        procs = {"ctxvec": stack.enter_context(server(
+            ctxvec_cmd(ports["ctxvec"], access_log, serve_sets), ports["ctxvec"],
+            home / "serve.log"))}
+        if anchor:
+            ports["anchor"] = free_port()
+            procs["anchor"] = stack.enter_context(server(
+                anchor_cmd(ports["anchor"], home), ports["anchor"], home / "anchor.log"))
+        out = {"levels": measure_levels(ports, levels, texts, warmup, requests, repeats)}
+        if soak_s > 0:
+            out["soak"] = soak({"ctxvec": ports["ctxvec"]}, {"ctxvec": procs["ctxvec"].pid},
+                               max(levels), texts, soak_s)
+        return out
+
+
+def print_tables(name: str, results: dict, levels: list[int]) -> None:
+    print(f"\n{name}\n| clients | server | p50 | p99 | req/s | errors | mean batch |"
+          " in-process batched p50 / p99 | direct Searcher p50 / p99 |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for c in levels:
+        ip = results.get("in_process", {}).get(c)
+        b = f"{ip['batched']['p50_ms']} / {ip['batched']['p99_ms']} ms" if ip else "-"
+        d = f"{ip['direct']['p50_ms']} / {ip['direct']['p99_ms']} ms" if ip else "-"
+        for server_name, by_level in results["http"]["levels"].items():
+            h = by_level[c]
+            print(f"| {c} | {server_name} | {h['p50_ms']} ms | {h['p99_ms']} ms | "
+                  f"{h['req_per_s']} | {h['errors']} of {h['requests']} | "
+                  f"{h.get('mean_batch', '-')} | {b} | {d} |")
+    for server_name, rows in results["http"].get("soak", {}).items():
+        print(f"\nsoak, {server_name}, {max(levels)} clients: RSS every 30 s")
+        print("| t (s) | RSS MB | p99 ms | req/s | errors | load |\n|---|---|---|---|---|---|")
+        for r in rows:
+            print(f"| {r['t_s']} | {r['rss_mb']} | {r.get('p99_ms', '-')} | "
+                  f"{r.get('req_per_s', '-')} | {r.get('errors', '-')} | {r.get('load1', '-')} |")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--home", type=Path, default=DEFAULT_HOME,
-                    help="Workspace to build the index in, or to reuse (default: %(default)s).")
-    ap.add_argument("--vectors", type=int, default=100_000)
+    ap.add_argument("--home", type=Path, action="append", default=None,
+                    help="Workspace to build the index in, or to reuse, one per --vectors "
+                    f"entry (default: {DEFAULT_HOME.parent}/http-<N>).")
+    ap.add_argument("--vectors", default="100000",
+                    help="Index size(s), comma-separated: each gets its own workspace and the "
+                    "whole measurement (e.g. 100000,30000).")
     ap.add_argument("--factory", default="auto", help="index.factory of a new workspace.")
     ap.add_argument("--levels", default="1,8,32", help="Concurrent clients, comma-separated.")
     ap.add_argument("--requests", type=int, default=600, help="Measured requests per level.")
@@ -393,54 +495,58 @@ def main() -> None:
                     help="HTTP runs per level (levels interleaved); the table shows medians.")
     ap.add_argument("--access-log", action="store_true",
                     help="Serve with uvicorn's access log on (ctxvec serve's default).")
-    ap.add_argument("--skip-anchor", action="store_true", help="HTTP rows only.")
+    ap.add_argument("--skip-anchor", action="store_true", help="No in-process rows.")
+    ap.add_argument("--anchor-server", action="store_true",
+                    help="Also serve the same index with a plain FastAPI + sentence-transformers "
+                    "server (bench/http_anchor.py), measured interleaved with ctxvec serve.")
+    ap.add_argument("--soak", type=float, default=0.0, metavar="SECONDS",
+                    help="Then load ctxvec serve with the largest level for this long, printing "
+                    "its RSS and p99 every 30 s (e.g. 300).")
     ap.add_argument("--serve-set", action="append", default=[], metavar="KEY=VALUE",
                     help="A --set for ctxvec serve, e.g. serve.max_batch=1 (no batching).")
     ap.add_argument("--out", type=Path, help="Also write the results as JSON here.")
     args = ap.parse_args()
     levels = [int(x) for x in args.levels.split(",")]
-
-    home = args.home.expanduser().resolve()
-    os.environ["CTXVEC_HOME"] = str(home)
-    os.environ.pop("MLFLOW_TRACKING_URI", None)
-    info = workspace(home, args.vectors, args.factory)
+    sizes = [int(x) for x in args.vectors.split(",")]
+    homes = args.home or [DEFAULT_HOME.parent / ("http-100k" if n == 100_000 else f"http-{n}")
+                          for n in sizes]
+    if len(homes) != len(sizes):
+        raise SystemExit("give one --home per --vectors entry, or none")
     texts = sts_sentences()
     need = len(levels) * (args.warmup + args.requests) * (args.repeats + 1)
     if need > len(texts):
         raise SystemExit(f"{need} requests need {need} distinct texts; STS-B has "
                          f"{len(texts)}: lower --requests, --warmup or --repeats")
+    os.environ.pop("MLFLOW_TRACKING_URI", None)
     import torch
 
-    print(f"index: {info['factory']} over {info['vectors']} vectors (dim {info['dim']}) of "
-          f"{info['docs']} Wikipedia articles, all-MiniLM-L6-v2 = {NAME} version "
-          f"{info['version']}; queries: {len(texts)} unique STS-B dev sentences, k={K}; "
-          f"{os.cpu_count()} CPUs, torch {torch.__version__}, {platform.python_version()}",
-          flush=True)
-    results = {"index": info, "levels": levels, "requests": args.requests,
-               "access_log": args.access_log, "load_before": os.getloadavg()}
-    offset = 0
-    if not args.skip_anchor:
-        results["in_process"] = in_process(levels, texts, args.warmup, args.requests)
-        offset = len(levels) * (args.warmup + args.requests)
-    results["serve_sets"] = args.serve_set
-    results["http"] = over_http(levels, texts[offset:], args.warmup, args.requests,
-                                args.repeats, args.access_log, home / "serve.log",
-                                args.serve_set)
-    results["load_after"] = os.getloadavg()
-
-    print("\n| clients | HTTP p50 | HTTP p99 | HTTP req/s | errors | mean batch |"
-          " in-process batched p50 / p99 | direct Searcher p50 / p99 |")
-    print("|---|---|---|---|---|---|---|---|")
-    for c in levels:
-        h = results["http"][c]
-        ip = results.get("in_process", {}).get(c)
-        b = f"{ip['batched']['p50_ms']} / {ip['batched']['p99_ms']} ms" if ip else "-"
-        d = f"{ip['direct']['p50_ms']} / {ip['direct']['p99_ms']} ms" if ip else "-"
-        print(f"| {c} | {h['p50_ms']} ms | {h['p99_ms']} ms | {h['req_per_s']} "
-              f"| {h['errors']} of {h['requests']} | {h['mean_batch']} | {b} | {d} |")
-    print(f"load average before / after: {results['load_before']} / {results['load_after']}")
+    everything = {}
+    for n, home in zip(sizes, homes, strict=True):
+        home = home.expanduser().resolve()
+        os.environ["CTXVEC_HOME"] = str(home)
+        info = workspace(home, n, args.factory)
+        print(f"index: {info['factory']} over {info['vectors']} vectors (dim {info['dim']}) of "
+              f"{info['docs']} Wikipedia articles, all-MiniLM-L6-v2 = {NAME} version "
+              f"{info['version']}; queries: {len(texts)} unique STS-B sentences, k={K}; "
+              f"{os.cpu_count()} CPUs, torch {torch.__version__}, "
+              f"{platform.python_version()}", flush=True)
+        results = {"index": info, "levels": levels, "requests": args.requests,
+                   "access_log": args.access_log, "load_before": os.getloadavg()}
+        offset = 0
+        if not args.skip_anchor:
+            results["in_process"] = in_process(levels, texts, args.warmup, args.requests)
+            offset = len(levels) * (args.warmup + args.requests)
+        results["serve_sets"] = args.serve_set
+        results["http"] = over_http(home, levels, texts[offset:], args.warmup, args.requests,
+                                    args.repeats, args.access_log, args.serve_set,
+                                    args.anchor_server, args.soak)
+        results["load_after"] = os.getloadavg()
+        print_tables(f"{info['vectors']} vectors, {info['factory']}", results, levels)
+        print(f"load average before / after: {results['load_before']} / "
+              f"{results['load_after']}", flush=True)
+        everything[str(n)] = results
     if args.out:
-        args.out.write_text(json.dumps(results, indent=2))
+        args.out.write_text(json.dumps(everything, indent=2))
 
 
 if __name__ == "__main__":

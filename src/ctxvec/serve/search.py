@@ -293,23 +293,24 @@ class Searcher:
     def _hits(self, ranked: list[tuple[str, float, int]],
               docs: dict[str, dict] | None = None) -> list[Hit]:
         """(doc_id, score, chunk id) -> hits with the chunk's text, title and source."""
+        # every hit's row in one call: per hit, the lookup's numpy overhead was 11% of the
+        # batching thread under 32 clients (py-spy, 30k vectors)
+        m = self.id_map
+        rows = m.rows(np.fromiter((i for _, _, i in ranked), np.int64, len(ranked))).tolist()
         if self._snippets is not None:
             hits = []
-            for d, score, i in ranked:
-                row = int(self.id_map.rows(np.asarray([i]))[0])
+            for (d, score, _), row in zip(ranked, rows, strict=True):
                 title, source = self._doc_meta.get(d, ("", ""))
-                hits.append(Hit(d, score, self._snippets[row], title,
-                                int(self.id_map.chunks[row]), int(self.id_map.starts[row]),
-                                int(self.id_map.ends[row]), source))
+                hits.append(Hit(d, score, self._snippets[row], title, int(m.chunks[row]),
+                                int(m.starts[row]), int(m.ends[row]), source))
             return hits
         if docs is None:
             docs = self._docs([d for d, _, _ in ranked])
         hits = []
-        for d, score, i in ranked:
+        for (d, score, _), row in zip(ranked, rows, strict=True):
             doc = docs.get(d, {})
-            row = int(self.id_map.rows(np.asarray([i]))[0])
-            s, e = int(self.id_map.starts[row]), int(self.id_map.ends[row])
+            s, e = int(m.starts[row]), int(m.ends[row])
             hits.append(Hit(d, score, (doc.get("text") or "")[s:e][:SNIPPET_CHARS],
-                            doc.get("title") or "", int(self.id_map.chunks[row]), s, e,
+                            doc.get("title") or "", int(m.chunks[row]), s, e,
                             doc.get("source") or ""))
         return hits
