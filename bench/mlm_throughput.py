@@ -28,6 +28,8 @@ Rows:
   ``train.precision=bf16``). On a CPU without them both are skipped, with that reason printed:
   bf16 would be emulated there and run slower than fp32, so it is no competent user's setting.
   With ``--bf16`` every row already runs bf16 and these two are not added.
+- ``ctxvec_unfused`` (only when asked for with ``--rows``): the loop with the for-loop AdamW it
+  ran on a CPU before its optimizer was fused there, to measure that change side by side.
 
 OpenMP's wait policy is set before torch loads, as importing ctxvec sets it for the CLI: PASSIVE
 unless ``OMP_WAIT_POLICY`` is already set; every row in the process runs under it.
@@ -108,6 +110,18 @@ def run_ctxvec(args, tokenizer, rows, device, bf16: bool) -> float:
     steady = [r["tokens_per_s"] for _, r in stamps[args.warmup:] if "tokens_per_s" in r]
     del model, res
     return statistics.median(steady)
+
+
+def run_ctxvec_unfused(args, tokenizer, rows, device, bf16: bool) -> float:
+    """The loop with the for-loop AdamW it used on a CPU before its optimizer was fused there:
+    the same run otherwise, to measure that change side by side."""
+    from unittest import mock
+
+    def unfused(groups, lr, dev):
+        return torch.optim.AdamW(groups, lr=lr, fused=dev.type == "cuda")
+
+    with mock.patch("ctxvec.train.loop.adamw", unfused):
+        return run_ctxvec(args, tokenizer, rows, device, bf16)
 
 
 def hf_param_groups(model, weight_decay: float) -> list[dict]:
@@ -197,10 +211,11 @@ def run_hf(args, tokenizer, rows, device, bf16: bool) -> float:
 
 
 RUNNERS = {"ctxvec": run_ctxvec, "hf_masked": run_hf_masked, "hf": run_hf,
-           "ctxvec_bf16": run_ctxvec, "hf_bf16": run_hf}
+           "ctxvec_bf16": run_ctxvec, "hf_bf16": run_hf, "ctxvec_unfused": run_ctxvec_unfused}
 LABELS = {"ctxvec": "ctxvec loop", "hf_masked": "HF BertForMaskedLM, masked-only logits",
           "hf": "HF Trainer (logits at every position)", "ctxvec_bf16": "ctxvec loop, bf16",
-          "hf_bf16": "HF Trainer, bf16=True"}
+          "hf_bf16": "HF Trainer, bf16=True",
+          "ctxvec_unfused": "ctxvec loop, for-loop AdamW (as before on a CPU)"}
 
 
 def loadavg() -> str:
@@ -276,7 +291,8 @@ def main() -> None:
         mfu = f", MFU {v * fpt / (args.peak_tflops * 1e12):.1%}" if device == "cuda" else ""
         runs = " ".join(f"{x:.0f}" for x in results[k])
         print(f"median {k:12s} {v:10.0f} tokens/s{mfu}  ({LABELS[k]}; runs {runs})")
-    for mine, theirs in (("ctxvec", "hf_masked"), ("ctxvec", "hf"),
+    for mine, theirs in (("ctxvec", "hf_masked"), ("ctxvec_unfused", "hf_masked"),
+                         ("ctxvec", "ctxvec_unfused"), ("ctxvec", "hf"),
                          ("ctxvec_bf16", "hf_bf16"), ("ctxvec_bf16", "hf_masked")):
         if mine in med and theirs in med:
             pairs = zip(results[mine], results[theirs], strict=True)
