@@ -295,10 +295,10 @@ def main() -> None:
                          ("ctxvec", "ctxvec_unfused"), ("ctxvec", "hf"),
                          ("ctxvec_bf16", "hf_bf16"), ("ctxvec_bf16", "hf_masked")):
         if mine in med and theirs in med:
-            pairs = zip(results[mine], results[theirs], strict=True)
-            per = " ".join(f"{a / b:.2f}" for a, b in pairs)
+            per = [a / b for a, b in zip(results[mine], results[theirs], strict=True)]
             print(f"ratio {mine} / {theirs} ({LABELS[theirs]}): {med[mine] / med[theirs]:.3f} "
-                  f"(per repeat {per})")
+                  f"(per repeat {' '.join(f'{x:.2f}' for x in per)}; "
+                  f"median of those {statistics.median(per):.3f})")
     sys.stdout.flush()
 
 
