@@ -45,7 +45,9 @@ measures spinning threads). Every torch path in the process, the anchor's includ
 `--threads 1,2` measures every path at each thread count in turn (torch's `set_num_threads`,
 ONNX Runtime's session option, `embed.threads` for the embed stage), interleaved within each
 repeat; without it, torch's default. `/proc/loadavg` is printed with every repeat: on a shared
-machine the ratios hold only beside the load they were measured under.
+machine the ratios hold only beside the load they were measured under. The table gives each row's
+rate against sentence-transformers (`vs ST`), against ONNX Runtime fp32 (`vs ORT`) and ctxvec's
+rate over the row's (`ctxvec/x`: above 1, ctxvec is ahead of that row).
 
     python bench/embed_throughput.py [--repeats 3] [--limit N] [--device cpu|cuda]
         [--threads 1,2] [--onnx] [--onnx-int8] [--fastembed] [--no-stage] [--smoke]
