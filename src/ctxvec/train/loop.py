@@ -26,6 +26,7 @@ from ctxvec.train import distributed
 from ctxvec.train.checkpoint import checkpoints, load_checkpoint, save_checkpoint
 from ctxvec.train.multitask import MultiTask
 from ctxvec.train.optim import (
+    adamw,
     apply_freeze,
     encoder_layers,
     frozen_layers_at,
@@ -147,8 +148,7 @@ def train(
     for head in heads.values():
         head.to(device)
     trainable = list(model.parameters()) + [p for h in heads.values() for p in h.parameters()]
-    opt = torch.optim.AdamW(param_groups(model, list(heads.values()), tcfg), lr=tcfg.lr,
-                            fused=device.type == "cuda")
+    opt = adamw(param_groups(model, list(heads.values()), tcfg), tcfg.lr, device)
     gen = torch.Generator().manual_seed(tcfg.seed)
     total = total_steps(tcfg, tasks)
     result.precision = train_precision(tcfg.precision, device, announce=world.main)
