@@ -141,11 +141,14 @@ def background(args: list[str], log: Path, env: dict[str, str], cwd: Path | None
                stdout: Path | None = None, grace: float = 3.0) -> Iterator[subprocess.Popen]:
     """Run ``args`` in its own process group with stderr (and stdout, unless ``stdout`` names a
     file of its own) in ``log``; on exit, SIGTERM it (and its children), SIGKILL after
-    ``grace`` seconds."""
+    ``grace`` seconds. Should the test process be killed without its teardown (a SIGTERM to
+    pytest), the kernel sends the child SIGTERM: no server outlives the run."""
+    from ctxvec_flows.deployments import _die_with_parent
+
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "wb") as err, open(stdout or os.devnull, "wb") as out:
         proc = subprocess.Popen(args, stdout=out if stdout else err, stderr=err, env=env,
-                                cwd=cwd, start_new_session=True)
+                                cwd=cwd, start_new_session=True, preexec_fn=_die_with_parent)
     try:
         yield proc
     finally:
