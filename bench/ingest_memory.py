@@ -27,7 +27,6 @@ import subprocess
 import sys
 import tarfile
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -35,7 +34,7 @@ import pyarrow.parquet as pq
 
 sys.path.insert(0, str(Path(__file__).parent))
 from ingest import CORPUS, raw_mb, variant_input  # noqa: E402
-from measure import PeakRSS  # noqa: E402
+from measure import PeakRSS, PeakSampler  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -49,30 +48,15 @@ def export_baseline(rev: str, dst: Path) -> Path:
     return dst / "src"
 
 
-class _FileSize:
-    """The largest size seen of files matching ``pattern`` under ``root``, polled."""
-
-    def __init__(self, root: Path, pattern: str):
-        self.root, self.pattern, self.peak = root, pattern, 0
-        self._stop = threading.Event()
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            for f in self.root.glob(self.pattern):
-                try:
-                    self.peak = max(self.peak, f.stat().st_size)
-                except FileNotFoundError:
-                    pass
-            self._stop.wait(0.5)
-
-    def __enter__(self) -> _FileSize:
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
+def _largest_file(root: Path, pattern: str) -> int:
+    """The size of the largest file matching ``pattern`` under ``root`` (0: none)."""
+    sizes = [0]
+    for f in root.glob(pattern):
+        try:
+            sizes.append(f.stat().st_size)
+        except FileNotFoundError:
+            pass
+    return max(sizes)
 
 
 def ingest(folder: Path, home: Path, pythonpath: str, workers: int) -> dict:
@@ -83,7 +67,8 @@ def ingest(folder: Path, home: Path, pythonpath: str, workers: int) -> dict:
     t0 = time.perf_counter()
     err = open(home.parent / f"{home.name}.err", "w+")  # noqa: SIM115 - closed below
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=err, text=True)
-    with PeakRSS(proc.pid) as tree, _FileSize(home / "snapshots", ".tmp-*/.parts/*.sqlite") as db:
+    with PeakRSS(proc.pid) as tree, PeakSampler(
+            lambda: _largest_file(home / "snapshots", ".tmp-*/.parts/*.sqlite"), 0.5) as db:
         out = proc.stdout.read()
         _, status, usage = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - t0

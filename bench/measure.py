@@ -30,19 +30,20 @@ def _tree_rss_bytes(root: int) -> int:
     return total
 
 
-class PeakRSS:
-    """``with PeakRSS() as p: ...`` then ``p.peak`` (bytes): max over samples of the tree's sum."""
+class PeakSampler:
+    """``with PeakSampler(sample, every) as p: ...`` then ``p.peak``: the largest value
+    ``sample()`` returned, polled every ``every`` seconds on a thread and once more at exit."""
 
-    def __init__(self, pid: int | None = None, every: float = 0.05):
-        self.pid, self.every, self.peak = pid or os.getpid(), every, 0
+    def __init__(self, sample: Callable[[], int], every: float = 0.05):
+        self.sample, self.every, self.peak = sample, every, 0
         self._stop = threading.Event()
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            self.peak = max(self.peak, _tree_rss_bytes(self.pid))
+            self.peak = max(self.peak, self.sample())
             self._stop.wait(self.every)
 
-    def __enter__(self) -> PeakRSS:
+    def __enter__(self) -> PeakSampler:
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
         return self
@@ -50,7 +51,15 @@ class PeakRSS:
     def __exit__(self, *exc) -> None:
         self._stop.set()
         self._thread.join()
-        self.peak = max(self.peak, _tree_rss_bytes(self.pid))
+        self.peak = max(self.peak, self.sample())
+
+
+class PeakRSS(PeakSampler):
+    """``with PeakRSS() as p: ...`` then ``p.peak`` (bytes): max over samples of the tree's sum."""
+
+    def __init__(self, pid: int | None = None, every: float = 0.05):
+        self.pid = pid or os.getpid()
+        super().__init__(lambda: _tree_rss_bytes(self.pid), every)
 
 
 def median_time(fn: Callable[[], object], repeats: int) -> tuple[float, list[float]]:
