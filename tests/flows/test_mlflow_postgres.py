@@ -7,8 +7,9 @@ What the run registered is read back three ways: through MLflow's client, straig
 MLflow's tables in Postgres (so it is there, not in a SQLite file that happened to answer), and
 through ``ctxvec models list --json`` as a user asks for it.
 
-Without PostgreSQL installed these tests skip, with how to install it as the reason; where the
-environment variable ``CI`` is set they fail instead (CI installs it: .ci/run).
+They are slow-tier tests (a cluster, a server and a pipeline run: ~45 s on two cores), which
+.ci/run runs too. Without PostgreSQL installed they skip, with how to install it as the
+reason; where the environment variable ``CI`` is set they fail instead (CI installs it).
 """
 
 from __future__ import annotations
@@ -31,6 +32,9 @@ from tests.servers import (
 )
 
 MODEL = "ctxvec-encoder"
+
+
+SLOW = pytest.mark.slow  # the cluster, the server and the run: ~45 s on two cores
 
 
 @pytest.fixture(scope="module")
@@ -77,6 +81,7 @@ def query(db: str, sql: str, *params) -> list[tuple]:
     return rows
 
 
+@SLOW
 def test_the_client_finds_version_1_its_tags_and_champion(servers, run):
     from mlflow import MlflowClient
 
@@ -96,6 +101,7 @@ def test_the_client_finds_version_1_its_tags_and_champion(servers, run):
     assert list(artifacts.rglob("model.safetensors"))
 
 
+@SLOW
 def test_the_registry_is_stored_in_postgres(servers, run):
     db, uri, _ = servers
     _, s = run
@@ -123,6 +129,7 @@ def test_the_registry_is_stored_in_postgres(servers, run):
     assert losses == (3,)  # tiny.yaml: 12 steps, logged every 4
 
 
+@SLOW
 def test_models_list_reads_the_postgres_registry(servers, run):
     _, uri, _ = servers
     home, s = run

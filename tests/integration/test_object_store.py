@@ -50,6 +50,7 @@ def ranked(hits: list[dict]) -> list[tuple[str, float]]:
     return [(h["doc_id"], round(h["score"], 4)) for h in hits]
 
 
+@pytest.mark.slow  # ~40-50 s on 2 CPU cores; .ci/run runs it
 def test_a_pipeline_on_s3_is_served_by_another_machine_with_an_empty_cache(tmp_path,
                                                                           prefect_api):
     with moto_server() as endpoint:

@@ -164,6 +164,7 @@ def test_actor_leaves_out_written_and_superseded_documents(two_snapshots, tiny_d
     assert len(list(work.glob("part-*.parquet"))) == 1
 
 
+@pytest.mark.slow  # ~40-50 s on 2 CPU cores; .ci/run runs it
 def test_an_interrupted_ray_run_resumes(workspace, two_snapshots, tiny_dir, ray_cluster):
     snap = two_snapshots
     local = run_embed(_cfg(), workspace, snap, str(tiny_dir), "1")
