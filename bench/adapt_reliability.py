@@ -1,0 +1,205 @@
+"""How far can any measure agree with real nDCG@10 on these models? The noise ceiling of the
+label-free measure's rank agreement, from per-query scores.
+
+``bench/adapt_ablation.py`` ranks a dozen models by real nDCG@10 (the BEIR test queries) and by
+the label-free measure (held-out pseudo-queries) and reports the Spearman correlation of the two
+rankings. Most of those models are within a point or two of each other, so part of any
+disagreement is sampling noise in one or both measures, not a fault of the label-free one. This
+bench puts a figure on that:
+
+1. every model folder is scored again, keeping the score of every query (real nDCG@10 over the
+   ablation's evaluation corpus; label-free nDCG@10 over the recipe's held-out pseudo-queries);
+   the per-query scores are kept in ``<home>/reliability/<variant>.npz`` (a re-run resumes);
+2. **real against real**: the test queries split at random into two halves, the models ranked on
+   each half, Spearman between the halves (median over --splits splits): how well the labels
+   agree with *themselves* on another set of queries of half the size. The same for the
+   label-free measure;
+3. **bootstrap** of the observed agreement: queries of both measures resampled with
+   replacement, Spearman(label-free, real) each time: its median and 90% interval;
+4. **pairs the labels can tell apart**: a paired bootstrap over the test queries for every pair
+   of models; among the pairs whose real nDCG@10 difference excludes 0 at 95%, the share the
+   label-free measure orders the same way. This is the question a gate asks.
+
+    python bench/adapt_reliability.py --home /tmp/ctxvec-ablation --eval-docs 3000
+
+``--home`` is the ablation's workspace (its ``ablation/*.json`` name the variants; their model
+folders are found from the run manifests); ``--eval-docs`` the ablation's own value.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+
+NDCG_K = 10
+
+
+def model_folders(home: Path) -> dict[str, Path]:
+    """variant -> its model folder: the one whose ``evaluation.json`` (written by the pipeline's
+    evaluate stage beside the model) holds the variant's recorded nDCG@10 and label-free
+    nDCG@10, among ``<home>/runs/*/model`` and ``<home>/ablation/*-model``."""
+    folders = [*(home / "runs").glob("*/model"), *(home / "ablation").glob("*-model")]
+    recorded = {}
+    for f in folders:
+        ev = f / "evaluation.json" if (f / "evaluation.json").is_file() else (
+            f.parent / "evaluation.json")
+        if ev.is_file() and (f / "model.safetensors").is_file():
+            m = json.loads(ev.read_text())["metrics"]
+            recorded[f] = (m.get("retrieval_ndcg_at_10"), m.get("pseudo_ndcg_at_10"))
+    found: dict[str, Path] = {}
+    for done in sorted((home / "ablation").glob("*.json")):
+        r = json.loads(done.read_text())
+        key = (r["ndcg_at_10"], r["pseudo_ndcg_at_10"])
+        match = [f for f, got in recorded.items() if got == key]
+        if len(match) == 1:
+            found[r["variant"]] = match[0]
+    return found
+
+
+def per_query_real(encoder, beir) -> np.ndarray:
+    from ctxvec.evaluate.retrieval import exact_search, retrieval_metrics
+
+    docs = encoder.encode(beir.doc_texts, batch_size=64, progress=True)
+    queries = encoder.encode(beir.query_texts, batch_size=64, progress=True)
+    ranked = exact_search(queries, docs, beir.query_ids, beir.doc_ids, NDCG_K)
+    qids = sorted(beir.qrels)
+    return np.array([retrieval_metrics({q: ranked.get(q, [])}, {q: beir.qrels[q]})["ndcg@10"]
+                     for q in qids])
+
+
+def per_query_pseudo(encoder, folder: Path) -> np.ndarray:
+    from ctxvec.evaluate.pseudo import read_pseudo
+    from ctxvec.evaluate.retrieval import exact_search
+
+    queries, relevant, doc_ids, doc_texts = read_pseudo(folder)
+    docs = encoder.encode(doc_texts, batch_size=64, progress=True)
+    qv = encoder.encode(queries, batch_size=64)
+    qids = [f"pq:{i}" for i in range(len(queries))]
+    ranked = exact_search(qv, docs, qids, doc_ids, NDCG_K)
+    out = np.zeros(len(queries))
+    for i, (q, rel) in enumerate(zip(qids, relevant, strict=True)):
+        hits = ranked.get(q, [])
+        if rel in hits[:NDCG_K]:
+            out[i] = 1.0 / np.log2(hits.index(rel) + 2)
+    return out
+
+
+def spearman(a: np.ndarray, b: np.ndarray) -> float:
+    from scipy.stats import spearmanr
+
+    return float(spearmanr(a, b).statistic)
+
+
+def split_half(scores: np.ndarray, rng: np.random.Generator, splits: int) -> list[float]:
+    """scores: (models, queries) -> Spearman between the model rankings on two random halves."""
+    n = scores.shape[1]
+    out = []
+    for _ in range(splits):
+        perm = rng.permutation(n)
+        a, b = perm[: n // 2], perm[n // 2:]
+        out.append(spearman(scores[:, a].mean(1), scores[:, b].mean(1)))
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--home", type=Path, required=True, help="the ablation's workspace")
+    ap.add_argument("--eval-docs", type=int, default=None, help="the ablation's --eval-docs")
+    ap.add_argument("--splits", type=int, default=2000, help="random half splits / resamples")
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    os.environ["CTXVEC_HOME"] = str(args.home)
+    from ctxvec.evaluate.retrieval import read_beir
+    from ctxvec.model.encoder import Encoder
+
+    beir_dir = args.home / (f"eval-{args.eval_docs}-all" if args.eval_docs else "")
+    if not args.eval_docs:
+        beir_dir = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / (
+            "beir-arguana")
+    beir = read_beir(beir_dir)
+    folders = model_folders(args.home)
+    mined = {json.loads((f.parent / "manifest.json").read_text())["mined"]
+             for f in folders.values() if (f.parent / "manifest.json").is_file()}
+    if len(mined) != 1:
+        raise SystemExit(f"expected one mined folder among the runs, found {mined}")
+    pseudo_dir = Path(mined.pop())
+    state = args.home / "reliability"
+    state.mkdir(exist_ok=True)
+    results = {json.loads(p.read_text())["variant"]: json.loads(p.read_text())
+               for p in (args.home / "ablation").glob("*.json")}
+    names = [n for n in results if n in folders]
+    print(f"{len(names)} models with a folder: {', '.join(names)}; "
+          f"missing: {sorted(set(results) - set(names)) or 'none'}", flush=True)
+    real, lf = [], []
+    for name in names:
+        cache = state / f"{name}.npz"
+        if not cache.is_file():
+            t0 = time.time()
+            enc = Encoder.load(folders[name], device="cpu", precision="fp32")
+            r, p = per_query_real(enc, beir), per_query_pseudo(enc, pseudo_dir)
+            np.savez(cache, real=r, pseudo=p)
+            print(f"{name}: scored in {time.time() - t0:.0f} s (load {os.getloadavg()[0]:.1f})",
+                  flush=True)
+        z = np.load(cache)
+        real.append(z["real"])
+        lf.append(z["pseudo"])
+    real, lf = np.stack(real), np.stack(lf)
+    rng = np.random.default_rng(args.seed)
+
+    print("\n| variant | real nDCG@10 (table) | real, re-scored | label-free (table) | "
+          "label-free, re-scored |\n|---|---|---|---|---|")
+    for i, n in enumerate(names):
+        print(f"| {n} | {results[n]['ndcg_at_10']:.4f} | {real[i].mean():.4f} | "
+              f"{results[n]['pseudo_ndcg_at_10']:.4f} | {lf[i].mean():.4f} |")
+    observed = spearman(lf.mean(1), real.mean(1))
+    rr = split_half(real, rng, args.splits)
+    ll = split_half(lf, rng, args.splits)
+    boot = []
+    for _ in range(args.splits):
+        a = rng.integers(0, real.shape[1], real.shape[1])
+        b = rng.integers(0, lf.shape[1], lf.shape[1])
+        boot.append(spearman(lf[:, b].mean(1), real[:, a].mean(1)))
+    q = np.quantile
+    print(f"\n{len(names)} models; {real.shape[1]} test queries, {lf.shape[1]} held-out "
+          f"pseudo-queries; {args.splits} splits/resamples, seed {args.seed}")
+    print(f"Spearman(label-free, real), observed: {observed:.3f}; bootstrap median "
+          f"{q(boot, .5):.3f}, 90% interval {q(boot, .05):.3f}..{q(boot, .95):.3f}")
+    print(f"real vs real, two random halves of the test queries: median {q(rr, .5):.3f} "
+          f"(90%: {q(rr, .05):.3f}..{q(rr, .95):.3f})")
+    print(f"label-free vs label-free, two random halves: median {q(ll, .5):.3f} "
+          f"(90%: {q(ll, .05):.3f}..{q(ll, .95):.3f})")
+
+    # pairs the labels tell apart (paired bootstrap over the test queries, 95%)
+    idx = [rng.integers(0, real.shape[1], real.shape[1]) for _ in range(args.splits)]
+    sep = agree = 0
+    rows = []
+    for i in range(len(names)):
+        for j in range(i + 1, len(names)):
+            d = real[i] - real[j]
+            diffs = np.array([d[k].mean() for k in idx])
+            lo, hi = q(diffs, .025), q(diffs, .975)
+            if lo > 0 or hi < 0:
+                sep += 1
+                same = np.sign(d.mean()) == np.sign(lf[i].mean() - lf[j].mean())
+                agree += bool(same)
+                if not same:
+                    rows.append(f"{names[i]} vs {names[j]}: real {d.mean():+.4f}, label-free "
+                                f"{lf[i].mean() - lf[j].mean():+.4f}")
+    total = len(names) * (len(names) - 1) // 2
+    print(f"pairs of models: {total}; told apart by the labels at 95%: {sep}; ordered the "
+          f"same way by the label-free measure: {agree} of {sep}")
+    for r in rows:
+        print("  disagrees:", r)
+    print(f"host {platform.node()}, {os.cpu_count()} CPUs, load {os.getloadavg()}")
+
+
+if __name__ == "__main__":
+    main()
