@@ -126,15 +126,18 @@ def main() -> None:
             "beir-arguana")
     beir = read_beir(beir_dir)
     folders = model_folders(args.home)
+    results = {json.loads(p.read_text())["variant"]: json.loads(p.read_text())
+               for p in (args.home / "ablation").glob("*.json")}
+    # the label-free measure reads the recipe's own mined folder, whatever a variant trained on
+    # (as adapt_ablation.py scores it): the one of the runs that left the adapt section alone
     mined = {json.loads((f.parent / "manifest.json").read_text())["mined"]
-             for f in folders.values() if (f.parent / "manifest.json").is_file()}
+             for name, f in folders.items() if (f.parent / "manifest.json").is_file()
+             and not any(o.startswith("adapt.") for o in results[name]["overrides"])}
     if len(mined) != 1:
         raise SystemExit(f"expected one mined folder among the runs, found {mined}")
     pseudo_dir = Path(mined.pop())
     state = args.home / "reliability"
     state.mkdir(exist_ok=True)
-    results = {json.loads(p.read_text())["variant"]: json.loads(p.read_text())
-               for p in (args.home / "ablation").glob("*.json")}
     names = [n for n in results if n in folders]
     print(f"{len(names)} models with a folder: {', '.join(names)}; "
           f"missing: {sorted(set(results) - set(names)) or 'none'}", flush=True)
