@@ -40,6 +40,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
 from index_qps import clustered, sentence_vectors  # noqa: E402
+from measure import loadavg  # noqa: E402
 
 from ctxvec.embed.truncate import truncate  # noqa: E402
 from ctxvec.index.compact import CompactIndex  # noqa: E402
@@ -69,10 +70,6 @@ class Variant:
         return self.index.search(q, K)[1]
 
 
-def load() -> str:
-    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
-
-
 def recall(found: np.ndarray, truth: np.ndarray) -> float:
     return float(np.mean([len(set(f) & set(t)) / K for f, t in zip(found, truth, strict=True)]))
 
@@ -100,7 +97,7 @@ def variants(x: np.ndarray, ids: np.ndarray, folder: Path, dims: list[int],
 def run(label: str, x: np.ndarray, queries: np.ndarray, dims: list[int], args) -> None:
     n, d = x.shape
     print(f"\n## {label}: {n:,} x {d}, {len(queries)} queries (recall), "
-          f"{args.qps_queries} timed, load {load()}", flush=True)
+          f"{args.qps_queries} timed, load {loadavg()}", flush=True)
     ids = chunk_ids([f"doc{i // 4}" for i in range(n)], np.arange(n) % 4)
     truth_index = faiss.IndexFlatIP(d)
     truth_index.add(x)
@@ -120,7 +117,7 @@ def run(label: str, x: np.ndarray, queries: np.ndarray, dims: list[int], args) -
                 for s in range(0, len(timed), BATCH):
                     v.search(timed[s:s + BATCH])
                 v.qps.append(len(timed) / (time.perf_counter() - t0))
-            print(f"  round {rnd + 1}/{args.repeats} done, load {load()}", flush=True)
+            print(f"  round {rnd + 1}/{args.repeats} done, load {loadavg()}", flush=True)
         base = vs[0]
         base_q = statistics.median(base.qps)
         print(f"\n| {label} variant | memory (MB) | smaller than float | recall@10 | q/s "
@@ -131,7 +128,7 @@ def run(label: str, x: np.ndarray, queries: np.ndarray, dims: list[int], args) -
             print(f"| {v.name} | {v.memory / 1e6:,.1f} | {base.memory / v.memory:.2f}x | "
                   f"{v.recall:.4f} | {q:,.0f} | {q / base_q:.2f} | "
                   f"{', '.join(f'{r:.0f}' for r in v.qps)} |", flush=True)
-        print(f"load after: {load()}", flush=True)
+        print(f"load after: {loadavg()}", flush=True)
 
 
 def main() -> None:
@@ -153,7 +150,7 @@ def main() -> None:
     faiss.omp_set_num_threads(args.threads)
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
     print(f"faiss {faiss.__version__}, {faiss.omp_get_max_threads()} threads, k={K}, "
-          f"batches of {BATCH}, load {load()}", flush=True)
+          f"batches of {BATCH}, load {loadavg()}", flush=True)
     # one sample of sentences serves both (embedding is the slow part on a loaded CPU)
     real = sentence_vectors(max(args.real_n, args.centres) + args.queries)
     queries = np.ascontiguousarray(real[len(real) - args.queries:])

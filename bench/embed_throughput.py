@@ -74,7 +74,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))
-from measure import SHARED_DATA  # noqa: E402
+from measure import SHARED_DATA, loadavg  # noqa: E402
 
 from ctxvec.config import load_config  # noqa: E402
 from ctxvec.embed.corpus import read_vectors, run_embed  # noqa: E402
@@ -111,13 +111,6 @@ def timed(fn):
     t0 = time.perf_counter()
     out = fn()
     return time.perf_counter() - t0, out
-
-
-def loadavg() -> str:
-    try:
-        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
-    except OSError:
-        return "n/a"
 
 
 class OnnxAnchor:

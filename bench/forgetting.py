@@ -38,6 +38,9 @@ import sys
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).parent))
+from measure import loadavg  # noqa: E402
+
 ROOT = Path(__file__).resolve().parent.parent
 RECIPE = ROOT / "configs" / "continual-experiment.yaml"
 DATA = ROOT.parent / "shared" / "data"
@@ -145,13 +148,6 @@ def stamp(res: dict, t0: float) -> dict:
 
 def reused(res: dict) -> dict:
     return {**res, "fresh": False}
-
-
-def loadavg() -> str:
-    try:
-        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
-    except OSError:
-        return "?"
 
 
 def cli(home: Path, args: list[str], threads: int) -> dict:

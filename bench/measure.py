@@ -1,5 +1,6 @@
-"""Measuring helpers shared by the benchmarks: medians of repeated timings, and the peak resident
-memory of a whole process tree (the process and its workers), sampled from /proc."""
+"""Measuring helpers shared by the benchmarks: medians of repeated timings, the peak resident
+memory of a whole process tree (the process and its workers), sampled from /proc, and the load
+average printed beside every figure."""
 
 from __future__ import annotations
 
@@ -12,6 +13,15 @@ from pathlib import Path
 
 SHARED_DATA = Path(os.environ.get("CTXVEC_SHARED_DATA",
                                   Path(__file__).resolve().parents[2] / "shared" / "data"))
+
+
+def loadavg() -> str:
+    """The 1, 5 and 15-minute load averages, as ``/proc/loadavg`` gives them ("n/a" without it):
+    on a shared machine a ratio holds only beside the load it was measured under."""
+    try:
+        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    except OSError:
+        return "n/a"
 
 
 def _tree_rss_bytes(root: int) -> int:

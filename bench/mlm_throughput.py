@@ -67,6 +67,9 @@ from ctxvec.train.loop import train  # noqa: E402
 from ctxvec.train.multitask import MultiTask, Task  # noqa: E402
 from ctxvec.train.objectives.mlm import MaskedLM  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).parent))
+from measure import loadavg  # noqa: E402
+
 
 def build(size: str, vocab: int, seq: int, device: str):
     from transformers import BertConfig, BertForMaskedLM
@@ -216,13 +219,6 @@ LABELS = {"ctxvec": "ctxvec loop", "hf_masked": "HF BertForMaskedLM, masked-only
           "hf": "HF Trainer (logits at every position)", "ctxvec_bf16": "ctxvec loop, bf16",
           "hf_bf16": "HF Trainer, bf16=True",
           "ctxvec_unfused": "ctxvec loop, for-loop AdamW (as before on a CPU)"}
-
-
-def loadavg() -> str:
-    try:
-        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
-    except OSError:
-        return "n/a"
 
 
 def pick_rows(args, device: str) -> list[str]:
