@@ -33,10 +33,14 @@ import json
 import logging
 import os
 import platform
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).parent))
+from adapt_ablation import BEIR  # noqa: E402
 
 NDCG_K = 10
 
@@ -63,32 +67,35 @@ def model_folders(home: Path) -> dict[str, Path]:
     return found
 
 
-def per_query_real(encoder, beir) -> np.ndarray:
+def per_query_ndcg(encoder, doc_ids: list[str], doc_texts: list[str], query_texts: list[str],
+                   qrels: dict[str, dict[str, int]]) -> np.ndarray:
+    """Exact dense search of the queries (ids: ``qrels``' keys, in order) over the documents ->
+    each query's nDCG@10, as ``retrieval_metrics`` scores it."""
     from ctxvec.evaluate.retrieval import exact_search, retrieval_metrics
 
-    docs = encoder.encode(beir.doc_texts, batch_size=64, progress=True)
-    queries = encoder.encode(beir.query_texts, batch_size=64, progress=True)
-    ranked = exact_search(queries, docs, beir.query_ids, beir.doc_ids, NDCG_K)
-    qids = sorted(beir.qrels)
-    return np.array([retrieval_metrics({q: ranked.get(q, [])}, {q: beir.qrels[q]})["ndcg@10"]
+    docs = encoder.encode(doc_texts, batch_size=64, progress=True)
+    queries = encoder.encode(query_texts, batch_size=64, progress=True)
+    qids = list(qrels)
+    ranked = exact_search(queries, docs, qids, doc_ids, NDCG_K)
+    return np.array([retrieval_metrics({q: ranked.get(q, [])}, {q: qrels[q]})["ndcg@10"]
                      for q in qids])
 
 
+def per_query_real(encoder, beir) -> np.ndarray:
+    """The BEIR test queries, in sorted id order."""
+    text = dict(zip(beir.query_ids, beir.query_texts, strict=True))
+    qrels = {q: beir.qrels[q] for q in sorted(beir.qrels)}
+    return per_query_ndcg(encoder, beir.doc_ids, beir.doc_texts, [text[q] for q in qrels],
+                          qrels)
+
+
 def per_query_pseudo(encoder, folder: Path) -> np.ndarray:
+    """The held-out pseudo-queries, in file order; each has one relevant document, its own."""
     from ctxvec.evaluate.pseudo import read_pseudo
-    from ctxvec.evaluate.retrieval import exact_search
 
     queries, relevant, doc_ids, doc_texts = read_pseudo(folder)
-    docs = encoder.encode(doc_texts, batch_size=64, progress=True)
-    qv = encoder.encode(queries, batch_size=64)
-    qids = [f"pq:{i}" for i in range(len(queries))]
-    ranked = exact_search(qv, docs, qids, doc_ids, NDCG_K)
-    out = np.zeros(len(queries))
-    for i, (q, rel) in enumerate(zip(qids, relevant, strict=True)):
-        hits = ranked.get(q, [])
-        if rel in hits[:NDCG_K]:
-            out[i] = 1.0 / np.log2(hits.index(rel) + 2)
-    return out
+    qrels = {f"pq:{i}": {doc: 1} for i, doc in enumerate(relevant)}
+    return per_query_ndcg(encoder, doc_ids, doc_texts, queries, qrels)
 
 
 def spearman(a: np.ndarray, b: np.ndarray) -> float:
@@ -120,14 +127,11 @@ def main() -> None:
     from ctxvec.evaluate.retrieval import read_beir
     from ctxvec.model.encoder import Encoder
 
-    beir_dir = args.home / (f"eval-{args.eval_docs}-all" if args.eval_docs else "")
-    if not args.eval_docs:
-        beir_dir = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / (
-            "beir-arguana")
+    beir_dir = args.home / f"eval-{args.eval_docs}-all" if args.eval_docs else BEIR
     beir = read_beir(beir_dir)
     folders = model_folders(args.home)
-    results = {json.loads(p.read_text())["variant"]: json.loads(p.read_text())
-               for p in (args.home / "ablation").glob("*.json")}
+    results = {r["variant"]: r for r in (json.loads(p.read_text())
+                                         for p in (args.home / "ablation").glob("*.json"))}
     # the label-free measure reads the recipe's own mined folder, whatever a variant trained on
     # (as adapt_ablation.py scores it): the one of the runs that left the adapt section alone
     mined = {json.loads((f.parent / "manifest.json").read_text())["mined"]
