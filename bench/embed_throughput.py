@@ -254,6 +254,7 @@ def parse_args() -> argparse.Namespace:
     if args.fastembed and (why := fastembed_missing()):
         print(f"skipped fastembed: {why}", flush=True)
         args.fastembed = False
+    args.exported = args.onnx or args.onnx_int8 or args.fastembed  # rows on the ONNX graph
     return args
 
 
@@ -270,8 +271,7 @@ def main() -> None:
           f"ctxvec auto precision -> {auto.precision}; load {loadavg()}", flush=True)
 
     with tempfile.TemporaryDirectory() as tmp:
-        exported = (export_onnx(Path(tmp)) if args.onnx or args.onnx_int8 or args.fastembed
-                    else None)
+        exported = export_onnx(Path(tmp)) if args.exported else None
         onnx = OnnxAnchor(exported) if args.onnx else None
         onnx8 = OnnxAnchor(exported, quantize_onnx(exported)) if args.onnx_int8 else None
         fe = FastembedAnchor(exported) if args.fastembed else None

@@ -53,6 +53,9 @@ def param_groups(model, heads: list[torch.nn.Module], tcfg: TrainConfig) -> list
     ]
 
 
+FUSED_ADAMW_DEVICES = ("cuda", "cpu")  # where torch (>= 2.4 for the CPU) has the fused kernel
+
+
 def adamw(groups: list[dict], lr: float, device: torch.device) -> torch.optim.AdamW:
     """AdamW over ``groups``, fused on a GPU and on a CPU: one kernel updates each parameter in
     one pass, where the default for-loop AdamW makes about a dozen passes over every parameter
@@ -60,9 +63,6 @@ def adamw(groups: list[dict], lr: float, device: torch.device) -> torch.optim.Ad
     tested), and the state dict has the same keys, so checkpoints resume either way. The HF
     Trainer's default (``adamw_torch_fused``) is the same optimizer."""
     return torch.optim.AdamW(groups, lr=lr, fused=device.type in FUSED_ADAMW_DEVICES)
-
-
-FUSED_ADAMW_DEVICES = ("cuda", "cpu")  # where torch (>= 2.4 for the CPU) has the fused kernel
 
 
 def frozen_layers_at(step: int, fcfg: FreezeConfig) -> int:
