@@ -42,7 +42,7 @@ MNRL = "{name: mnrl, scale: 20.0, data: {source: mined%s}}"
 # name -> (what it is, recipe overrides)
 VARIANTS: dict[str, tuple[str, list[str]]] = {
     "minilm": ("all-MiniLM-L6-v2 as shipped (no training)", ["train.steps=0"]),
-    "combined": ("every mined signal, BM25 hard negatives (the recipe)", []),
+    "combined": ("every mined signal, in-batch negatives (the recipe)", []),
     "title_text": ("title <-> text alone",
                    [f"train.objectives=[{MNRL % ', signals: [title_text]'}]"]),
     "ict": ("inverse cloze task alone", [f"train.objectives=[{MNRL % ', signals: [ict]'}]"]),
@@ -52,8 +52,8 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
                    [f"train.objectives=[{MNRL % ', signals: [neighbours]'}]"]),
     "pseudo": ("pseudo-queries alone (sentence + keywords)",
                [f"train.objectives=[{MNRL % ', signals: [pseudo_sentence, pseudo_keywords]'}]"]),
-    "no_negatives": ("every signal, in-batch negatives only",
-                     ["adapt.negatives.per_example=0"]),
+    "bm25_negatives": ("every signal plus one BM25 hard negative a pair (the recipe until "
+                       "2026-12-05)", ["adapt.negatives.per_example=1"]),
     "tsdae": ("TSDAE alone: a denoising auto-encoder on the corpus's sentences",
               ["train.objectives=[{name: tsdae}]"]),
     "seq256": ("the recipe trained at 256 tokens (the length embed and evaluation read), "

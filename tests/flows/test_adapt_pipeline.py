@@ -28,9 +28,6 @@ def test_adapt_domain_recipe_mines_trains_evaluates_and_promotes(tmp_path):
         "--set", "train.objectives.0.batch_size=8", "--set", "train.warmup_steps=1",
         "--set", "train.log_every=2", "--set", "train.checkpoint_every=4",
         "--set", "evaluate.sts=null", "--set", "adapt.heldout_docs=8",
-        # MNRL takes (anchor, positive) here; hard negatives in the loss are the objectives'
-        # own change, so this run mines none
-        "--set", "adapt.negatives.per_example=0",
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     s = json.loads(proc.stdout)
@@ -43,6 +40,7 @@ def test_adapt_domain_recipe_mines_trains_evaluates_and_promotes(tmp_path):
     assert mine["heldout"] == manifest["heldout"]["queries"] > 0
     train_rows = pq.read_table(folder / "train.parquet").num_rows
     assert train_rows == sum(mine["counts"].values()) == manifest["examples"] > 100
+    assert manifest["negatives"]["negatives"] == 0  # the recipe trains on in-batch negatives
 
     run_dir = Path(s["train"]["run_dir"])
     train_manifest = json.loads((run_dir / "manifest.json").read_text())

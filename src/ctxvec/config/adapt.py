@@ -81,7 +81,10 @@ class NegativesConfig(_Section):
         default_factory=lambda: ["bm25"], description="Where candidates come from: bm25, and "
         "encoder (the starting model's nearest documents: every anchor and document is "
         "encoded while mining, which on a CPU costs more than the training that follows).")
-    per_example: int = Field(1, ge=0, description="0: no hard negatives (in-batch only).")
+    per_example: int = Field(
+        0, ge=0, description="Hard negatives per example; 0 (the default): in-batch negatives "
+        "only. Without a cross-encoder to clean them, mined hard negatives are often unlabelled "
+        "positives (docs/adaptation.md).")
     candidates: int = Field(30, ge=1, description="Top documents per source considered.")
     margin: float = Field(
         0.05, ge=0, lt=1, description="Drop a candidate scoring above (1 - margin) x the "
