@@ -58,7 +58,7 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
               ["train.objectives=[{name: tsdae}]"]),
     "seq256": ("the recipe trained at 256 tokens (the length embed and evaluation read), "
                "50 steps", ["train.seq_len=256", "train.steps=50"]),
-    "mlm": ("masked-LM on the corpus, 100 steps at 5e-5 (the old default adaptation)",
+    "mlm": ("masked-LM on the corpus at 5e-5 (the old default adaptation)",
             ["train.objectives=[{name: mlm}]", "train.lr=5.0e-5"]),
     "lr6e-5": ("the recipe at 3x the learning rate (6e-5)", ["train.lr=6.0e-5"]),
     "harmed": ("deliberately harmed: 30 steps at 50x the learning rate, no warm-up",

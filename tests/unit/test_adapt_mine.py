@@ -23,8 +23,7 @@ from tests.adapt_corpus import documents, write_corpus
 from tests.helpers import TINY, tiny_bert
 
 DOCS = [Doc(d["_id"], d["title"], d["text"]) for d in documents(30)]
-BM25_ONLY = ["adapt.pseudo_queries.filter=bm25", "adapt.negatives.sources=[bm25]",
-             "adapt.negatives.per_example=1"]
+BM25_ONLY = ["adapt.pseudo_queries.filter=bm25", "adapt.negatives.sources=[bm25]"]
 
 
 def _cfg(corpus: Path, *extra: str):
