@@ -22,6 +22,13 @@ bench puts a figure on that:
 
     python bench/adapt_reliability.py --home /tmp/ctxvec-ablation --eval-docs 3000
 
+``--label-free-only --sizes 411,800`` asks a cheaper question, from the label-free side alone
+(the real nDCG@10 is each variant's figure in the ablation's table): how the rank agreement
+depends on the number of held-out pseudo-queries. The models are ranked on random subsets of
+``n`` of the queries for each size (and on all of them), and the Spearman with the real ranking
+is reported (median and 90% interval over ``--splits`` subsets). Scoring only the pseudo-queries
+costs a third of the full run; its per-query scores go to ``<variant>.label-free.npz``.
+
 ``--home`` is the ablation's workspace (its ``ablation/*.json`` name the variants; their model
 folders are found from the run manifests); ``--eval-docs`` the ablation's own value.
 """
@@ -115,12 +122,32 @@ def split_half(scores: np.ndarray, rng: np.random.Generator, splits: int) -> lis
     return out
 
 
+def by_query_count(lf: np.ndarray, real: np.ndarray, sizes: list[int],
+                   rng: np.random.Generator, splits: int) -> list[str]:
+    """lf: (models, queries) label-free scores; real: (models,) real nDCG@10 -> a line per size:
+    Spearman(label-free ranking on ``n`` random queries, real ranking), median and 90%."""
+    q = np.quantile
+    out = []
+    for n in sizes:
+        if n >= lf.shape[1]:
+            continue
+        rho = [spearman(lf[:, rng.choice(lf.shape[1], n, replace=False)].mean(1), real)
+               for _ in range(splits)]
+        out.append(f"{n} queries: Spearman median {q(rho, .5):.3f} "
+                   f"(90%: {q(rho, .05):.3f}..{q(rho, .95):.3f})")
+    out.append(f"all {lf.shape[1]} queries: Spearman {spearman(lf.mean(1), real):.3f}")
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--home", type=Path, required=True, help="the ablation's workspace")
     ap.add_argument("--eval-docs", type=int, default=None, help="the ablation's --eval-docs")
     ap.add_argument("--splits", type=int, default=2000, help="random half splits / resamples")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--label-free-only", action="store_true",
+                    help="score only the pseudo-queries; rank agreement by query count")
+    ap.add_argument("--sizes", default="411", help="with --label-free-only: query counts")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     os.environ["CTXVEC_HOME"] = str(args.home)
@@ -145,6 +172,31 @@ def main() -> None:
     names = [n for n in results if n in folders]
     print(f"{len(names)} models with a folder: {', '.join(names)}; "
           f"missing: {sorted(set(results) - set(names)) or 'none'}", flush=True)
+    if args.label_free_only:
+        lf = []
+        for name in names:
+            cache = state / f"{name}.label-free.npz"
+            if not cache.is_file():
+                t0 = time.time()
+                enc = Encoder.load(folders[name], device="cpu", precision="fp32")
+                np.savez(cache, pseudo=per_query_pseudo(enc, pseudo_dir))
+                print(f"{name}: scored in {time.time() - t0:.0f} s "
+                      f"(load {os.getloadavg()[0]:.1f})", flush=True)
+            lf.append(np.load(cache)["pseudo"])
+        lf = np.stack(lf)
+        real = np.array([results[n]["ndcg_at_10"] for n in names])
+        for i, n in enumerate(names):  # the re-scored mean must be the table's figure
+            print(f"{n}: label-free {results[n]['pseudo_ndcg_at_10']:.4f} (table), "
+                  f"{lf[i].mean():.4f} (re-scored)")
+        print(f"\n{len(names)} models, {lf.shape[1]} held-out pseudo-queries, {args.splits} "
+              f"subsets each, seed {args.seed}")
+        for line in by_query_count(lf, real, [int(n) for n in args.sizes.split(",")],
+                                   np.random.default_rng(args.seed), args.splits):
+            print(line)
+        ll = split_half(lf, np.random.default_rng(args.seed), args.splits)
+        print(f"label-free vs label-free, two random halves: median {np.quantile(ll, .5):.3f}")
+        print(f"host {platform.node()}, {os.cpu_count()} CPUs, load {os.getloadavg()}")
+        return
     real, lf = [], []
     for name in names:
         cache = state / f"{name}.npz"

@@ -102,6 +102,18 @@ def test_heldout_share_and_count_by_doc_id_hash():
     assert heldout_mask(ids, 7).sum() == 7 and heldout_mask(ids, 0).sum() == 0
 
 
+def test_heldout_cap_keeps_the_documents_of_smallest_hash():
+    ids = [f"doc{i}" for i in range(400)]
+    share = heldout_mask(ids, 0.25)
+    capped = heldout_mask(ids, 0.25, cap=20)
+    assert capped.sum() == 20 and not (capped & ~share).any()  # a subset of the share
+    # the same 20 whatever the order of the documents
+    back = heldout_mask(ids[::-1], 0.25, cap=20)[::-1]
+    assert capped.tolist() == back.tolist()
+    assert heldout_mask(ids, 0.25, cap=1000).tolist() == share.tolist()  # under the cap
+    assert heldout_mask(ids, 7, cap=5).sum() == 5
+
+
 def test_hash_sample_keeps_the_same_documents_in_any_order():
     some = hash_sample(DOCS, 10)
     assert len(some) == 10 and [d for d in DOCS if d in some] == some  # order kept

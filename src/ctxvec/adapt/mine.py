@@ -79,16 +79,20 @@ def hash_sample(docs: list[Doc], n: int | None) -> list[Doc]:
     return [d for d in docs if d.doc_id in keep]
 
 
-def heldout_mask(doc_ids: list[str], heldout: float) -> np.ndarray:
+def heldout_mask(doc_ids: list[str], heldout: float, cap: int | None = None) -> np.ndarray:
     """Which documents are held out: a share (< 1) by a hash threshold, so each document's fate
-    depends on its id alone; a count (>= 1) as the documents of smallest hash."""
+    depends on its id alone; a count (>= 1) as the documents of smallest hash. ``cap``: at most
+    that many, the ones of smallest hash (so a large corpus's evaluation stays cheap)."""
     h = np.asarray([stable_hash("heldout", d) for d in doc_ids], dtype=np.float64)
     if heldout <= 0 or not doc_ids:
         return np.zeros(len(doc_ids), dtype=bool)
-    if heldout < 1:
-        return h / _HASH_RANGE < heldout
+    count = len(doc_ids) if heldout < 1 else min(int(heldout), len(doc_ids))
+    if cap is not None:
+        count = min(count, cap)
     mask = np.zeros(len(doc_ids), dtype=bool)
-    mask[np.argsort(h, kind="stable")[: min(int(heldout), len(doc_ids))]] = True
+    mask[np.argsort(h, kind="stable")[:count]] = True
+    if heldout < 1:
+        mask &= h / _HASH_RANGE < heldout
     return mask
 
 
@@ -265,7 +269,7 @@ def run_mine(cfg: CtxvecConfig, ws: Workspace, snap: Snapshot,
     if len(docs) < 2:
         raise UserInputError(f"the corpus has {len(docs)} document(s) with text; mining needs "
                              "at least 2")
-    held = heldout_mask([d.doc_id for d in docs], acfg.heldout_docs)
+    held = heldout_mask([d.doc_id for d in docs], acfg.heldout_docs, acfg.heldout_max)
     train_rows = [i for i in range(len(docs)) if not held[i]]
     held_rows = [i for i in range(len(docs)) if held[i]]
     log.info("mine: %d documents, %d held out", len(docs), len(held_rows))
