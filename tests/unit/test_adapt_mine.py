@@ -73,6 +73,36 @@ def test_keyword_queries_are_terms_of_their_document():
         assert q.positive == DOCS[q.row].full
 
 
+KEYWORDS_IN_A_FRESH_PROCESS = """
+from ctxvec.adapt import pseudo_queries
+from ctxvec.adapt.search import DocSearch
+from ctxvec.adapt.text import Doc
+from ctxvec.config.adapt import PseudoQueriesConfig
+from tests.adapt_corpus import documents
+docs = [Doc(d["_id"], d["title"], d["text"]) for d in documents(30)]
+# documents whose terms tie on BM25 weight: the same words, each once, in every one
+docs += [Doc(f"t{i}", "", f"alpha beta gamma delta epsilon zeta eta theta iota kappa w{i % 3}. "
+             f"Another sentence about item {i}.") for i in range(20)]
+qs = pseudo_queries.candidates(docs, range(len(docs)), DocSearch.build([d.full for d in docs]),
+                               PseudoQueriesConfig(kinds=["keywords"]), 0, 1000)
+print("|".join(q.text for q in qs))
+"""
+
+
+def test_keyword_queries_do_not_depend_on_the_process(tmp_path):
+    # BM25's term ids follow a set's order, which Python randomises per process; terms of equal
+    # weight must still be drawn the same way, or mining one corpus twice gives different data
+    import os
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[2]
+    out = {subprocess.run([sys.executable, "-c", KEYWORDS_IN_A_FRESH_PROCESS], cwd=root,
+                          env={**os.environ, "PYTHONHASHSEED": seed}, capture_output=True,
+                          text=True, check=True).stdout for seed in ("1", "2", "3")}
+    assert len(out) == 1 and out.pop().count("|") > 40
+
+
 def test_negatives_exclude_the_positive_document_and_candidates_within_the_margin():
     docs = [Doc("a", "", "apple banana cherry apple banana"),
             Doc("b", "", "apple banana cherry apple banana"),   # scores as the positive does

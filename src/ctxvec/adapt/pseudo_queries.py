@@ -65,7 +65,10 @@ def _keyword_queries(doc: Doc, row: int, weights: sparse.csr_matrix, vocab: Sequ
     if len(keep) < 2:
         return []
     terms, w = terms[keep], w[keep]
-    top = np.argsort(-w, kind="stable")[: cfg.keywords * CANDIDATE_FACTOR]
+    # by weight, ties by the term itself: term ids follow the order of a Python set, which
+    # changes from one process to the next
+    names = np.asarray([vocab[t] for t in terms])
+    top = np.lexsort((names, -w))[: cfg.keywords * CANDIDATE_FACTOR]
     n = min(cfg.keywords, len(top))
     lowered = doc.full.lower()
     out = []
